@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Set up ocirt on a fresh Debian 12 machine and run a demo container.
+#
+#   sudo ./contrib/setup.sh            install everything, then run the demo container
+#   sudo ./contrib/setup.sh --no-demo  install only (what .ci/run uses)
+#
+# Installs the Debian packages ocirt and its tests need, creates a virtual environment
+# in .venv (from Debian's /usr/bin/python3, independent of any pyenv or user site),
+# installs ocirt into it, links /usr/local/bin/ocirt, builds a demo bundle from
+# busybox-static and runs it.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+demo=1
+[ "${1:-}" = --no-demo ] && demo=0
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup.sh: run me as root (containers need it): sudo $0" >&2
+    exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+packages=(
+    # building and running ocirt
+    python3 python3-venv python3-dev gcc libcap-dev libseccomp2 ca-certificates
+    # the demo image, user namespaces, SIF images
+    busybox-static uidmap squashfs-tools squashfuse fuse3
+    # the tests: runc as the reference runtime, and the tools they drive
+    runc procps util-linux iproute2 gnupg golang-go golang-github-sylabs-sif-dev
+)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup.sh: installing ${missing[*]}"
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x "$repo/.venv/bin/python" ]; then
+    /usr/bin/python3 -m venv "$repo/.venv"
+fi
+"$repo/.venv/bin/pip" install -q --disable-pip-version-check --upgrade pip >/dev/null
+"$repo/.venv/bin/pip" install -q --disable-pip-version-check "$repo[test]"
+ln -sf "$repo/.venv/bin/ocirt" /usr/local/bin/ocirt
+echo "setup.sh: $(/usr/local/bin/ocirt --version | head -1) installed as /usr/local/bin/ocirt"
+
+[ $demo = 1 ] || exit 0
+
+bundle=${OCIRT_DEMO_BUNDLE:-/var/lib/ocirt/demo}
+"$repo/contrib/make-bundle.sh" "$bundle" sh -c 'echo "hello from $(hostname)"; id'
+id=demo-$$
+echo "setup.sh: ocirt run --bundle $bundle $id"
+ocirt run --bundle "$bundle" "$id"

@@ -1,0 +1,102 @@
+"""Handlers for the lifecycle commands: create, start, run, state, kill, delete, list.
+
+Each handler turns flags into arguments and makes one call into `ocirt.runtime`.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+from ocirt.cli.parser import Options
+from ocirt.state import Store
+
+if TYPE_CHECKING:
+    from ocirt.cli import Globals
+
+
+def _create_options(g: Globals, opts: Options):  # type: ignore[no-untyped-def]
+    from ocirt.runtime.create import CreateOptions
+
+    return CreateOptions(
+        bundle=opts.bundle, pid_file=opts.pid_file, console_socket=opts.console_socket,
+        no_pivot=opts.no_pivot, no_new_keyring=opts.no_new_keyring,
+        preserve_fds=opts.preserve_fds, systemd_cgroup=g.systemd_cgroup, rootless=g.rootless,
+    )
+
+
+def create(g: Globals, opts: Options, args: list[str]) -> int:
+    from ocirt.runtime.create import create as do_create
+
+    do_create(Store(g.root), args[0], _create_options(g, opts))
+    return 0
+
+
+def run(g: Globals, opts: Options, args: list[str]) -> int:
+    from ocirt.runtime.run import run as do_run
+
+    if opts.detach and _needs_console(opts):
+        from ocirt.errors import OcirtError
+
+        raise OcirtError("cannot allocate tty if ocirt will detach without setting console "
+                         "socket")
+    return do_run(Store(g.root), args[0], _create_options(g, opts), opts.detach, opts.keep)
+
+
+def _needs_console(opts: Options) -> bool:
+    if opts.console_socket:
+        return False
+    from ocirt.runtime.create import CreateOptions, load_plan
+
+    plan, _ = load_plan(opts.bundle, CreateOptions(bundle=opts.bundle))
+    return plan.process.terminal
+
+
+def start(g: Globals, opts: Options, args: list[str]) -> int:
+    from ocirt.runtime.start import start as do_start
+
+    do_start(Store(g.root), args[0])
+    return 0
+
+
+def state(g: Globals, opts: Options, args: list[str]) -> int:
+    from ocirt.jsonio import dumps_pretty
+    from ocirt.runtime.query import state as get_state
+
+    sys.stdout.write(dumps_pretty(get_state(Store(g.root), args[0])) + "\n")
+    return 0
+
+
+def kill(g: Globals, opts: Options, args: list[str]) -> int:
+    from ocirt.linux.signals import SIGTERM, parse_signal
+    from ocirt.runtime.kill import kill as do_kill
+
+    sig = parse_signal(args[1]) if len(args) > 1 else SIGTERM
+    do_kill(Store(g.root), args[0], sig, opts.all)
+    return 0
+
+
+def delete(g: Globals, opts: Options, args: list[str]) -> int:
+    from ocirt.runtime.delete import delete as do_delete
+
+    do_delete(Store(g.root), args[0], opts.force)
+    return 0
+
+
+def list_containers(g: Globals, opts: Options, args: list[str]) -> int:
+    from ocirt.errors import UsageError
+    from ocirt.runtime.query import list_containers as do_list
+    from ocirt.runtime.query import table
+
+    rows = do_list(Store(g.root))
+    if opts.quiet:
+        sys.stdout.write("".join(f"{r['id']}\n" for r in rows))
+    elif opts.format == "json":
+        from ocirt.jsonio import dumps
+
+        sys.stdout.write(dumps(rows) + "\n")
+    elif opts.format == "table":
+        sys.stdout.write(table(rows))
+    else:
+        raise UsageError(f"invalid format option: {opts.format}")
+    return 0

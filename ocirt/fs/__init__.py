@@ -1,0 +1,2 @@
+"""Filesystem work inside the container: in-root path resolution, mounts, devices and the
+console."""

@@ -1,0 +1,103 @@
+"""/dev inside the container: device nodes, the ptmx symlink, and the standard symlinks.
+
+Device nodes are made with mknod; in a user namespace (where mknod is not allowed) the
+host's node is bind-mounted instead, as runc does. Paths resolve inside the rootfs: an
+image whose /dev is a symlink to a host directory gets nothing written there
+(CVE-2026-41579).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from ocirt.errors import OcirtError, os_error_text
+from ocirt.fs import resolve
+from ocirt.fs.resolve import fd_path
+from ocirt.linux import consts as c
+from ocirt.linux import libc
+from ocirt.spec import options as opt
+from ocirt.spec.plan import Device, Plan
+
+_TYPES = {"c": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}
+
+
+def setup_dev(root_fd: int, plan: Plan, in_userns: bool) -> None:
+    old_umask = os.umask(0)
+    try:
+        for dev in plan.devices:
+            if dev.path == "/dev/ptmx":
+                continue  # a symlink to the devpts instance, below
+            try:
+                create_device(root_fd, dev, in_userns)
+            except OSError as exc:
+                raise OcirtError(f"error creating device nodes: {dev.path}: "
+                                 f"{os_error_text(exc)}") from None
+    finally:
+        os.umask(old_umask)
+    _ptmx_symlink(root_fd)
+    _dev_symlinks(root_fd)
+
+
+def create_device(root_fd: int, dev: Device, bind: bool) -> None:
+    parent_path, _, name = dev.path.rpartition("/")
+    parent = resolve.mkdir_all(root_fd, parent_path or "/")
+    try:
+        if not bind:
+            try:
+                os.mknod(name, dev.mode | _TYPES[dev.type], os.makedev(dev.major, dev.minor),
+                         dir_fd=parent)
+                os.chown(name, dev.uid, dev.gid, dir_fd=parent, follow_symlinks=False)
+                return
+            except FileExistsError:
+                return
+            except PermissionError:
+                pass
+        _bind_device(parent, name, dev)
+    finally:
+        os.close(parent)
+
+
+def _bind_device(parent: int, name: str, dev: Device) -> None:
+    """Bind-mount the host's node of the same path (user namespaces cannot mknod)."""
+    try:
+        os.close(os.open(name, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                         dir_fd=parent))
+    except OSError as exc:
+        if exc.errno != errno.EEXIST:
+            raise
+    target = os.open(name, resolve._O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    try:
+        if stat.S_ISLNK(os.fstat(target).st_mode):
+            raise OSError(errno.ELOOP, "is a symlink", dev.path)
+        libc.mount(dev.path, fd_path(target), None, c.MS_BIND, what=dev.path)
+    finally:
+        os.close(target)
+
+
+def _ptmx_symlink(root_fd: int) -> None:
+    dev = resolve.mkdir_all(root_fd, "/dev")
+    try:
+        try:
+            os.unlink("ptmx", dir_fd=dev)
+        except FileNotFoundError:
+            pass
+        os.symlink("pts/ptmx", "ptmx", dir_fd=dev)
+    finally:
+        os.close(dev)
+
+
+def _dev_symlinks(root_fd: int) -> None:
+    links = list(opt.DEV_SYMLINKS)
+    if os.path.exists("/proc/kcore"):
+        links.append(("/proc/kcore", "/dev/core"))
+    dev = resolve.mkdir_all(root_fd, "/dev")
+    try:
+        for target, link in links:
+            try:
+                os.symlink(target, os.path.basename(link), dir_fd=dev)
+            except FileExistsError:
+                pass
+    finally:
+        os.close(dev)

@@ -1,0 +1,131 @@
+"""JSON without the cost of `import json`.
+
+`import json` pulls in `re` and costs about 6 ms, which every `ocirt state`, `kill` and
+`delete` would pay (CRI-O calls `state` constantly). The C accelerator `_json` that the
+standard library itself uses does the real work; this module drives it directly and
+falls back to the `json` module on interpreters without it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+try:
+    import _json
+
+    class _ScanContext:
+        strict = True
+        object_hook = None
+        object_pairs_hook = None
+        parse_float = float
+        parse_int = int
+        memo: dict = {}
+
+        @staticmethod
+        def parse_constant(name: str) -> float:
+            return float(name.replace("Infinity", "inf"))
+
+    _scan = _json.make_scanner(_ScanContext())
+    _encode_str = _json.encode_basestring
+    _encode_compact = _json.make_encoder(
+        None, None, _json.encode_basestring, None, ":", ",", False, False, True
+    )
+except (ImportError, AttributeError):  # pragma: no cover - non-CPython
+    _json = None
+
+_WHITESPACE = " \t\n\r"
+
+
+class JSONError(ValueError):
+    """Invalid JSON; `line` and `column` are 1-based."""
+
+    def __init__(self, msg: str, text: str, pos: int) -> None:
+        line = text.count("\n", 0, pos) + 1
+        column = pos - (text.rfind("\n", 0, pos) + 1) + 1
+        super().__init__(f"{msg} at line {line} column {column}")
+        self.line, self.column = line, column
+
+
+def loads(text: str | bytes) -> Any:
+    """Parse one JSON document; raises JSONError (a ValueError) with line and column."""
+    if isinstance(text, bytes | bytearray):
+        try:
+            text = text.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise JSONError("invalid UTF-8", "", 0) from exc
+    if _json is None:  # pragma: no cover
+        import json
+
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise JSONError(exc.msg, text, exc.pos) from None
+    pos = _skip_ws(text, 0)
+    try:
+        obj, end = _scan(text, pos)
+    except StopIteration as stop:
+        where = stop.value if isinstance(stop.value, int) else pos
+        msg = "unexpected end of input" if where >= len(text) else "invalid value"
+        raise JSONError(msg, text, where) from None
+    except ValueError as exc:  # json.decoder.JSONDecodeError
+        raise JSONError(getattr(exc, "msg", str(exc)), text, getattr(exc, "pos", pos)) from None
+    end = _skip_ws(text, end)
+    if end != len(text):
+        raise JSONError("extra data after the JSON value", text, end)
+    return obj
+
+
+def _skip_ws(text: str, pos: int) -> int:
+    n = len(text)
+    while pos < n and text[pos] in _WHITESPACE:
+        pos += 1
+    return pos
+
+
+def dumps(obj: Any) -> str:
+    """Compact JSON (no spaces), as runc writes its JSON logs and `list -f json`."""
+    if _json is None:  # pragma: no cover
+        import json
+
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    return "".join(_encode_compact(obj, 0))
+
+
+def dumps_pretty(obj: Any, indent: str = "  ") -> str:
+    """Indented JSON in the layout of Go's json.MarshalIndent (what runc prints)."""
+    out: list[str] = []
+    _pretty(obj, indent, 0, out)
+    return "".join(out)
+
+
+def _pretty(obj: Any, indent: str, level: int, out: list[str]) -> None:
+    if isinstance(obj, dict):
+        if not obj:
+            out.append("{}")
+            return
+        pad = "\n" + indent * (level + 1)
+        out.append("{")
+        for i, (key, value) in enumerate(obj.items()):
+            out.append(("," if i else "") + pad + _string(str(key)) + ": ")
+            _pretty(value, indent, level + 1, out)
+        out.append("\n" + indent * level + "}")
+    elif isinstance(obj, list | tuple):
+        if not obj:
+            out.append("[]")
+            return
+        pad = "\n" + indent * (level + 1)
+        out.append("[")
+        for i, value in enumerate(obj):
+            out.append(("," if i else "") + pad)
+            _pretty(value, indent, level + 1, out)
+        out.append("\n" + indent * level + "]")
+    elif isinstance(obj, str):
+        out.append(_string(obj))
+    else:
+        out.append(dumps(obj))
+
+
+def _string(s: str) -> str:
+    if _json is None:  # pragma: no cover
+        return dumps(s)
+    return _encode_str(s)

@@ -1,0 +1,1 @@
+"""Linux specifics: the ctypes boundary (libc), kernel constants, /proc readers."""

@@ -1,0 +1,262 @@
+"""The one ctypes boundary: every kernel call that Python's `os` module does not offer.
+
+Each wrapper raises an OSError whose text names the call and its path, in Go's spelling
+(`mount /proc: permission denied`), so errors from deep inside the container init read
+the same as runc's. Nothing else in ocirt imports ctypes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+from ocirt.errors import syscall_error
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+# Syscalls glibc 2.36 does not wrap, by architecture. The numbers from 424 upward are the
+# same on every architecture.
+_NR = {
+    "x86_64": {"pivot_root": 155, "ioprio_set": 251, "ioprio_get": 252, "keyctl": 250,
+               "sched_setattr": 314, "seccomp": 317, "bpf": 321},
+    "aarch64": {"pivot_root": 41, "ioprio_set": 30, "ioprio_get": 31, "keyctl": 219,
+                "sched_setattr": 274, "seccomp": 277, "bpf": 280},
+}.get(os.uname().machine, {})
+_NR.update({
+    "pidfd_send_signal": 424, "open_tree": 428, "move_mount": 429, "fsopen": 430,
+    "fsconfig": 431, "fsmount": 432, "pidfd_open": 434, "close_range": 436, "openat2": 437,
+    "mount_setattr": 442,
+})
+
+
+def _fail(op: str, path: str | None = None) -> OSError:
+    return syscall_error(op, ctypes.get_errno(), path)
+
+
+def _b(s: str | bytes | None) -> bytes | None:
+    if s is None:
+        return None
+    return s if isinstance(s, bytes) else os.fsencode(s)
+
+
+def sys_call(name: str, *args: int | bytes | None | ctypes._SimpleCData) -> int:
+    """Raw syscall by name; returns the result or raises OSError(errno)."""
+    nr = _NR.get(name)
+    if nr is None:
+        raise OSError(38, f"{name} is not supported on {os.uname().machine}")
+    ret = _syscall(ctypes.c_long(nr), *args)
+    if ret < 0:
+        raise _fail(name)
+    return ret
+
+
+# --- namespaces ------------------------------------------------------------------------
+
+def unshare(flags: int) -> None:
+    if _libc.unshare(ctypes.c_int(flags)) != 0:
+        raise _fail("unshare")
+
+
+def setns(fd: int, nstype: int, what: str = "") -> None:
+    if _libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)) != 0:
+        raise _fail("setns", what or None)
+
+
+def sethostname(name: str) -> None:
+    data = name.encode()
+    if _libc.sethostname(data, ctypes.c_size_t(len(data))) != 0:
+        raise _fail("sethostname")
+
+
+def setdomainname(name: str) -> None:
+    data = name.encode()
+    if _libc.setdomainname(data, ctypes.c_size_t(len(data))) != 0:
+        raise _fail("setdomainname")
+
+
+# --- mounts ----------------------------------------------------------------------------
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int,
+          data: str | None = None, what: str | None = None) -> None:
+    """mount(2). `what` names the target in errors when `target` is a /proc/self/fd path."""
+    if _libc.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data)) != 0:
+        raise _fail("mount", what or target)
+
+
+def umount(target: str, flags: int = 0) -> None:
+    if _libc.umount2(_b(target), ctypes.c_int(flags)) != 0:
+        raise _fail("umount", target)
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    try:
+        sys_call("pivot_root", _b(new_root), _b(put_old))
+    except OSError as exc:
+        raise syscall_error("pivot_root", exc.errno or 0, new_root) from None
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+def mount_setattr(dirfd: int, path: str, flags: int, attr_set: int, attr_clr: int,
+                  propagation: int = 0, userns_fd: int = 0, what: str | None = None) -> None:
+    attr = _MountAttr(attr_set, attr_clr, propagation, userns_fd)
+    ret = _syscall(ctypes.c_long(_NR["mount_setattr"]), ctypes.c_int(dirfd), _b(path),
+                   ctypes.c_uint(flags), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
+    if ret < 0:
+        raise _fail("mount_setattr", what or path)
+
+
+def open_tree(dirfd: int, path: str, flags: int) -> int:
+    ret = _syscall(ctypes.c_long(_NR["open_tree"]), ctypes.c_int(dirfd), _b(path),
+                   ctypes.c_uint(flags))
+    if ret < 0:
+        raise _fail("open_tree", path)
+    return ret
+
+
+def move_mount(from_dirfd: int, from_path: str, to_dirfd: int, to_path: str, flags: int,
+               what: str | None = None) -> None:
+    ret = _syscall(ctypes.c_long(_NR["move_mount"]), ctypes.c_int(from_dirfd), _b(from_path),
+                   ctypes.c_int(to_dirfd), _b(to_path), ctypes.c_uint(flags))
+    if ret < 0:
+        raise _fail("move_mount", what or to_path)
+
+
+# --- files -----------------------------------------------------------------------------
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dirfd: int, path: str, flags: int, mode: int, resolve: int) -> int:
+    how = _OpenHow(flags, mode, resolve)
+    ret = _syscall(ctypes.c_long(_NR["openat2"]), ctypes.c_int(dirfd), _b(path),
+                   ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
+    if ret < 0:
+        raise _fail("openat2", path)
+    return ret
+
+
+def close_range(first: int, last: int = 0xFFFFFFFF, flags: int = 0) -> None:
+    ret = _syscall(ctypes.c_long(_NR["close_range"]), ctypes.c_uint(first), ctypes.c_uint(last),
+                   ctypes.c_uint(flags))
+    if ret < 0:
+        raise _fail("close_range")
+
+
+# --- processes -------------------------------------------------------------------------
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    ret = _libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3),
+                      ctypes.c_ulong(arg4), ctypes.c_ulong(arg5))
+    if ret < 0:
+        raise _fail(f"prctl({option})")
+    return ret
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+_CAP_V3 = 0x20080522
+
+
+def capget(pid: int = 0) -> tuple[int, int, int]:
+    hdr = _CapHeader(_CAP_V3, pid)
+    data = (_CapData * 2)()
+    if _libc.capget(ctypes.byref(hdr), data) != 0:
+        raise _fail("capget")
+    def join(field: str) -> int:
+        return getattr(data[0], field) | (getattr(data[1], field) << 32)
+    return join("effective"), join("permitted"), join("inheritable")
+
+
+def capset(effective: int, permitted: int, inheritable: int) -> None:
+    hdr = _CapHeader(_CAP_V3, 0)
+    data = (_CapData * 2)()
+    for i in (0, 1):
+        shift = 32 * i
+        data[i].effective = (effective >> shift) & 0xFFFFFFFF
+        data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
+        data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
+    if _libc.capset(ctypes.byref(hdr), data) != 0:
+        raise _fail("capset")
+
+
+def personality(persona: int) -> None:
+    if _libc.personality(ctypes.c_ulong(persona)) == -1:
+        raise _fail("personality")
+
+
+def ioprio_set(which: int, who: int, ioprio: int) -> None:
+    sys_call("ioprio_set", ctypes.c_int(which), ctypes.c_int(who), ctypes.c_int(ioprio))
+
+
+class _SchedAttr(ctypes.Structure):
+    _fields_ = [("size", ctypes.c_uint32), ("sched_policy", ctypes.c_uint32),
+                ("sched_flags", ctypes.c_uint64), ("sched_nice", ctypes.c_int32),
+                ("sched_priority", ctypes.c_uint32), ("sched_runtime", ctypes.c_uint64),
+                ("sched_deadline", ctypes.c_uint64), ("sched_period", ctypes.c_uint64)]
+
+
+def sched_setattr(pid: int, policy: int, flags: int, nice: int, priority: int,
+                  runtime: int, deadline: int, period: int) -> None:
+    attr = _SchedAttr(ctypes.sizeof(_SchedAttr), policy, flags, nice, priority, runtime,
+                      deadline, period)
+    sys_call("sched_setattr", ctypes.c_int(pid), ctypes.byref(attr), ctypes.c_uint(0))
+
+
+def keyctl(op: int, arg2: int | bytes | None = 0, arg3: int = 0) -> int:
+    a2 = ctypes.c_char_p(arg2) if isinstance(arg2, bytes | type(None)) else ctypes.c_ulong(arg2)
+    return sys_call("keyctl", ctypes.c_int(op), a2, ctypes.c_ulong(arg3))
+
+
+def pidfd_send_signal(pidfd: int, sig: int) -> None:
+    ret = _syscall(ctypes.c_long(_NR["pidfd_send_signal"]), ctypes.c_int(pidfd),
+                   ctypes.c_int(sig), None, ctypes.c_uint(0))
+    if ret < 0:
+        raise _fail("pidfd_send_signal")
+
+
+def fstatfs_type(fd: int) -> int:
+    """f_type (the filesystem magic) of the filesystem holding `fd`."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit
+    if _libc.fstatfs(ctypes.c_int(fd), buf) != 0:
+        raise _fail("fstatfs")
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+
+
+# --- the new mount API (detached mounts: tmpfs copy-up, private procfs) -------------------
+
+def fsopen(fstype: str, flags: int) -> int:
+    ret = _syscall(ctypes.c_long(_NR["fsopen"]), _b(fstype), ctypes.c_uint(flags))
+    if ret < 0:
+        raise _fail("fsopen", fstype)
+    return ret
+
+
+def fsconfig(fd: int, cmd: int, key: str | None = None, value: str | None = None,
+             aux: int = 0) -> None:
+    ret = _syscall(ctypes.c_long(_NR["fsconfig"]), ctypes.c_int(fd), ctypes.c_uint(cmd),
+                   _b(key), _b(value), ctypes.c_int(aux))
+    if ret < 0:
+        raise _fail("fsconfig", key)
+
+
+def fsmount(fd: int, flags: int, attr_flags: int) -> int:
+    ret = _syscall(ctypes.c_long(_NR["fsmount"]), ctypes.c_int(fd), ctypes.c_uint(flags),
+                   ctypes.c_uint(attr_flags))
+    if ret < 0:
+        raise _fail("fsmount")
+    return ret

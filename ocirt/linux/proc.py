@@ -1,0 +1,56 @@
+"""Small /proc readers: process identity (start time), liveness, and id lookups."""
+
+from __future__ import annotations
+
+import os
+
+
+def stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (field 3 is index 0)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # The command name may contain spaces and ')'; it ends at the last ')'.
+    return data[data.rfind(b")") + 2 :].decode().split()
+
+
+def start_time(pid: int) -> int | None:
+    """Start time of the process in clock ticks since boot (field 22), or None if gone.
+
+    A PID and its start time together identify a process: PIDs are reused, start times of
+    reused PIDs differ. runc uses the same pair to tell its init from an impostor.
+    """
+    fields = stat_fields(pid)
+    if fields is None:
+        return None
+    return int(fields[19])
+
+
+def is_running(pid: int, expected_start: int | None) -> bool:
+    """True if `pid` is alive (not a zombie) and is the process that started at
+    `expected_start`."""
+    if pid <= 0:
+        return False
+    fields = stat_fields(pid)
+    if fields is None or fields[0] in ("Z", "X", "x"):
+        return False
+    return expected_start is None or int(fields[19]) == expected_start
+
+
+def ns_inode(pid: int | str, ns: str) -> str | None:
+    """`ns:[inode]` of a process's namespace (readlink of /proc/<pid>/ns/<ns>)."""
+    try:
+        return os.readlink(f"/proc/{pid}/ns/{ns}")
+    except OSError:
+        return None
+
+
+def pids_in_pid_namespace(ns_link: str) -> list[int]:
+    """Every process on the host whose pid namespace is `ns_link`."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and ns_inode(name, "pid") == ns_link:
+            found.append(int(name))
+    return found

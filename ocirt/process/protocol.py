@@ -1,0 +1,134 @@
+"""The parent/child protocol: a small closed set of JSON messages on a socketpair.
+
+The runtime (`create`, `exec`) forks the processes that become the container. They talk
+over an AF_UNIX SOCK_SEQPACKET socketpair (one message per datagram), each message one
+JSON object with a `type` from MESSAGES; file descriptors travel with SCM_RIGHTS. Never
+pickle: the child runs inside namespaces the container controls.
+
+The exchange for `create` (P = runtime, I = intermediate child, C = container init):
+
+    P -> I  go                 cgroups are set up; start making namespaces
+    I -> P  idmap-request      I made a user namespace; P writes uid_map/gid_map
+    P -> I  idmap-done
+    I -> P  init-pid {pid}     I forked C (PID 1 of the new pid namespace); I exits
+    C -> P  create-hooks       mounts are done; P runs prestart and createRuntime hooks
+    P -> C  create-hooks-done
+    C -> P  ready              P sets rlimits and oom_score_adj on C
+    P -> C  ready-ack
+    C -> P  initialized        C waits for `start` now; P records the state and exits
+
+Either side may send `error {message}` instead, which ends the exchange; the child's error
+is reported whole by the parent. `log {level, msg}` carries the child's warnings.
+"""
+
+from __future__ import annotations
+
+import _socket
+import struct
+from typing import Any
+
+from ocirt import jsonio
+from ocirt.errors import OcirtError
+
+MESSAGES = frozenset({
+    "go", "idmap-request", "idmap-done", "init-pid", "create-hooks", "create-hooks-done",
+    "ready", "ready-ack", "initialized", "error", "log",
+    # exec
+    "exec-pid",
+})
+MAX_FDS = 16
+MAX_SIZE = 1 << 16
+
+
+class ChildError(OcirtError):
+    """An error the child reported (or its unexpected death)."""
+
+
+class ProtocolError(OcirtError):
+    pass
+
+
+def socketpair() -> tuple[Channel, Channel]:
+    a, b = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+    return Channel(a), Channel(b)
+
+
+class Channel:
+    """One end of the socketpair."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+
+    def fileno(self) -> int:
+        return int(self.sock.fileno())
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, kind: str, fds: tuple[int, ...] | list[int] = (), **fields: Any) -> None:
+        if kind not in MESSAGES:
+            raise ProtocolError(f"internal error: unknown message type {kind!r}")
+        data = jsonio.dumps({"type": kind, **fields}).encode()
+        anc = []
+        if fds:
+            anc = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))]
+        self.sock.sendmsg([data], anc)
+
+    def recv(self) -> tuple[dict[str, Any], list[int]]:
+        """One message and the fds that came with it; EOFError if the peer is gone."""
+        while True:
+            try:
+                data, anc, _flags, _addr = self.sock.recvmsg(
+                    MAX_SIZE, _socket.CMSG_SPACE(MAX_FDS * 4))
+                break
+            except InterruptedError:
+                continue
+        fds: list[int] = []
+        for level, kind, payload in anc:
+            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+                usable = len(payload) - len(payload) % 4
+                fds.extend(struct.unpack(f"{usable // 4}i", payload[:usable]))
+        if not data:
+            for fd in fds:
+                _close(fd)
+            raise EOFError
+        try:
+            msg = jsonio.loads(data)
+        except ValueError:
+            msg = None
+        if not isinstance(msg, dict) or msg.get("type") not in MESSAGES:
+            for fd in fds:
+                _close(fd)
+            raise ProtocolError("malformed message from the container process")
+        return msg, fds
+
+    def expect(self, *kinds: str, on_log: Any = None) -> tuple[dict[str, Any], list[int]]:
+        """Wait for one of `kinds`; `error` raises ChildError, `log` goes to `on_log`."""
+        while True:
+            try:
+                msg, fds = self.recv()
+            except EOFError:
+                raise ChildError("container init exited unexpectedly") from None
+            kind = msg["type"]
+            if kind == "log":
+                if on_log is not None:
+                    on_log(str(msg.get("level", "info")), str(msg.get("msg", "")))
+                continue
+            if kind == "error":
+                for fd in fds:
+                    _close(fd)
+                raise ChildError(str(msg.get("message", "unknown error in container init")))
+            if kind not in kinds:
+                for fd in fds:
+                    _close(fd)
+                raise ProtocolError(f"unexpected message {kind!r} (wanted {', '.join(kinds)})")
+            return msg, fds
+
+
+def _close(fd: int) -> None:
+    import os
+
+    try:
+        os.close(fd)
+    except OSError:
+        pass

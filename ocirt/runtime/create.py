@@ -1,0 +1,364 @@
+"""`create`: build the container from a bundle and leave its init waiting for `start`.
+
+This is the parent side of the protocol in `ocirt.process.protocol`. Every step pushes
+its undo; any failure runs them all, so a failed create leaves no process, cgroup, fd or
+state directory behind (runc runs the poststop hooks then too).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ocirt import log
+from ocirt.errors import OcirtError, errno_text
+from ocirt.linux import proc
+from ocirt.runtime.undo import Undo
+from ocirt.spec.plan import Plan
+from ocirt.state import CONFIG_FILE, FIFO_FILE, Container, Store, rfc3339_nano, write_atomic
+
+
+class CreateOptions:
+    """`create` and `run` flags (runc's spelling in the comments)."""
+
+    def __init__(self, bundle: str = "", pid_file: str = "", console_socket: str = "",
+                 no_pivot: bool = False, no_new_keyring: bool = False, preserve_fds: int = 0,
+                 console_fd: int = -1, systemd_cgroup: bool = False, rootless: str = "auto"
+                 ) -> None:
+        self.bundle = bundle  # --bundle
+        self.pid_file = pid_file  # --pid-file
+        self.console_socket = console_socket  # --console-socket
+        self.no_pivot = no_pivot  # --no-pivot
+        self.no_new_keyring = no_new_keyring  # --no-new-keyring
+        self.preserve_fds = preserve_fds  # --preserve-fds
+        self.console_fd = console_fd  # `run` in the foreground with a terminal: our own socket
+        self.systemd_cgroup = systemd_cgroup  # global --systemd-cgroup
+        self.rootless = rootless  # global --rootless
+
+
+def load_plan(bundle: str, opts: CreateOptions) -> tuple[Plan, dict[str, Any]]:
+    from ocirt.spec.load import load_config, resolve_bundle
+    from ocirt.spec.plan import build_plan
+
+    bundle = resolve_bundle(bundle)
+    spec = load_config(bundle)
+    plan = build_plan(spec, bundle, no_pivot=opts.no_pivot, no_new_keyring=opts.no_new_keyring)
+    if not os.path.isdir(plan.rootfs):
+        raise OcirtError(f"rootfs ({plan.rootfs}) does not exist")
+    return plan, spec
+
+
+def check_terminal(plan: Plan, opts: CreateOptions) -> None:
+    has_console = bool(opts.console_socket) or opts.console_fd >= 0
+    if plan.process.terminal and not has_console:
+        raise OcirtError("cannot allocate tty if ocirt will detach without setting console "
+                         "socket")
+    if not plan.process.terminal and opts.console_socket:
+        raise OcirtError("cannot use console socket if ocirt will not detach or allocate tty")
+
+
+def create(store: Store, cid: str, opts: CreateOptions) -> Container:
+    """Create container `cid`; returns its recorded state (status `created`)."""
+    from ocirt.state import validate_id
+
+    validate_id(cid)
+    plan, spec = load_plan(opts.bundle, opts)
+    check_terminal(plan, opts)
+    seccomp = None
+    if plan.seccomp is not None:
+        from ocirt.seccomp import compile_filter
+
+        seccomp = compile_filter(plan.seccomp)
+    hooks = None
+    if plan.hooks:
+        from ocirt import hooks as hooks_module
+
+        hooks = hooks_module
+    keep_fds, extra_env = inherited_fds(opts.preserve_fds)
+    return Creation(store, cid, plan, spec, opts, seccomp, hooks, keep_fds, extra_env).run()
+
+
+def inherited_fds(preserve: int) -> tuple[int, list[str]]:
+    """How many fds (from 0) reach the container: stdio, socket-activation fds (when
+    LISTEN_PID is us, as runc checks), then --preserve-fds."""
+    if preserve < 0:
+        raise OcirtError(f"--preserve-fds: {preserve} is negative")
+    extra_env: list[str] = []
+    listen = 0
+    if os.environ.get("LISTEN_FDS") and os.environ.get("LISTEN_PID") == str(os.getpid()):
+        try:
+            listen = max(0, int(os.environ["LISTEN_FDS"]))
+        except ValueError:
+            listen = 0
+        if listen:
+            extra_env = [f"LISTEN_FDS={listen}", "LISTEN_PID=1"]
+    keep = 3 + listen + preserve
+    for fd in range(3, keep):
+        try:
+            os.fstat(fd)
+        except OSError:
+            raise OcirtError(f"--preserve-fds {preserve}: fd {fd} is not open") from None
+    return keep, extra_env
+
+
+class Creation:
+    """One `create`, step by step, with its undo stack."""
+
+    def __init__(self, store: Store, cid: str, plan: Plan, spec: dict[str, Any],
+                 opts: CreateOptions, seccomp: Any, hooks: Any, keep_fds: int,
+                 extra_env: list[str]) -> None:
+        self.store = store
+        self.cid = cid
+        self.plan = plan
+        self.spec = spec
+        self.opts = opts
+        self.seccomp = seccomp
+        self.hooks = hooks
+        self.keep_fds = keep_fds
+        self.extra_env = extra_env
+        self.undo = Undo()
+        self.intermediate = 0
+        self.init_pid = 0
+        self.container: Container | None = None
+
+    def run(self) -> Container:
+        from ocirt.process import init as init_code  # noqa: F401  (imported before fork)
+
+        lock = self.store.claim(self.cid)
+        try:
+            self.undo.push(self._poststop, what="poststop hooks")
+            self.undo.push(self.store.remove, self.cid, what="state directory")
+            return self._create()
+        except BaseException:
+            self.undo.run()
+            raise
+        finally:
+            lock.close()
+
+    def _create(self) -> Container:
+        from ocirt.cgroups import manager_for_plan
+        from ocirt.process.init import InitContext, intermediate, run_child
+        from ocirt.process.protocol import socketpair
+
+        plan = self.plan
+        me = os.getpid()
+        container = Container(self.cid, self.store.dir(self.cid), {
+            "ociVersion": plan.oci_version, "id": self.cid, "pid": 0, "bundle": plan.bundle,
+            "rootfs": plan.rootfs, "created": rfc3339_nano(_now_ns()),
+            "annotations": plan.annotations, "creating": True,
+            "creator": [me, proc.start_time(me)],
+        })
+        self.container = container
+        self.store.save(container)
+        write_atomic(container.path(CONFIG_FILE), _dump(self.spec))
+        fifo_fd = self._make_fifo(container)
+        console_fd = self._console_fd()
+        ns_fds = self._open_namespaces()
+        cg = manager_for_plan(plan, self.cid, systemd=self.opts.systemd_cgroup,
+                              rootless=self.opts.rootless)
+        cg.create()
+        self.undo.push(cg.destroy, what="cgroup")
+        parent, child = socketpair()
+        self.undo.push(parent.close, what="sync socket")
+        ctx = InitContext(plan, self.cid, child, fifo_fd, console_fd, ns_fds, self.keep_fds,
+                          self.extra_env, self.seccomp, self.hooks)
+        from ocirt.linux import consts, libc
+
+        libc.prctl(consts.PR_SET_CHILD_SUBREAPER, 1)  # the init is ours to reap on failure
+        pid = os.fork()
+        if pid == 0:
+            parent.close()
+            run_child(intermediate, ctx)
+        self.intermediate = pid
+        self.undo.push(self._kill_children, what="container processes")
+        child.close()
+        for fd in (fifo_fd, *ns_fds.values()):
+            os.close(fd)
+        if console_fd >= 0 and console_fd != self.opts.console_fd:
+            os.close(console_fd)
+        cg.add(pid)
+        cg.apply(plan.resources)
+        container.data["cgroup"] = cg.state()
+        self._handshake(parent, container)
+        parent.close()
+        self.undo.clear()
+        return container
+
+    # -- steps ----------------------------------------------------------------------------
+
+    def _make_fifo(self, container: Container) -> int:
+        path = container.path(FIFO_FILE)
+        os.mkfifo(path, 0o622)
+        # O_RDWR: the open does not block, and the init (which inherits this fd) then
+        # blocks in read() until `start` writes (see ocirt.runtime.start).
+        return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+
+    def _console_fd(self) -> int:
+        if self.opts.console_fd >= 0:
+            return self.opts.console_fd
+        if not self.opts.console_socket:
+            return -1
+        import _socket
+
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            sock.connect(self.opts.console_socket)
+        except OSError as exc:
+            sock.close()
+            raise OcirtError(f"failed to connect to console socket "
+                             f"{self.opts.console_socket}: {errno_text(exc.errno or 0)}") \
+                from None
+        return int(sock.detach())
+
+    def _open_namespaces(self) -> dict[str, int]:
+        fds = {}
+        try:
+            for kind, path in self.plan.namespaces.items():
+                if path:
+                    fds[kind] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            for fd in fds.values():
+                os.close(fd)
+            raise OcirtError(f"open namespace {kind} at {path}: "
+                             f"{errno_text(exc.errno or 0)}") from None
+        return fds
+
+    def _handshake(self, parent: Any, container: Container) -> None:
+        from ocirt.process import attrs
+
+        plan = self.plan
+        on_log = _child_log
+        parent.send("go")
+        msg, _ = parent.expect("idmap-request", "init-pid", on_log=on_log)
+        if msg["type"] == "idmap-request":
+            write_id_maps(int(msg["pid"]), plan)
+            parent.send("idmap-done")
+            msg, _ = parent.expect("init-pid", on_log=on_log)
+        self.init_pid = int(msg["pid"])
+        self._reap_intermediate()
+        container.data["pid"] = self.init_pid
+        container.data["init_start"] = proc.start_time(self.init_pid)
+        parent.expect("create-hooks", on_log=on_log)
+        self._run_hooks(("prestart", "createRuntime"), "creating")
+        parent.send("create-hooks-done")
+        parent.expect("ready", on_log=on_log)
+        if plan.process.rlimits:
+            attrs.set_rlimits(self.init_pid, plan.process.rlimits)
+        if plan.process.oom_score_adj is not None:
+            attrs.set_oom_score_adj(self.init_pid, plan.process.oom_score_adj)
+        parent.send("ready-ack")
+        parent.expect("initialized", on_log=on_log)
+        container.data["creating"] = False
+        container.data.pop("creator", None)
+        hooks = {k: v for k, v in plan.hooks.items() if k in ("poststart", "poststop")}
+        if hooks:
+            container.data["hooks"] = hooks
+        namespaces = {k: v for k, v in plan.namespaces.items()}
+        container.data["namespaces"] = namespaces
+        self.store.save(container)
+        if self.opts.pid_file:
+            write_pid_file(self.opts.pid_file, self.init_pid)
+
+    def _run_hooks(self, kinds: tuple[str, ...], status: str) -> None:
+        if not self.hooks:
+            return
+        plan = self.plan
+        state = self.hooks.hook_state(self.cid, status, self.init_pid, plan.bundle,
+                                      plan.annotations, plan.oci_version)
+        for kind in kinds:
+            if plan.hooks.get(kind):
+                self.hooks.run_hooks(kind, plan.hooks[kind], state)
+
+    def _poststop(self) -> None:
+        if not self.hooks or not self.plan.hooks.get("poststop"):
+            return
+        try:
+            self._run_hooks(("poststop",), "stopped")
+        except OcirtError as exc:
+            log.warning(str(exc))
+
+    def _reap_intermediate(self) -> None:
+        _, status = os.waitpid(self.intermediate, 0)
+        self.intermediate = 0
+        if status != 0:
+            raise OcirtError(f"container intermediate process failed (wait status {status})")
+
+    def _kill_children(self) -> None:
+        for pid in (self.init_pid, self.intermediate):
+            if pid > 0:
+                try:
+                    os.kill(pid, 9)
+                except ProcessLookupError:
+                    pass
+        for pid in (self.intermediate, self.init_pid):
+            if pid > 0:
+                try:
+                    os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass
+
+
+def _child_log(level: str, msg: str) -> None:
+    log.emit(level if level in log.LEVELS else "info", msg)
+
+
+def _now_ns() -> int:
+    import time
+
+    return time.time_ns()
+
+
+def _dump(spec: dict[str, Any]) -> bytes:
+    from ocirt import jsonio
+
+    return jsonio.dumps(spec).encode()
+
+
+def write_pid_file(path: str, pid: int) -> None:
+    """The host PID, no newline (runc's format), written atomically."""
+    path = os.path.abspath(path)
+    try:
+        write_atomic(path, str(pid).encode(), 0o644)
+    except OSError as exc:
+        raise OcirtError(f"write pid file {path}: {errno_text(exc.errno or 0)}") from None
+
+
+def write_id_maps(pid: int, plan: Plan) -> None:
+    """uid_map/gid_map of the new user namespace. As root we write them ourselves; an
+    unprivileged caller may map only itself (setgroups denied) unless newuidmap/newgidmap
+    (setuid helpers from the uidmap package) grant its subordinate ids."""
+    maps = (("uid_map", plan.uid_mappings, "newuidmap"), ("gid_map", plan.gid_mappings,
+                                                          "newgidmap"))
+    if os.geteuid() == 0:
+        for name, entries, _ in maps:
+            _write_proc(pid, name, "".join(f"{c} {h} {s}\n" for c, h, s in entries))
+        return
+    if _maps_only_self(plan):
+        _write_proc(pid, "setgroups", "deny")
+        for name, entries, _ in maps:
+            _write_proc(pid, name, "".join(f"{c} {h} {s}\n" for c, h, s in entries))
+        return
+    import subprocess
+
+    for _, entries, helper in maps:
+        args = [helper, str(pid)] + [str(v) for entry in entries for v in entry]
+        try:
+            result = subprocess.run(args, capture_output=True, text=True)
+        except FileNotFoundError:
+            raise OcirtError(f"{helper} is needed to map these ids (install the uidmap "
+                             "package)") from None
+        if result.returncode != 0:
+            raise OcirtError(f"{helper} failed: {result.stderr.strip()}")
+
+
+def _maps_only_self(plan: Plan) -> bool:
+    return (len(plan.uid_mappings) == 1 and plan.uid_mappings[0][1:] == (os.geteuid(), 1)
+            and len(plan.gid_mappings) == 1 and plan.gid_mappings[0][1:] == (os.getegid(), 1))
+
+
+def _write_proc(pid: int, name: str, text: str) -> None:
+    try:
+        with open(f"/proc/{pid}/{name}", "w") as f:
+            f.write(text)
+    except OSError as exc:
+        raise OcirtError(f"write /proc/{pid}/{name}: {errno_text(exc.errno or 0)}") from None

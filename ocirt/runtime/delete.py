@@ -1,0 +1,112 @@
+"""`delete`: remove everything the container had, then run the poststop hooks.
+
+Without --force only a created or stopped container may be deleted (runc kills a created
+one); with --force a running or paused one is killed first, and a container that does
+not exist is not an error (engines call `delete --force` after the fact).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+
+from ocirt import log
+from ocirt.errors import ContainerNotExist, OcirtError
+from ocirt.state import CREATING, PAUSED, STOPPED, Container, Store, check_transition
+
+KILL_WAIT_SECONDS = 10
+
+
+def delete(store: Store, cid: str, force: bool = False) -> None:
+    try:
+        lock = store.lock(cid)
+    except ContainerNotExist:
+        if force:
+            return
+        raise
+    with lock:
+        try:
+            container = store.load(cid)
+        except ContainerNotExist:
+            if force:  # a directory without state: a create that died very early
+                store.remove(cid)
+                return
+            raise
+        status = container.status()
+        if status == CREATING:
+            raise OcirtError(f"container {cid} is still being created")
+        if not force:
+            check_transition("delete", status, cid)
+        if status != STOPPED:
+            stop(container, status)
+        destroy(store, container)
+
+
+def stop(container: Container, status: str) -> None:
+    """SIGKILL every process and wait until the init is gone."""
+    from ocirt.runtime.kill import container_pids
+
+    pidfd = -1
+    try:
+        pidfd = os.pidfd_open(container.pid)
+    except OSError:
+        pass
+    try:
+        for pid in container_pids(container):
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        if status == PAUSED:
+            _thaw(container)  # a frozen process only dies once thawed
+        if pidfd >= 0:
+            poller = select.poll()
+            poller.register(pidfd, select.POLLIN)
+            if not poller.poll(KILL_WAIT_SECONDS * 1000):
+                raise OcirtError(f"container {container.id} did not stop within "
+                                 f"{KILL_WAIT_SECONDS}s of SIGKILL")
+    finally:
+        if pidfd >= 0:
+            os.close(pidfd)
+
+
+def _thaw(container: Container) -> None:
+    cg = container.data.get("cgroup")
+    if cg:
+        from ocirt.cgroups import manager_from_state
+
+        manager_from_state(cg).thaw()
+
+
+def destroy(store: Store, container: Container) -> None:
+    """Remove what is left once no process runs: leftover processes of a container that
+    shared the host pid namespace, the cgroup, the state; then the poststop hooks."""
+    from ocirt.runtime.kill import container_pids
+
+    for pid in container_pids(container):
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+    cg = container.data.get("cgroup")
+    if cg:
+        from ocirt.cgroups import manager_from_state
+
+        manager_from_state(cg).destroy()
+    store.remove(container.id)
+    run_poststop(container)
+
+
+def run_poststop(container: Container) -> None:
+    hooks = (container.data.get("hooks") or {}).get("poststop")
+    if not hooks:
+        return
+    from ocirt.hooks import HookError, hook_state, run_hooks
+
+    state = hook_state(container.id, "stopped", container.pid, container.bundle,
+                       container.data.get("annotations") or {},
+                       container.data.get("ociVersion", ""))
+    try:
+        run_hooks("poststop", hooks, state)
+    except HookError as exc:
+        log.warning(str(exc))

@@ -1,0 +1,93 @@
+"""`start`: release the waiting init through the exec fifo, then run poststart hooks.
+
+The init holds the fifo open O_RDWR and blocks reading it. `start` opens a reader of its
+own, then a writer, writes one byte, closes the writer, and waits (poll with no events:
+only POLLHUP wakes it) until the last writer is gone, which happens when the init's
+close-on-exec fd disappears in execve, or when the init dies. What is left to read
+then tells the outcome: nothing (the init took the byte and exec'd), the byte itself
+(the init died before taking it), or "E<message>" (execve failed; the init wrote why).
+Unlike runc, a failed exec is therefore reported by `start` itself.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+
+from ocirt import log
+from ocirt.errors import OcirtError
+from ocirt.state import FIFO_FILE, Container, Store, check_transition
+
+
+def start(store: Store, cid: str) -> Container:
+    with store.lock(cid):
+        container = store.load(cid)
+        check_transition("start", container.status(), cid)
+        release_init(container)
+    run_poststart(container)
+    return container
+
+
+def release_init(container: Container) -> None:
+    path = container.path(FIFO_FILE)
+    reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        try:
+            writer = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            raise OcirtError(f"open exec fifo: {exc.strerror}") from None
+        try:
+            os.write(writer, b"\0")
+        finally:
+            os.close(writer)
+        poller = select.poll()
+        poller.register(reader, 0)
+        while not poller.poll():
+            pass
+        outcome = _read_all(reader)
+    finally:
+        os.close(reader)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    if outcome.startswith(b"E"):
+        raise OcirtError(outcome[1:].decode("utf-8", "replace"))
+    if outcome:
+        raise OcirtError("container init exited before it could be started")
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+def run_poststart(container: Container) -> None:
+    """poststart hooks, in the runtime namespace, before `start` returns. Like runc 1.1+,
+    a failing hook kills the container and fails `start`."""
+    hooks = (container.data.get("hooks") or {}).get("poststart")
+    if not hooks:
+        return
+    from ocirt.hooks import HookError, hook_state, run_hooks
+
+    state = hook_state(container.id, "running", container.pid, container.bundle,
+                       container.data.get("annotations") or {},
+                       container.data.get("ociVersion", ""))
+    try:
+        run_hooks("poststart", hooks, state)
+    except HookError:
+        from ocirt.runtime.kill import signal_init
+
+        try:
+            signal_init(container, 9)
+        except OcirtError as exc:
+            log.warning(str(exc))
+        raise

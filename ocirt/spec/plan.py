@@ -1,0 +1,630 @@
+"""config.json -> Plan: validation and conversion in one pure step.
+
+Everything after this step works from the Plan, never from the raw JSON, and this step
+touches no kernel state (it may read files: the bundle path, namespace paths' existence),
+so unit tests can assert on plans without root. Every error names the offending field
+(`process.capabilities.bounding[3]: unknown capability "CAP_TEST"`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ocirt.errors import ConfigError
+from ocirt.linux import consts as c
+from ocirt.spec import options as opt
+
+
+class Mount:
+    """One entry of `mounts`, with its options decoded."""
+
+    __slots__ = ("source", "destination", "fstype", "flags", "data", "propagation",
+                 "rec_set", "rec_clr", "tmpcopyup", "options")
+
+    def __init__(self, source: str, destination: str, fstype: str, flags: int, data: str,
+                 propagation: list[int], rec_set: int, rec_clr: int, tmpcopyup: bool,
+                 options: list[str]) -> None:
+        self.source = source
+        self.destination = destination
+        self.fstype = fstype
+        self.flags = flags
+        self.data = data
+        self.propagation = propagation
+        self.rec_set = rec_set
+        self.rec_clr = rec_clr
+        self.tmpcopyup = tmpcopyup
+        self.options = options
+
+    @property
+    def is_bind(self) -> bool:
+        return bool(self.flags & c.MS_BIND)
+
+    def __repr__(self) -> str:
+        return f"Mount({self.source!r} -> {self.destination!r}, {self.fstype}, {self.flags:#x})"
+
+
+class Device:
+    """A device node to create in the container's /dev."""
+
+    __slots__ = ("path", "type", "major", "minor", "mode", "uid", "gid")
+
+    def __init__(self, path: str, type: str, major: int, minor: int, mode: int, uid: int,
+                 gid: int) -> None:
+        self.path = path
+        self.type = type
+        self.major = major
+        self.minor = minor
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+
+    def __repr__(self) -> str:
+        return f"Device({self.path} {self.type} {self.major}:{self.minor})"
+
+
+class Process:
+    """The process to run: shared by the container's init and by `exec`."""
+
+    __slots__ = ("args", "env", "cwd", "uid", "gid", "additional_gids", "umask", "caps",
+                 "no_new_privs", "rlimits", "oom_score_adj", "terminal", "console_size",
+                 "apparmor", "selinux_label", "io_priority", "scheduler", "cpu_affinity")
+
+    def __init__(self) -> None:
+        self.args: list[str] = []
+        self.env: list[str] = []
+        self.cwd = "/"
+        self.uid = 0
+        self.gid = 0
+        self.additional_gids: list[int] = []
+        self.umask: int | None = None
+        # capability set name -> bit mask; None = the set is not given (left unchanged)
+        self.caps: dict[str, int] | None = None
+        self.no_new_privs = False
+        self.rlimits: list[tuple[int, int, int]] = []
+        self.oom_score_adj: int | None = None
+        self.terminal = False
+        self.console_size: tuple[int, int] | None = None  # (rows, columns)
+        self.apparmor = ""
+        self.selinux_label = ""
+        self.io_priority: tuple[int, int] | None = None  # (class, level)
+        self.scheduler: dict[str, int] | None = None
+        self.cpu_affinity: tuple[str, str] | None = None  # (initial, final)
+
+    def env_value(self, name: str) -> str | None:
+        prefix = name + "="
+        for item in reversed(self.env):
+            if item.startswith(prefix):
+                return item[len(prefix):]
+        return None
+
+
+class Plan:
+    """Everything `create` needs, decoded and checked."""
+
+    def __init__(self) -> None:
+        self.oci_version = ""
+        self.bundle = ""
+        self.rootfs = ""
+        self.readonly = False
+        self.hostname: str | None = None
+        self.domainname: str | None = None
+        # namespace type -> "" (create a new one) or a path to join
+        self.namespaces: dict[str, str] = {}
+        self.uid_mappings: list[tuple[int, int, int]] = []  # (container, host, size)
+        self.gid_mappings: list[tuple[int, int, int]] = []
+        self.time_offsets: dict[str, tuple[int, int]] = {}
+        self.mounts: list[Mount] = []
+        self.devices: list[Device] = []
+        self.setup_dev = True  # create default devices and /dev symlinks
+        self.masked_paths: list[str] = []
+        self.readonly_paths: list[str] = []
+        self.rootfs_propagation = 0
+        self.mount_label = ""
+        self.sysctl: dict[str, str] = {}
+        self.process = Process()
+        self.hooks: dict[str, list[dict[str, Any]]] = {}
+        self.personality: int | None = None
+        self.cgroups_path = ""
+        self.resources: dict[str, Any] | None = None
+        self.seccomp: dict[str, Any] | None = None
+        self.annotations: dict[str, str] = {}
+        self.no_pivot = False
+        self.no_new_keyring = False
+        self.net_devices: dict[str, dict[str, Any]] = {}
+
+    def creates(self, ns: str) -> bool:
+        return self.namespaces.get(ns) == ""
+
+    def has(self, ns: str) -> bool:
+        return ns in self.namespaces
+
+
+# --- small typed getters ---------------------------------------------------------------
+
+def _type_name(kind: Any) -> str:
+    names = {str: "a string", int: "an integer", bool: "a boolean", list: "an array",
+             dict: "an object"}
+    if isinstance(kind, tuple):
+        return " or ".join(names.get(k, k.__name__) for k in kind)
+    return names.get(kind, kind.__name__)
+
+
+def _check(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    ok = isinstance(value, kinds)
+    if ok and isinstance(value, bool) and bool not in kinds:
+        ok = False  # JSON true is not an integer
+    if not ok:
+        raise ConfigError(f"{where}: must be {_type_name(kind)}")
+    return value
+
+
+def _get(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str,
+         default: Any = None) -> Any:
+    value = obj.get(key)
+    if value is None:
+        return default
+    return _check(value, kind, f"{where}.{key}" if where else key)
+
+
+def _uint(value: Any, where: str, bits: int = 32) -> int:
+    _check(value, int, where)
+    if value < 0 or value >= 1 << bits:
+        raise ConfigError(f"{where}: {value} is out of range")
+    return int(value)
+
+
+def _str_list(obj: dict[str, Any], key: str, where: str) -> list[str]:
+    items = _get(obj, key, list, where, [])
+    for i, item in enumerate(items):
+        _check(item, str, f"{where}.{key}[{i}]")
+    return list(items)
+
+
+# --- the conversion --------------------------------------------------------------------
+
+def build_plan(spec: dict[str, Any], bundle: str, *, no_pivot: bool = False,
+               no_new_keyring: bool = False) -> Plan:
+    """Validate `spec` (a parsed config.json) and convert it into a Plan."""
+    p = Plan()
+    p.bundle = bundle
+    p.no_pivot = no_pivot
+    p.no_new_keyring = no_new_keyring
+    p.oci_version = _get(spec, "ociVersion", str, "", "")
+    if not p.oci_version:
+        raise ConfigError("ociVersion: must be set")
+    if not p.oci_version.startswith("1."):
+        raise ConfigError(f"ociVersion: unsupported version {p.oci_version!r} (ocirt runs 1.x)")
+
+    root = _get(spec, "root", dict, "")
+    if root is None:
+        raise ConfigError("root: must be specified")
+    root_path = _get(root, "path", str, "root", "")
+    if not root_path:
+        raise ConfigError("root.path: must be set")
+    p.rootfs = os.path.normpath(os.path.join(bundle, root_path))
+    p.readonly = bool(_get(root, "readonly", bool, "root", False))
+
+    p.annotations = _annotations(spec)
+    linux = _get(spec, "linux", dict, "", {})
+    _namespaces(p, linux)
+    p.hostname = _get(spec, "hostname", str, "")
+    p.domainname = _get(spec, "domainname", str, "")
+    for key, value in (("hostname", p.hostname), ("domainname", p.domainname)):
+        if value and not p.has("uts"):
+            raise ConfigError(f"{key}: unable to set {key} without a private UTS namespace")
+
+    process = _get(spec, "process", dict, "")
+    if process is None:
+        raise ConfigError("process: must be specified")
+    p.process = build_process(process, "process")
+    _mounts(p, spec)
+    _devices(p, linux)
+    p.masked_paths = _abs_paths(linux, "maskedPaths")
+    p.readonly_paths = _abs_paths(linux, "readonlyPaths")
+    if (p.masked_paths or p.readonly_paths) and not p.has("mount"):
+        raise ConfigError("linux.maskedPaths/readonlyPaths: unable to restrict sys entries "
+                          "without a private MNT namespace")
+    _rootfs_propagation(p, linux)
+    p.mount_label = _get(linux, "mountLabel", str, "linux", "")
+    _sysctl(p, linux)
+    _id_mappings(p, linux)
+    _time_offsets(p, linux)
+    p.hooks = _hooks(spec)
+    _personality(p, linux)
+    p.cgroups_path = _get(linux, "cgroupsPath", str, "linux", "")
+    p.resources = _get(linux, "resources", dict, "linux")
+    p.seccomp = _get(linux, "seccomp", dict, "linux")
+    p.net_devices = _get(linux, "netDevices", dict, "linux", {})
+    if p.net_devices and not p.creates("network"):
+        raise ConfigError("linux.netDevices: requires a new network namespace")
+    if _get(linux, "intelRdt", dict, "linux"):
+        raise ConfigError("linux.intelRdt: Intel RDT is not supported by ocirt on this host")
+    return p
+
+
+def _annotations(spec: dict[str, Any]) -> dict[str, str]:
+    annotations = _get(spec, "annotations", dict, "", {})
+    for key, value in annotations.items():
+        _check(value, str, f"annotations[{key!r}]")
+    return dict(annotations)
+
+
+def _namespaces(p: Plan, linux: dict[str, Any]) -> None:
+    for i, ns in enumerate(_get(linux, "namespaces", list, "linux", [])):
+        where = f"linux.namespaces[{i}]"
+        _check(ns, dict, where)
+        kind = _get(ns, "type", str, where, "")
+        if kind not in c.NAMESPACES:
+            raise ConfigError(f"{where}.type: namespace {kind!r} does not exist")
+        if kind in p.namespaces:
+            raise ConfigError(f"{where}: malformed spec file: duplicated ns {kind!r}")
+        path = _get(ns, "path", str, where, "")
+        if path:
+            if not os.path.isabs(path):
+                raise ConfigError(f"{where}.path: {path!r} must be an absolute path")
+            if not os.path.exists(path):
+                raise ConfigError(f"{where}.path: {path}: no such file or directory")
+        p.namespaces[kind] = path
+
+
+def build_process(proc: dict[str, Any], where: str) -> Process:
+    """Decode a runtime-spec process object (config.json's, or exec's process.json)."""
+    pr = Process()
+    pr.terminal = bool(_get(proc, "terminal", bool, where, False))
+    size = _get(proc, "consoleSize", dict, where)
+    if size is not None:
+        pr.console_size = (_uint(size.get("height", 0), f"{where}.consoleSize.height"),
+                           _uint(size.get("width", 0), f"{where}.consoleSize.width"))
+    pr.args = _str_list(proc, "args", where)
+    if _get(proc, "commandLine", str, where):
+        raise ConfigError(f"{where}.commandLine: only supported on Windows")
+    if not pr.args:
+        raise ConfigError(f"{where}.args: args must not be empty")
+    pr.env = _str_list(proc, "env", where)
+    for i, item in enumerate(pr.env):
+        name, eq, _ = item.partition("=")
+        if not eq:
+            raise ConfigError(f"{where}.env[{i}]: invalid environment variable {item!r}: "
+                              "missing '='")
+        if not name:
+            raise ConfigError(f"{where}.env[{i}]: invalid environment variable: name cannot "
+                              "be empty")
+        if "\0" in item:
+            raise ConfigError(f"{where}.env[{i}]: contains a nul byte")
+    pr.cwd = _get(proc, "cwd", str, where, "")
+    if not pr.cwd:
+        raise ConfigError(f"{where}.cwd: Cwd property must not be empty")
+    if not pr.cwd.startswith("/"):
+        raise ConfigError(f"{where}.cwd: Cwd must be an absolute path")
+    user = _get(proc, "user", dict, where, {})
+    pr.uid = _uint(user.get("uid", 0), f"{where}.user.uid")
+    pr.gid = _uint(user.get("gid", 0), f"{where}.user.gid")
+    pr.additional_gids = [_uint(g, f"{where}.user.additionalGids[{i}]")
+                          for i, g in enumerate(_get(user, "additionalGids", list,
+                                                     f"{where}.user", []))]
+    if user.get("umask") is not None:
+        pr.umask = _uint(user["umask"], f"{where}.user.umask")
+        if pr.umask > 0o777:
+            raise ConfigError(f"{where}.user.umask: {pr.umask:#o} is not a valid umask")
+    pr.caps = build_caps(_get(proc, "capabilities", dict, where), f"{where}.capabilities")
+    pr.no_new_privs = bool(_get(proc, "noNewPrivileges", bool, where, False))
+    pr.rlimits = _rlimits(proc, where)
+    if proc.get("oomScoreAdj") is not None:
+        adj = _check(proc["oomScoreAdj"], int, f"{where}.oomScoreAdj")
+        if not -1000 <= adj <= 1000:
+            raise ConfigError(f"{where}.oomScoreAdj: {adj} is outside [-1000, 1000]")
+        pr.oom_score_adj = adj
+    pr.apparmor = _get(proc, "apparmorProfile", str, where, "")
+    pr.selinux_label = _get(proc, "selinuxLabel", str, where, "")
+    prio = _get(proc, "ioPriority", dict, where)
+    if prio is not None:
+        cls = _get(prio, "class", str, f"{where}.ioPriority", "")
+        if cls not in opt.IOPRIO_CLASSES:
+            raise ConfigError(f"{where}.ioPriority.class: invalid io priority class {cls!r}")
+        level = _check(prio.get("priority", 0), int, f"{where}.ioPriority.priority")
+        if not 0 <= level <= 7:
+            raise ConfigError(f"{where}.ioPriority.priority: {level} is outside [0, 7]")
+        pr.io_priority = (opt.IOPRIO_CLASSES[cls], level)
+    pr.scheduler = _scheduler(_get(proc, "scheduler", dict, where), f"{where}.scheduler")
+    aff = _get(proc, "execCPUAffinity", dict, where)
+    if aff is not None:
+        pr.cpu_affinity = (_get(aff, "initial", str, f"{where}.execCPUAffinity", ""),
+                           _get(aff, "final", str, f"{where}.execCPUAffinity", ""))
+        for name, value in zip(("initial", "final"), pr.cpu_affinity, strict=True):
+            if value:
+                parse_cpu_list(value, f"{where}.execCPUAffinity.{name}")
+    return pr
+
+
+def build_caps(caps: dict[str, Any] | None, where: str) -> dict[str, int] | None:
+    """Capability names -> a bit mask per set. Unknown names are an error (the spec says a
+    value that cannot be mapped to the kernel MUST fail; runc only warns)."""
+    if caps is None:
+        return None
+    out: dict[str, int] = {}
+    for name in opt.CAP_SETS:
+        mask = 0
+        for i, cap in enumerate(_get(caps, name, list, where, [])):
+            _check(cap, str, f"{where}.{name}[{i}]")
+            num = opt.CAPABILITIES.get(cap.upper() if cap.upper().startswith("CAP_")
+                                       else "CAP_" + cap.upper())
+            if num is None:
+                raise ConfigError(f"{where}.{name}[{i}]: unknown capability {cap!r}")
+            mask |= 1 << num
+        out[name] = mask
+    return out
+
+
+def _rlimits(proc: dict[str, Any], where: str) -> list[tuple[int, int, int]]:
+    seen = set()
+    out = []
+    for i, rl in enumerate(_get(proc, "rlimits", list, where, [])):
+        w = f"{where}.rlimits[{i}]"
+        _check(rl, dict, w)
+        kind = _get(rl, "type", str, w, "")
+        if kind not in opt.RLIMITS:
+            raise ConfigError(f"{w}.type: rlimit type {kind!r} is not supported")
+        if kind in seen:
+            raise ConfigError(f"{w}.type: duplicate rlimit type {kind!r}")
+        seen.add(kind)
+        soft = _uint(rl.get("soft", 0), f"{w}.soft", 64)
+        hard = _uint(rl.get("hard", 0), f"{w}.hard", 64)
+        out.append((opt.RLIMITS[kind], soft, hard))
+    return out
+
+
+def _scheduler(sched: dict[str, Any] | None, where: str) -> dict[str, int] | None:
+    if sched is None:
+        return None
+    policy = _get(sched, "policy", str, where, "")
+    if policy not in opt.SCHED_POLICIES:
+        raise ConfigError(f"{where}.policy: invalid scheduler policy {policy!r}")
+    flags = 0
+    for i, flag in enumerate(_str_list(sched, "flags", where)):
+        if flag not in opt.SCHED_FLAGS:
+            raise ConfigError(f"{where}.flags[{i}]: invalid scheduler flag {flag!r}")
+        flags |= opt.SCHED_FLAGS[flag]
+    nice = _check(sched.get("nice", 0), int, f"{where}.nice")
+    if not -20 <= nice <= 19:
+        raise ConfigError(f"{where}.nice: {nice} is outside [-20, 19]")
+    out = {"policy": opt.SCHED_POLICIES[policy], "flags": flags, "nice": nice}
+    for key in ("priority", "runtime", "deadline", "period"):
+        out[key] = _uint(sched.get(key, 0), f"{where}.{key}", 64)
+    if policy in ("SCHED_FIFO", "SCHED_RR") and not 1 <= out["priority"] <= 99:
+        raise ConfigError(f"{where}.priority: must be in [1, 99] for {policy}")
+    return out
+
+
+def parse_cpu_list(text: str, where: str) -> set[int]:
+    """`0-3,7` -> {0, 1, 2, 3, 7}."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        lo, dash, hi = part.partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()):
+            raise ConfigError(f"{where}: invalid CPU list {text!r}")
+        first, last = int(lo), int(hi) if dash else int(lo)
+        if last < first:
+            raise ConfigError(f"{where}: invalid CPU range {part!r}")
+        cpus.update(range(first, last + 1))
+    return cpus
+
+
+def parse_mount_options(options: list[str]) -> tuple[int, str, list[int], int, int, bool]:
+    """(flags, data, propagation, rec_set, rec_clr, tmpcopyup) from a mount's options."""
+    flags = 0
+    data: list[str] = []
+    propagation: list[int] = []
+    rec_set = rec_clr = 0
+    tmpcopyup = False
+    for o in options:
+        if o in opt.MOUNT_FLAGS and opt.MOUNT_FLAGS[o][1]:
+            clear, flag = opt.MOUNT_FLAGS[o]
+            flags = flags & ~flag if clear else flags | flag
+        elif o in opt.PROPAGATION:
+            propagation.append(opt.PROPAGATION[o])
+        elif o in opt.RECURSIVE_ATTRS:
+            clear, attr = opt.RECURSIVE_ATTRS[o]
+            if clear:
+                rec_clr |= attr
+            else:
+                rec_set |= attr
+                if attr & c.MOUNT_ATTR__ATIME == attr:
+                    rec_clr |= c.MOUNT_ATTR__ATIME
+        elif o == "tmpcopyup":
+            tmpcopyup = True
+        elif o == "defaults":
+            continue
+        else:
+            data.append(o)
+    return flags, ",".join(data), propagation, rec_set, rec_clr, tmpcopyup
+
+
+def _mounts(p: Plan, spec: dict[str, Any]) -> None:
+    for i, m in enumerate(_get(spec, "mounts", list, "", [])):
+        where = f"mounts[{i}]"
+        _check(m, dict, where)
+        dest = _get(m, "destination", str, where, "")
+        if not dest:
+            raise ConfigError(f"{where}.destination: must be set")
+        if not dest.startswith("/"):
+            dest = "/" + dest  # runc accepts relative destinations (with a warning)
+        dest = os.path.normpath(dest)
+        if dest.startswith("//"):
+            dest = "/" + dest.lstrip("/")
+        options = _str_list(m, "options", where)
+        flags, data, propagation, rec_set, rec_clr, tmpcopyup = parse_mount_options(options)
+        source = _get(m, "source", str, where, "")
+        fstype = _get(m, "type", str, where, "")
+        if flags & c.MS_BIND:
+            fstype = "bind"  # the type is meaningless for bind mounts
+            if source and not source.startswith("/"):
+                source = os.path.join(p.bundle, source)
+        elif fstype == "bind":
+            flags |= c.MS_BIND  # type "bind" alone means a bind mount (crun, runc 1.2)
+            if source and not source.startswith("/"):
+                source = os.path.join(p.bundle, source)
+        if not fstype:
+            raise ConfigError(f"{where}.type: must be set for a mount that is not a bind mount")
+        if m.get("uidMappings") or m.get("gidMappings"):
+            raise ConfigError(f"{where}: idmapped mounts are not supported by ocirt")
+        for name, value in (("source", source), ("destination", dest), ("type", fstype)):
+            if "\0" in value:
+                raise ConfigError(f"{where}.{name}: contains a nul byte")
+        if fstype == "bind" and not source:
+            raise ConfigError(f"{where}.source: a bind mount needs a source")
+        if dest == "/dev" and fstype == "bind":
+            p.setup_dev = False
+        p.mounts.append(Mount(source, dest, fstype, flags, data, propagation, rec_set, rec_clr,
+                              tmpcopyup, options))
+    if p.mounts and not p.has("mount"):
+        raise ConfigError("mounts: mounts need a private mount namespace (linux.namespaces "
+                          "has no \"mount\")")
+
+
+def _devices(p: Plan, linux: dict[str, Any]) -> None:
+    """The spec's devices, plus runc's default devices unless the spec names their path."""
+    given = []
+    for i, d in enumerate(_get(linux, "devices", list, "linux", [])):
+        where = f"linux.devices[{i}]"
+        _check(d, dict, where)
+        path = _get(d, "path", str, where, "")
+        if not path.startswith("/"):
+            raise ConfigError(f"{where}.path: {path!r} must be an absolute path")
+        kind = _get(d, "type", str, where, "")
+        if kind not in ("c", "b", "u", "p"):
+            raise ConfigError(f"{where}.type: invalid device type {kind!r}")
+        major = minor = 0
+        if kind != "p":
+            if d.get("major") is None or d.get("minor") is None:
+                raise ConfigError(f"{where}: major and minor are required for type {kind!r}")
+            major = _check(d["major"], int, f"{where}.major")
+            minor = _check(d["minor"], int, f"{where}.minor")
+        mode = d.get("fileMode")
+        mode = 0o666 if mode is None else _uint(mode, f"{where}.fileMode") & 0o7777
+        uid = _uint(d.get("uid", 0), f"{where}.uid")
+        gid = _uint(d.get("gid", 0), f"{where}.gid")
+        given.append(Device(os.path.normpath(path), "c" if kind == "u" else kind, major, minor,
+                            mode, uid, gid))
+    paths = {dev.path for dev in given}
+    defaults = [Device(path, kind, major, minor, mode, 0, 0)
+                for path, kind, major, minor, mode in opt.DEFAULT_DEVICES if path not in paths]
+    p.devices = defaults + given
+
+
+def _abs_paths(linux: dict[str, Any], key: str) -> list[str]:
+    paths = _str_list(linux, key, "linux")
+    for i, path in enumerate(paths):
+        if not path.startswith("/"):
+            raise ConfigError(f"linux.{key}[{i}]: {path!r} must be an absolute path")
+    return paths
+
+
+def _rootfs_propagation(p: Plan, linux: dict[str, Any]) -> None:
+    prop = _get(linux, "rootfsPropagation", str, "linux", "")
+    if prop and prop not in opt.PROPAGATION:
+        raise ConfigError(f"linux.rootfsPropagation: {prop!r} is not supported")
+    p.rootfs_propagation = opt.PROPAGATION.get(prop, 0)
+    if p.no_pivot and p.rootfs_propagation & c.MS_PRIVATE:
+        raise ConfigError("linux.rootfsPropagation: [r]private is not safe without pivot_root")
+
+
+def _sysctl(p: Plan, linux: dict[str, Any]) -> None:
+    sysctl = _get(linux, "sysctl", dict, "linux", {})
+    for key, value in sysctl.items():
+        where = f"linux.sysctl[{key!r}]"
+        _check(value, str, where)
+        if "/" in key or ".." in key or not key:
+            raise ConfigError(f"{where}: invalid sysctl name")
+        if key in opt.SYSCTL_IPC or key.startswith(opt.SYSCTL_IPC_PREFIX):
+            if not p.has("ipc"):
+                raise ConfigError(f"{where}: sysctl is not allowed in the host's ipc namespace")
+        elif key.startswith(opt.SYSCTL_NET_PREFIX):
+            if not p.has("network"):
+                raise ConfigError(f"{where}: sysctl is not allowed in the host's network "
+                                  "namespace")
+        elif key in opt.SYSCTL_UTS:
+            if not p.has("uts"):
+                raise ConfigError(f"{where}: sysctl is not allowed in the host's uts namespace")
+        else:
+            raise ConfigError(f"{where}: sysctl is not in a separate kernel namespace")
+        p.sysctl[key] = value
+
+
+def _id_mappings(p: Plan, linux: dict[str, Any]) -> None:
+    for key, target in (("uidMappings", p.uid_mappings), ("gidMappings", p.gid_mappings)):
+        for i, m in enumerate(_get(linux, key, list, "linux", [])):
+            where = f"linux.{key}[{i}]"
+            _check(m, dict, where)
+            size = _uint(m.get("size", 0), f"{where}.size")
+            if size == 0:
+                raise ConfigError(f"{where}.size: must be greater than zero")
+            target.append((_uint(m.get("containerID", 0), f"{where}.containerID"),
+                           _uint(m.get("hostID", 0), f"{where}.hostID"), size))
+    if p.creates("user"):
+        if not p.uid_mappings:
+            raise ConfigError("linux.uidMappings: user namespaces enabled, but no uid mappings "
+                              "found")
+        if not p.gid_mappings:
+            raise ConfigError("linux.gidMappings: user namespaces enabled, but no gid mappings "
+                              "found")
+    elif (p.uid_mappings or p.gid_mappings) and not p.has("user"):
+        raise ConfigError("linux.uidMappings: user namespace mappings specified, but the user "
+                          "namespace is not enabled")
+
+
+def _time_offsets(p: Plan, linux: dict[str, Any]) -> None:
+    offsets = _get(linux, "timeOffsets", dict, "linux", {})
+    for clock, value in offsets.items():
+        where = f"linux.timeOffsets[{clock!r}]"
+        if clock not in opt.TIME_CLOCKS:
+            raise ConfigError(f"{where}: unknown clock (use monotonic or boottime)")
+        _check(value, dict, where)
+        secs = _check(value.get("secs", 0), int, f"{where}.secs")
+        nanos = _uint(value.get("nanosecs", 0), f"{where}.nanosecs")
+        if nanos >= 1_000_000_000:
+            raise ConfigError(f"{where}.nanosecs: must be below 1000000000")
+        p.time_offsets[clock] = (secs, nanos)
+    if p.time_offsets and not p.creates("time"):
+        raise ConfigError("linux.timeOffsets: time offsets need a new time namespace")
+
+
+def _hooks(spec: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    hooks = _get(spec, "hooks", dict, "", {})
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, entries in hooks.items():
+        if name not in opt.HOOKS:
+            continue  # unknown hook kinds are ignored, as by runc
+        _check(entries, list, f"hooks.{name}")
+        checked = []
+        for i, h in enumerate(entries):
+            where = f"hooks.{name}[{i}]"
+            _check(h, dict, where)
+            path = _get(h, "path", str, where, "")
+            if not path.startswith("/"):
+                raise ConfigError(f"{where}.path: {path!r} must be an absolute path")
+            hook: dict[str, Any] = {"path": path, "args": _str_list(h, "args", where),
+                                    "env": _str_list(h, "env", where)}
+            if h.get("timeout") is not None:
+                timeout = _check(h["timeout"], int, f"{where}.timeout")
+                if timeout <= 0:
+                    raise ConfigError(f"{where}.timeout: must be greater than zero")
+                hook["timeout"] = timeout
+            checked.append(hook)
+        if checked:
+            out[name] = checked
+    return out
+
+
+def _personality(p: Plan, linux: dict[str, Any]) -> None:
+    pers = _get(linux, "personality", dict, "linux")
+    if pers is None:
+        return
+    domain = _get(pers, "domain", str, "linux.personality", "")
+    if domain not in opt.PERSONALITY_DOMAINS:
+        raise ConfigError(f"linux.personality.domain: invalid domain {domain!r}")
+    if _str_list(pers, "flags", "linux.personality"):
+        raise ConfigError("linux.personality.flags: no flags are supported")
+    p.personality = opt.PERSONALITY_DOMAINS[domain]

@@ -1,0 +1,90 @@
+"""Fixtures shared by ocirt's own tests.
+
+`ocirt` is the installed binary under test (OCIRT_BIN, else the repository's
+.venv/bin/ocirt, else `ocirt` on PATH); each test gets its own `--root`, and every
+container left in it is force-deleted afterwards. Bundles come from
+`conformance.bundle` (busybox-static).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from conformance.bundle import default_config, make_bundle, make_rootfs  # noqa: E402
+from conformance.runner import Runtime  # noqa: E402
+
+IS_ROOT = os.geteuid() == 0
+
+
+def ocirt_binary() -> str:
+    env = os.environ.get("OCIRT_BIN")
+    if env:
+        return env
+    local = os.path.join(REPO, ".venv", "bin", "ocirt")
+    if os.path.exists(local):
+        return local
+    found = shutil.which("ocirt")
+    if not found:
+        pytest.exit("no ocirt binary: run contrib/setup.sh or set OCIRT_BIN", 2)
+    return found
+
+
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    if IS_ROOT:
+        return
+    skip = pytest.mark.skip(reason="needs root")
+    for item in items:
+        if "root" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def ocirt_bin() -> str:
+    return ocirt_binary()
+
+
+@pytest.fixture
+def state_root(tmp_path: Any) -> str:
+    path = tmp_path / "state"
+    return str(path)
+
+
+@pytest.fixture
+def ocirt(ocirt_bin: str, state_root: str) -> Iterator[Runtime]:
+    rt = Runtime(ocirt_bin, state_root)
+    yield rt
+    rt.cleanup()
+    leftovers = rt.ids()
+    assert not leftovers, f"containers left behind: {leftovers}"
+
+
+@pytest.fixture(scope="session")
+def rootfs_template(tmp_path_factory: Any) -> str:
+    return make_rootfs(str(tmp_path_factory.mktemp("rootfs-template") / "rootfs"))
+
+
+@pytest.fixture
+def bundle(tmp_path: Any) -> Callable[..., str]:
+    """bundle(args=[...], edit=fn(config)) -> a fresh bundle directory."""
+    counter = [0]
+
+    def make(args: list[str] | None = None, edit: Callable[[dict], Any] | None = None,
+             config: dict | None = None) -> str:
+        counter[0] += 1
+        directory = str(tmp_path / f"bundle{counter[0]}")
+        cfg = config if config is not None else default_config(args)
+        if edit is not None:
+            edit(cfg)
+        return make_bundle(directory, config=cfg)
+
+    return make

@@ -1,0 +1,39 @@
+"""The five OCI operations on a real busybox container."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+pytestmark = pytest.mark.root
+
+
+def test_run_prints_from_inside(ocirt, bundle):
+    b = bundle(["sh", "-c", "echo hello from $(hostname); id"])
+    r = ocirt("run", "--bundle", b, "c1")
+    assert r.rc == 0, r
+    assert "hello from conformance" in r.out
+    assert "uid=0(root) gid=0(root)" in r.out
+    assert ocirt.ids() == []
+
+
+def test_create_start_state_kill_delete(ocirt, bundle, tmp_path):
+    b = bundle(["sleep", "1000"])
+    pidfile = tmp_path / "pid"
+    ocirt("create", "--bundle", b, "--pid-file", str(pidfile), "c1", check=True)
+    pid = int(pidfile.read_text())
+    st = ocirt.state("c1")
+    assert st["status"] == "created" and st["pid"] == pid
+    assert st["bundle"] == b and st["id"] == "c1"
+    assert os.readlink(f"/proc/{pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
+    ocirt("start", "c1", check=True)
+    assert ocirt.state("c1")["status"] == "running"
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        assert f.read().split(b"\0")[0] == b"sleep"
+    r = ocirt("delete", "c1")
+    assert r.rc == 1 and "cannot delete container c1 that is not stopped: running" in r.err
+    ocirt("kill", "c1", "KILL", check=True)
+    assert ocirt.wait_status("c1", "stopped")
+    ocirt("delete", "c1", check=True)
+    assert ocirt("state", "c1").rc == 1
