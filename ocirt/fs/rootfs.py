@@ -38,9 +38,10 @@ def _mount_error(m: Mount, exc: OSError | str) -> RootfsError:
 def prepare_root(plan: Plan) -> int:
     """Make our mount tree a slave of the host's (so nothing we mount propagates back),
     turn the rootfs into a mount point (pivot_root needs one) and return an O_PATH fd of
-    it."""
-    flag = plan.rootfs_propagation or (c.MS_SLAVE | c.MS_REC)
-    libc.mount(None, "/", None, flag)
+    it. `rootfsPropagation` is applied to the new root after pivot_root
+    (`set_root_propagation`): applied here, "unbindable" would forbid the rootfs bind
+    and "shared" would let our mounts reach the host."""
+    libc.mount(None, "/", None, c.MS_SLAVE | c.MS_REC)
     _make_parent_private(plan.rootfs)
     libc.mount(plan.rootfs, plan.rootfs, None, c.MS_BIND | c.MS_REC)
     return os.open(plan.rootfs, O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -440,6 +441,11 @@ def reopen_dev_null() -> None:
 
 
 # --- after pivot_root ------------------------------------------------------------------
+
+def set_root_propagation(plan: Plan) -> None:
+    if plan.rootfs_propagation:
+        libc.mount(None, "/", None, plan.rootfs_propagation, what="/ (rootfsPropagation)")
+
 
 def finalize(plan: Plan) -> None:
     """Read-only remounts that had to wait until /dev and the tmpfs modes were done."""

@@ -162,20 +162,22 @@ def init(ctx: InitContext) -> None:
         loopback_up()
     if not plan.no_new_keyring:
         attrs.join_session_keyring(f"_ses.{ctx.container_id}", ctx.in_userns)
-    root_fd = -1
     if plan.has("mount"):
         root_fd = rootfs.prepare_root(plan)
-        rootfs.mount_all(root_fd, plan)
-        if plan.setup_dev:
-            devices.setup_dev(root_fd, plan, ctx.in_userns)
+    else:
+        # No mount namespace: the mounts land in the runtime's namespace, below the
+        # rootfs (runc does the same); `create` records them and `delete` removes them.
+        root_fd = os.open(plan.rootfs, resolve._O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    rootfs.mount_all(root_fd, plan)
+    if plan.setup_dev:
+        devices.setup_dev(root_fd, plan, ctx.in_userns)
     ctx.channel.send("create-hooks")
     ctx.channel.expect("create-hooks-done")
     os.chdir(plan.rootfs)
     if plan.hooks.get("createContainer"):
         ctx.hooks.run_hooks("createContainer", plan.hooks["createContainer"],
                             hook_state(ctx, "creating"))
-    if root_fd >= 0:
-        os.close(root_fd)
+    os.close(root_fd)
     if not plan.has("mount"):
         rootfs.chroot_here()
     elif plan.no_pivot:
@@ -189,6 +191,7 @@ def init(ctx: InitContext) -> None:
         _setup_terminal(ctx)
     if plan.has("mount"):
         rootfs.finalize(plan)
+        rootfs.set_root_propagation(plan)
     os.umask(plan.process.umask if plan.process.umask is not None else 0o022)
     if plan.hostname is not None:
         libc.sethostname(plan.hostname)

@@ -120,6 +120,7 @@ class Creation:
         self.intermediate = 0
         self.init_pid = 0
         self.container: Container | None = None
+        self.mounts_before: list[list[Any]] = []
 
     def run(self) -> Container:
         from ocirt.process import init as init_code  # noqa: F401  (imported before fork)
@@ -151,6 +152,9 @@ class Creation:
         self.container = container
         self.store.save(container)
         write_atomic(container.path(CONFIG_FILE), _dump(self.spec))
+        if not plan.has("mount"):
+            self.mounts_before = host_mounts_below(plan.rootfs)
+            self.undo.push(self._unmount_new_host_mounts, what="mounts below the rootfs")
         fifo_fd = self._make_fifo(container)
         console_fd = self._console_fd()
         ns_fds = self._open_namespaces()
@@ -239,7 +243,10 @@ class Creation:
         container.data["pid"] = self.init_pid
         container.data["init_start"] = proc.start_time(self.init_pid)
         parent.expect("create-hooks", on_log=on_log)
-        self._run_hooks(("prestart", "createRuntime"), "creating")
+        # The state prestart hooks read says "created" (runtime-tools checks it, crun does
+        # it); createRuntime hooks see "creating", as runc passes them.
+        self._run_hooks(("prestart",), "created")
+        self._run_hooks(("createRuntime",), "creating")
         parent.send("create-hooks-done")
         parent.expect("ready", on_log=on_log)
         if plan.process.rlimits:
@@ -253,8 +260,10 @@ class Creation:
         hooks = {k: v for k, v in plan.hooks.items() if k in ("poststart", "poststop")}
         if hooks:
             container.data["hooks"] = hooks
-        namespaces = {k: v for k, v in plan.namespaces.items()}
-        container.data["namespaces"] = namespaces
+        container.data["namespaces"] = dict(plan.namespaces)
+        if not plan.has("mount"):
+            container.data["host_mounts"] = [
+                m for m in host_mounts_below(plan.rootfs) if m not in self.mounts_before]
         self.store.save(container)
         if self.opts.pid_file:
             write_pid_file(self.opts.pid_file, self.init_pid)
@@ -276,6 +285,10 @@ class Creation:
             self._run_hooks(("poststop",), "stopped")
         except OcirtError as exc:
             log.warning(str(exc))
+
+    def _unmount_new_host_mounts(self) -> None:
+        unmount_host_mounts([m for m in host_mounts_below(self.plan.rootfs)
+                             if m not in self.mounts_before])
 
     def _reap_intermediate(self) -> None:
         _, status = os.waitpid(self.intermediate, 0)
@@ -362,3 +375,25 @@ def _write_proc(pid: int, name: str, text: str) -> None:
             f.write(text)
     except OSError as exc:
         raise OcirtError(f"write /proc/{pid}/{name}: {errno_text(exc.errno or 0)}") from None
+
+
+def host_mounts_below(rootfs: str) -> list[list[Any]]:
+    """[mount id, mount point] of every mount below `rootfs` in our mount namespace, in
+    mount order (for containers without a mount namespace of their own)."""
+    from ocirt.linux.mountinfo import mounts
+
+    prefix = rootfs.rstrip("/") + "/"
+    return [[m.id, m.mountpoint] for m in mounts() if m.mountpoint.startswith(prefix)]
+
+
+def unmount_host_mounts(recorded: list[list[Any]]) -> None:
+    """Detach the recorded mounts, newest first, if they are still the same mounts."""
+    from ocirt.linux import consts, libc
+
+    current = {m[0]: m[1] for m in host_mounts_below("/")}
+    for mount_id, mountpoint in reversed(recorded):
+        if current.get(mount_id) == mountpoint:
+            try:
+                libc.umount(mountpoint, consts.MNT_DETACH | consts.UMOUNT_NOFOLLOW)
+            except OSError as exc:
+                log.warning(f"unmount {mountpoint}: {exc.strerror}")

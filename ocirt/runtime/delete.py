@@ -93,6 +93,10 @@ def destroy(store: Store, container: Container) -> None:
         from ocirt.cgroups import manager_from_state
 
         manager_from_state(cg).destroy()
+    if container.data.get("host_mounts"):
+        from ocirt.runtime.create import unmount_host_mounts
+
+        unmount_host_mounts(container.data["host_mounts"])
     store.remove(container.id)
     run_poststop(container)
 

@@ -479,9 +479,6 @@ def _mounts(p: Plan, spec: dict[str, Any]) -> None:
             p.setup_dev = False
         p.mounts.append(Mount(source, dest, fstype, flags, data, propagation, rec_set, rec_clr,
                               tmpcopyup, options))
-    if p.mounts and not p.has("mount"):
-        raise ConfigError("mounts: mounts need a private mount namespace (linux.namespaces "
-                          "has no \"mount\")")
 
 
 def _devices(p: Plan, linux: dict[str, Any]) -> None:
