@@ -174,5 +174,5 @@ _add(Command(
 _add(Command(
     "validate", "ocirt.cli.validate:validate", "validate a bundle's config.json against the "
     "runtime-spec JSON schema", "",
-    (_BUNDLE,), 0, 0, available=False,
+    (_BUNDLE,), 0, 0,
 ))
