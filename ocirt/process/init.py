@@ -54,6 +54,7 @@ class InitContext:
         self.seccomp = seccomp  # a compiled filter (ocirt.seccomp), or None
         self.hooks = hooks  # the ocirt.hooks module when the config has hooks, else None
         self.in_userns = False
+        self.host_pid = 0  # our PID as the host sees it (for hooks' state), from the parent
 
 
 def run_child(stage: Any, ctx: InitContext) -> NoReturn:
@@ -130,13 +131,22 @@ def _become_root_in_userns() -> None:
 
 
 def _write_time_offsets(offsets: dict[str, tuple[int, int]]) -> None:
+    """Offsets of the new time namespace, written before its first process exists.
+
+    A non-dumpable process's /proc files belong to the root of the user namespace its
+    memory was created in, which is the host's: in a new user namespace we could not open
+    our own timens_offsets. So we are dumpable for the duration of this one write (no
+    other process is in our new namespaces yet to take advantage of it)."""
     text = "".join(f"{clock} {secs} {nanos}\n" for clock, (secs, nanos) in offsets.items())
+    libc.prctl(c.PR_SET_DUMPABLE, 1)
     try:
         with open("/proc/self/timens_offsets", "w") as f:
             f.write(text)
     except OSError as exc:
         raise OcirtError(f"write /proc/self/timens_offsets: {errno_text(exc.errno or 0)}") \
             from None
+    finally:
+        libc.prctl(c.PR_SET_DUMPABLE, 0)
 
 
 def close_other_fds(ctx: InitContext) -> None:
@@ -172,7 +182,8 @@ def init(ctx: InitContext) -> None:
     if plan.setup_dev:
         devices.setup_dev(root_fd, plan, ctx.in_userns)
     ctx.channel.send("create-hooks")
-    ctx.channel.expect("create-hooks-done")
+    msg, _ = ctx.channel.expect("create-hooks-done")
+    ctx.host_pid = int(msg.get("pid") or os.getpid())
     os.chdir(plan.rootfs)
     if plan.hooks.get("createContainer"):
         ctx.hooks.run_hooks("createContainer", plan.hooks["createContainer"],
@@ -222,7 +233,7 @@ def _make_cwd(cwd: str) -> None:
 
 def hook_state(ctx: InitContext, status: str) -> str:
     p = ctx.plan
-    return ctx.hooks.hook_state(ctx.container_id, status, os.getpid(), p.bundle,
+    return ctx.hooks.hook_state(ctx.container_id, status, ctx.host_pid, p.bundle,
                                 p.annotations, p.oci_version)
 
 
@@ -446,7 +457,7 @@ def seccomp_state(ctx: InitContext) -> dict[str, Any]:
     """The container state a seccomp notify listener receives (runtime-spec)."""
     p = ctx.plan
     state: dict[str, Any] = {"ociVersion": p.oci_version, "id": ctx.container_id,
-                             "status": "created", "pid": os.getpid(), "bundle": p.bundle}
+                             "status": "created", "pid": ctx.host_pid, "bundle": p.bundle}
     if p.annotations:
         state["annotations"] = p.annotations
     return state

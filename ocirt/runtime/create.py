@@ -247,7 +247,7 @@ class Creation:
         # it); createRuntime hooks see "creating", as runc passes them.
         self._run_hooks(("prestart",), "created")
         self._run_hooks(("createRuntime",), "creating")
-        parent.send("create-hooks-done")
+        parent.send("create-hooks-done", pid=self.init_pid)
         parent.expect("ready", on_log=on_log)
         if plan.process.rlimits:
             attrs.set_rlimits(self.init_pid, plan.process.rlimits)

@@ -130,7 +130,8 @@ class SignalForwarder:
 
         try:
             size = fcntl.ioctl(0, consts.TIOCGWINSZ, b"\0" * 8)
-            fcntl.ioctl(self.master, consts.TIOCSWINSZ, size)
+            if size[:4] != b"\0\0\0\0":  # a terminal without a size keeps consoleSize
+                fcntl.ioctl(self.master, consts.TIOCSWINSZ, size)
         except OSError:
             pass
 

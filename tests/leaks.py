@@ -1,0 +1,35 @@
+"""Checks that a failed or finished container left nothing on the host."""
+
+from __future__ import annotations
+
+import os
+
+
+def processes_rooted_in(path: str) -> list[int]:
+    """PIDs whose root directory or cwd lies inside `path` (a container's rootfs)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        for link in ("root", "cwd"):
+            try:
+                target = os.readlink(f"/proc/{name}/{link}")
+            except OSError:
+                continue
+            if target == path or target.startswith(path.rstrip("/") + "/"):
+                found.append(int(name))
+                break
+    return found
+
+
+def mounts_under(path: str) -> list[str]:
+    prefix = path.rstrip("/")
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    return [p for p in points if p == prefix or p.startswith(prefix + "/")]
+
+
+def assert_nothing_left(state_root: str, cid: str, bundle: str) -> None:
+    assert not os.path.exists(os.path.join(state_root, cid)), "state directory left"
+    assert processes_rooted_in(os.path.join(bundle, "rootfs")) == [], "processes left"
+    assert mounts_under(bundle) == [], "mounts left"
