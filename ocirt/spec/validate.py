@@ -69,26 +69,30 @@ def _read_schema(directory: str, name: str) -> dict[str, Any]:
 
 
 @functools.cache
-def validator(kind: str) -> Any:
-    """A jsonschema validator for one kind of document ("config", "state", ...).
-
-    Every schema file is registered under its file name, so the relative references
-    between them (`defs.schema.json#/$defs/uint32`) resolve without any network access.
-    """
-    from jsonschema import Draft202012Validator
+def registry() -> Any:
+    """Every schema file, registered under its file name, so that the relative references
+    between them (`defs.schema.json#/$defs/uint32`) resolve without any network access."""
     from referencing import Registry, Resource
     from referencing.jsonschema import DRAFT202012
 
-    if kind not in SCHEMA_FILES:
-        raise OcirtError(f"no schema for {kind!r} (known: {', '.join(SCHEMA_FILES)})")
     directory = schema_dir()
     resources = [
         (name, Resource.from_contents(_read_schema(directory, name),
                                       default_specification=DRAFT202012))
         for name in sorted(os.listdir(directory)) if name.endswith(".schema.json")
     ]
-    registry = Registry().with_resources(resources)
-    return Draft202012Validator(registry[SCHEMA_FILES[kind]].contents, registry=registry)
+    return Registry().with_resources(resources)
+
+
+@functools.cache
+def validator(kind: str) -> Any:
+    """A jsonschema validator for one kind of document ("config", "state", ...)."""
+    from jsonschema import Draft202012Validator
+
+    if kind not in SCHEMA_FILES:
+        raise OcirtError(f"no schema for {kind!r} (known: {', '.join(SCHEMA_FILES)})")
+    schemas = registry()
+    return Draft202012Validator(schemas[SCHEMA_FILES[kind]].contents, registry=schemas)
 
 
 def problems(document: Any, kind: str, name: str | None = None) -> list[str]:
