@@ -67,8 +67,17 @@ def loads(text: str | bytes) -> Any:
         where = stop.value if isinstance(stop.value, int) else pos
         msg = "unexpected end of input" if where >= len(text) else "invalid value"
         raise JSONError(msg, text, where) from None
-    except ValueError as exc:  # json.decoder.JSONDecodeError
-        raise JSONError(getattr(exc, "msg", str(exc)), text, getattr(exc, "pos", pos)) from None
+    except (ValueError, SystemError):
+        # The C scanner builds its error through json.decoder; before that module is
+        # imported it fails with a bare SystemError. Errors are rare: let the json module
+        # parse again and say what is wrong where.
+        import json
+
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise JSONError(exc.msg, text, exc.pos) from None
+        raise JSONError("invalid JSON", text, pos) from None
     end = _skip_ws(text, end)
     if end != len(text):
         raise JSONError("extra data after the JSON value", text, end)

@@ -11,8 +11,16 @@ import pytest
 from ocirt.errors import ContainerNotExist, InvalidState, OcirtError
 from ocirt.linux import proc
 from ocirt.state import (
-    ALLOWED, CREATED, PAUSED, RUNNING, STOPPED, Container, Store, check_transition,
-    rfc3339_nano, validate_id,
+    ALLOWED,
+    CREATED,
+    PAUSED,
+    RUNNING,
+    STOPPED,
+    Container,
+    Store,
+    check_transition,
+    rfc3339_nano,
+    validate_id,
 )
 
 
