@@ -169,7 +169,7 @@ _add(Command(
 _add(Command(
     "sif", "ocirt.cli.sif:main", "work with SIF images: list, header, dump, create, add, "
     "del, keygen, sign, verify, bundle, unbundle", "<subcommand> [arguments...]",
-    (), 0, None, interspersed=False, available=False,
+    (), 0, None, interspersed=False,
 ))
 _add(Command(
     "validate", "ocirt.cli.validate:validate", "validate a bundle's config.json against the "

@@ -1,0 +1,241 @@
+"""The adapter: a SIF image becomes an OCI bundle (config.json + rootfs/).
+
+By default the root partition is mounted read-only in place on BUNDLE/rootfs (nothing is
+copied, which is what makes a large image start fast); `unpack` extracts it instead.
+What was mounted or created is written to BUNDLE/.ocirt-sif.json before anything else
+can fail, so `remove_bundle` (`ocirt sif unbundle`) can always take it back, and a
+failure half-way undoes every step already taken.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from typing import Any
+
+from ocirt import jsonio
+from ocirt.errors import OcirtError, os_error_text
+from ocirt.runtime.undo import Undo
+from ocirt.sif.image import Image, SIFError
+
+RECORD = ".ocirt-sif.json"
+WORKDIR = ".ocirt-sif"
+
+
+@dataclass
+class BundleOptions:
+    unpack: bool = False
+    fuse: bool = False
+    writable: str | None = None  # None, "overlay" or "tmpfs"
+    args: list[str] = field(default_factory=list)
+    exec_args: bool = False
+    terminal: bool = False
+    policy: Any = None
+    progress: bool = False
+
+
+def create_bundle(image_path: str, bundle: str, opts: BundleOptions) -> dict[str, Any]:
+    """Make `bundle` (which must not exist, or be an empty directory) from the image.
+    Returns the record stored in BUNDLE/.ocirt-sif.json."""
+    from ocirt.sif import mount
+
+    image_path = os.path.abspath(image_path)
+    bundle = os.path.abspath(bundle)
+    if opts.policy is not None:
+        from ocirt.sif.policy import verify_image
+
+        verify_image(image_path, opts.policy)
+    meta, part = _image_metadata(image_path)
+    if opts.unpack and opts.writable == "overlay":
+        raise SIFError("--unpack gives a writable root already; --writable needs a mount")
+    undo = Undo()
+    try:
+        _make_empty_dir(bundle, undo)
+        rootfs = os.path.join(bundle, "rootfs")
+        _mkdir(rootfs, undo)
+        record: dict[str, Any] = {"image": image_path, "rootfs": "rootfs",
+                                  "mode": "unpack" if opts.unpack else "mount"}
+        if opts.unpack:
+            _write_record(bundle, record, undo)
+            unpack_partition(image_path, part, rootfs, opts.progress)
+        else:
+            mounted = mount.mount_image(image_path, rootfs, os.path.join(bundle, WORKDIR),
+                                        fuse=True if opts.fuse else None,
+                                        writable=opts.writable)
+            undo.push(mount.release, mounted, what="unmount the image")
+            record["mounts"] = mounted.to_json()
+            _write_record(bundle, record, undo)
+        config = _config(rootfs, meta, opts)
+        _write_json(os.path.join(bundle, "config.json"), config, undo)
+    except BaseException:
+        undo.run()
+        raise
+    return record
+
+
+def _image_metadata(image_path: str) -> tuple[Any, Any]:
+    from ocirt.sif.format import DataType
+    from ocirt.sif.mount import root_partition
+    from ocirt.sif.runconfig import ImageMetadata
+
+    with Image.open(image_path) as image:
+        part = root_partition(image)
+        meta = ImageMetadata(image_path)
+        for d in image.find(DataType.GENERIC_JSON, "oci-config.json"):
+            try:
+                doc = jsonio.loads(image.read(d))
+            except ValueError as exc:
+                raise SIFError(f"{image_path}: object {d.id} (oci-config.json): {exc}") \
+                    from None
+            if isinstance(doc, dict):
+                meta.oci_config = doc
+        for d in image.find(DataType.LABELS):
+            try:
+                doc = jsonio.loads(image.read(d))
+            except ValueError:
+                continue
+            if isinstance(doc, dict):
+                meta.labels.update({str(k): v for k, v in doc.items() if isinstance(v, str)})
+    return meta, part
+
+
+def _config(rootfs: str, meta: Any, opts: BundleOptions) -> dict[str, Any]:
+    from ocirt.sif.runconfig import RunOptions, build_config
+
+    run = RunOptions(args=list(opts.args), exec_args=opts.exec_args, terminal=opts.terminal,
+                     readonly=not (opts.unpack or opts.writable),
+                     rootless=os.geteuid() != 0)
+    return build_config(rootfs, meta, run)
+
+
+def _make_empty_dir(path: str, undo: Undo) -> None:
+    if os.path.lexists(path):
+        if not os.path.isdir(path) or os.path.islink(path):
+            raise SIFError(f"bundle {path}: exists and is not a directory")
+        if os.listdir(path):
+            raise SIFError(f"bundle {path}: directory is not empty")
+        return
+    _mkdir(path, undo)
+
+
+def _mkdir(path: str, undo: Undo) -> None:
+    try:
+        os.mkdir(path, 0o755 if os.geteuid() == 0 else 0o700)
+    except OSError as exc:
+        raise SIFError(f"mkdir {os_error_text(exc)}") from None
+    undo.push(_remove_empty_dir, path, what=f"remove {path}")
+
+
+def _remove_empty_dir(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+
+
+def _write_json(path: str, doc: dict[str, Any], undo: Undo) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(jsonio.dumps_pretty(doc, "\t") + "\n")
+    os.replace(tmp, path)
+    undo.push(_unlink, path, what=f"remove {path}")
+
+
+def _write_record(bundle: str, record: dict[str, Any], undo: Undo) -> None:
+    _write_json(os.path.join(bundle, RECORD), record, undo)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+# --- unpacking -----------------------------------------------------------------------
+
+def unpack_partition(image_path: str, part: Any, dest: str, progress: bool = False) -> None:
+    """Extract a squashfs partition with unsquashfs into the (empty) directory `dest`.
+    With `progress` unsquashfs draws its progress bar on stderr."""
+    from ocirt.sif.format import FSType
+
+    if part.partition()[0] != FSType.SQUASHFS:
+        raise SIFError("only squashfs partitions can be unpacked")
+    binary = shutil.which("unsquashfs")
+    if binary is None:
+        raise SIFError("--unpack needs unsquashfs (apt install squashfs-tools)")
+    argv = [binary, "-f", "-o", str(part.offset), "-d", dest]
+    if os.geteuid() != 0:
+        argv.append("-no-xattrs")
+    if not progress:
+        argv.append("-no-progress")
+    argv.append(image_path)
+    import tempfile
+
+    with tempfile.TemporaryFile() as err:
+        res = subprocess.run(argv, stdin=subprocess.DEVNULL,
+                             stdout=2 if progress else subprocess.DEVNULL, stderr=err,
+                             check=False)
+        if res.returncode != 0:
+            err.seek(0)
+            lines = [ln for ln in err.read().decode(errors="replace").splitlines() if ln]
+            raise SIFError(f"unsquashfs failed: {lines[-1] if lines else res.returncode}")
+
+
+# --- removing ------------------------------------------------------------------------
+
+def read_record(bundle: str) -> dict[str, Any]:
+    path = os.path.join(bundle, RECORD)
+    try:
+        with open(path, "rb") as f:
+            doc = jsonio.loads(f.read())
+    except FileNotFoundError:
+        raise SIFError(f"{bundle}: not a bundle made by `ocirt sif bundle` (no {RECORD})") \
+            from None
+    except (OSError, ValueError) as exc:
+        raise SIFError(f"{path}: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("mode") not in ("mount", "unpack"):
+        raise SIFError(f"{path}: not a SIF bundle record")
+    return doc
+
+
+def remove_bundle(bundle: str) -> None:
+    """Unmount and remove everything `create_bundle` made; the bundle directory itself
+    goes too when nothing else is left in it."""
+    from ocirt.sif import mount
+
+    bundle = os.path.abspath(bundle)
+    record = read_record(bundle)
+    rootfs = os.path.join(bundle, "rootfs")
+    if record["mode"] == "mount":
+        mount.release(mount.MountRecord.from_json(record.get("mounts") or {}))
+    else:
+        _remove_tree(rootfs)
+    for path in (os.path.join(bundle, WORKDIR), rootfs):
+        try:
+            _remove_empty_dir(path)
+        except OSError as exc:
+            raise SIFError(f"rmdir {os_error_text(exc)}") from None
+    for name in ("config.json", RECORD):
+        _unlink(os.path.join(bundle, name))
+    try:
+        os.rmdir(bundle)
+    except OSError:
+        pass  # the user put other files there: leave them
+
+
+def _remove_tree(path: str) -> None:
+    """rmtree, refusing when something is mounted below `path` (rmtree would descend
+    into it and delete what the mount shows)."""
+    if not os.path.exists(path):
+        return
+    real = os.path.realpath(path)
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 4 and (fields[4] == real or fields[4].startswith(real + "/")):
+                raise OcirtError(f"{path}: something is mounted at {fields[4]}; unmount "
+                                 "it first")
+    shutil.rmtree(path)

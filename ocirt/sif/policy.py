@@ -1,0 +1,127 @@
+"""Verification policy: which keys are trusted, and refusing images that do not verify.
+
+This is the library side of "trusted containers": `verify_image(path, policy)` raises an
+OcirtError naming the reason (unsigned, tampered header/descriptor/object, unknown
+signer) unless every signature of the image verifies with the policy's keys. The runtime
+calls it before it mounts an image; `ocirt sif verify` and `ocirt sif bundle --verify`
+use the same code.
+
+A policy file is JSON:
+
+    {
+      "keys":    ["/etc/ocirt/keys/site.pub"],       PEM public keys (DSSE signatures)
+      "pgpKeys": ["/etc/ocirt/keys/site.asc"],       OpenPGP public keys
+      "legacy":  false,                              accept only legacy signatures
+      "require": true                                false: the policy allows anything
+    }
+
+Relative key paths are taken relative to the policy file's directory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ocirt.sif.image import SIFError
+
+DEFAULT_POLICY_PATH = "/etc/ocirt/sif-policy.json"
+
+
+class PolicyError(SIFError):
+    """The policy file is unreadable or invalid."""
+
+
+@dataclass
+class Policy:
+    """Trusted keys and how to verify. `require` False means images are not checked."""
+
+    keys: list[str] = field(default_factory=list)
+    pgp_keys: list[str] = field(default_factory=list)
+    legacy: bool = False
+    require: bool = True
+    source: str = ""
+
+    def with_keys(self, keys: list[str], pgp_keys: list[str]) -> Policy:
+        """This policy plus keys given on the command line."""
+        return replace(self, keys=[*self.keys, *keys], pgp_keys=[*self.pgp_keys, *pgp_keys])
+
+    @property
+    def has_keys(self) -> bool:
+        return bool(self.keys or self.pgp_keys)
+
+
+def load_policy(path: str | None = None) -> Policy | None:
+    """The policy at `path`; with no path, the system policy (None when it does not
+    exist). Raises PolicyError naming the file and field for an invalid policy."""
+    from ocirt import jsonio
+
+    explicit = path is not None
+    path = path or DEFAULT_POLICY_PATH
+    try:
+        with open(path, "rb") as f:
+            doc = jsonio.loads(f.read())
+    except FileNotFoundError:
+        if explicit:
+            raise PolicyError(f"policy {path}: no such file or directory") from None
+        return None
+    except OSError as exc:
+        from ocirt.errors import os_error_text
+
+        raise PolicyError(f"policy {os_error_text(exc)}") from None
+    except ValueError as exc:
+        raise PolicyError(f"policy {path}: {exc}") from None
+    return _parse(doc, path)
+
+
+def _parse(doc: Any, path: str) -> Policy:
+    if not isinstance(doc, dict):
+        raise PolicyError(f"policy {path}: not a JSON object")
+    unknown = set(doc) - {"keys", "pgpKeys", "legacy", "require"}
+    if unknown:
+        raise PolicyError(f"policy {path}: unknown field {sorted(unknown)[0]!r}")
+    base = os.path.dirname(os.path.abspath(path))
+
+    def paths(name: str) -> list[str]:
+        value = doc.get(name, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise PolicyError(f"policy {path}: {name} must be a list of file names")
+        return [os.path.join(base, v) for v in value]
+
+    flags = {}
+    for name in ("legacy", "require"):
+        value = doc.get(name, name == "require")
+        if not isinstance(value, bool):
+            raise PolicyError(f"policy {path}: {name} must be true or false")
+        flags[name] = value
+    return Policy(paths("keys"), paths("pgpKeys"), flags["legacy"], flags["require"], path)
+
+
+def verify_image(path: str, policy: Policy, groups: list[int] | None = None,
+                 objects: list[int] | None = None, legacy_all: bool = False) -> list[Any]:
+    """Verify the image at `path` against `policy`; returns the per-signature results
+    (ocirt.sif.integrity.SignatureResult) or raises an OcirtError whose one line starts
+    with the image path and says what broke."""
+    from ocirt.sif import integrity, keys
+    from ocirt.sif.image import Image
+
+    if not policy.require:
+        return []
+    material = integrity.KeyMaterial([keys.load_public(k) for k in policy.keys])
+    gpg = None
+    try:
+        if policy.pgp_keys:
+            from ocirt.sif import pgp
+
+            gpg = pgp.GPG()
+            gpg.import_keys(policy.pgp_keys)
+            material.gpg = gpg
+        with Image.open(path) as image:
+            return integrity.verify(image, material, groups or (), objects or (),
+                                    legacy=policy.legacy, legacy_all=legacy_all)
+    except integrity.VerifyError as exc:
+        raise integrity.VerifyError(f"{path}: verification failed: {exc.message}") from None
+    finally:
+        if gpg is not None:
+            gpg.close()
