@@ -113,6 +113,27 @@ def make_bundle(directory: str, args: list[str] | None = None,
     return directory
 
 
+def clone_rootfs(template: str, rootfs: str) -> str:
+    """A copy of `template` that shares its regular files through hard links.
+
+    Much faster than `make_rootfs` (no 2 MB busybox copy); directories are fresh, so a
+    runtime creating mount points or device nodes in one bundle never touches another.
+    Containers must not rewrite the shared files in place (none of the suite's do).
+    """
+    for top, dirs, files in os.walk(template):
+        rel = os.path.relpath(top, template)
+        dest_top = os.path.normpath(os.path.join(rootfs, rel))
+        os.makedirs(dest_top, exist_ok=True)
+        shutil.copystat(top, dest_top)
+        for name in dirs + files:
+            src, dest = os.path.join(top, name), os.path.join(dest_top, name)
+            if os.path.islink(src):
+                os.symlink(os.readlink(src), dest)
+            elif name in files:
+                os.link(src, dest)
+    return rootfs
+
+
 def write_config(directory: str, config: dict[str, Any]) -> None:
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(config, f, indent=2)

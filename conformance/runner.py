@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any
 
 
 class Result:
@@ -28,31 +28,41 @@ class RuntimeError_(AssertionError):
 
 
 class Runtime:
-    """A runtime binary with its own `--root` state directory."""
+    """A runtime binary with its own `--root` state directory.
 
-    def __init__(self, binary: str, root: str, global_args: list[str] | None = None) -> None:
+    `prefix`, when given, is a callable returning the argv prefix for a working
+    directory (the conformance sandbox's `nsenter` line); every invocation goes through it.
+    """
+
+    def __init__(self, binary: str, root: str, global_args: list[str] | None = None,
+                 prefix: Callable[[str | None], list[str]] | None = None) -> None:
         self.binary = binary
         self.root = root
         self.global_args = list(global_args or [])
+        self.prefix = prefix
 
     @property
     def name(self) -> str:
         return os.path.basename(self.binary)
 
-    def cmd(self, *args: str) -> list[str]:
-        return [self.binary, "--root", self.root, *self.global_args, *args]
+    def cmd(self, *args: str, cwd: str | None = None) -> list[str]:
+        pre = self.prefix(cwd) if self.prefix is not None else []
+        return [*pre, self.binary, "--root", self.root, *self.global_args, *args]
 
     def __call__(self, *args: str, check: bool = False, input: str | None = None,
                  timeout: float = 60, cwd: str | None = None, env: dict[str, str] | None = None,
-                 pass_fds: tuple[int, ...] = ()) -> Result:
-        argv = self.cmd(*args)
+                 pass_fds: tuple[int, ...] = (), stdout: IO[bytes] | None = None,
+                 stderr: IO[bytes] | None = None) -> Result:
+        """Run one command; `stdout`/`stderr`, when given, receive the output instead
+        (a detached container keeps writing there after the command returns)."""
+        argv = self.cmd(*args, cwd=cwd)
         # Files, not pipes: a container inherits the runtime's stdio, so with pipes the
         # caller of `create` would wait for EOF until the container exits.
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             proc = subprocess.run(argv, input=input.encode() if input is not None else None,
                                   stdin=None if input is not None else subprocess.DEVNULL,
-                                  stdout=out, stderr=err, timeout=timeout, cwd=cwd, env=env,
-                                  pass_fds=pass_fds)
+                                  stdout=stdout or out, stderr=stderr or err, timeout=timeout,
+                                  cwd=cwd, env=env, pass_fds=pass_fds)
             out.seek(0)
             err.seek(0)
             result = Result(argv, proc.returncode, out.read().decode(errors="replace"),

@@ -1,0 +1,102 @@
+"""A private mount + cgroup namespace that every runtime invocation of the suite enters.
+
+Why: the suite must never create a cgroup outside its own cgroup, whatever the runtime
+under test does with `cgroupsPath` (absolute paths, or none at all, which some runtimes
+turn into `/<id>` at the top of a hierarchy). A holder process unshares a mount and a
+cgroup namespace while sitting in our own cgroups, replaces /sys/fs/cgroup with a
+private tmpfs and mounts every hierarchy again from inside the new cgroup namespace, so
+"/" of every hierarchy is our own cgroup; /run becomes a private tmpfs too. Runtime
+commands then run through `nsenter` into those two namespaces (the runtime process
+itself stays in our cgroups, which are the namespace root).
+
+crun 1.8 refuses hybrid hosts (v1 controllers plus a cgroup2 mount), so for a runtime
+named crun the cgroup2 mount at /sys/fs/cgroup/unified is left out (as the shared
+engine-smoke tool does).
+
+The holder reads its stdin until EOF, so it ends when the suite closes the pipe or dies.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+
+from conformance import cgroupfs
+
+
+class SandboxError(RuntimeError):
+    pass
+
+
+class Sandbox:
+    def __init__(self, hide_unified: bool = False) -> None:
+        self.hide_unified = hide_unified
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _script(self) -> str:
+        lines = ["set -e", "umount -R -l /sys/fs/cgroup",
+                 "mount -n -t tmpfs -o mode=755,nosuid,nodev,noexec "
+                 "conformance-cgroup /sys/fs/cgroup"]
+        for h in cgroupfs.hierarchies():
+            if h.fstype == "cgroup2" and self.hide_unified:
+                continue
+            mp = shlex.quote(h.mountpoint)
+            opts = ",".join(("nosuid", "nodev", "noexec", *h.options))
+            lines += [f"mkdir -p {mp}",
+                      f"mount -n -t {h.fstype} -o {shlex.quote(opts)} {h.fstype} {mp}"]
+        for name in sorted(os.listdir(cgroupfs.CGROUP_ROOT)):
+            link = os.path.join(cgroupfs.CGROUP_ROOT, name)
+            if os.path.islink(link):
+                lines.append(f"ln -s {shlex.quote(os.readlink(link))} {shlex.quote(link)}")
+        lines += ["mount -n -t tmpfs -o mode=755,nosuid,nodev conformance-run /run",
+                  "mkdir -p /run/lock", "echo ready", "cat >/dev/null"]
+        return "\n".join(lines)
+
+    def start(self) -> None:
+        for tool in ("unshare", "nsenter"):
+            if not shutil.which(tool):
+                raise SandboxError(f"{tool} not found (util-linux)")
+        self.proc = subprocess.Popen(
+            ["unshare", "--mount", "--cgroup", "--propagation", "private", "--",
+             "/bin/sh", "-c", self._script()],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if line.strip() != b"ready":
+            self.close()
+            err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+            raise SandboxError(f"sandbox setup failed: {err.strip() or line!r}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def prefix(self, cwd: str | None = None) -> list[str]:
+        """argv prefix that runs a command inside the sandbox, in `cwd` (default: ours)."""
+        # nsenter's own --wd opens the directory before entering the mount namespace,
+        # which leaves the runtime with an unreachable cwd; cd after entering instead.
+        return ["nsenter", f"--mount=/proc/{self.pid}/ns/mnt",
+                f"--cgroup=/proc/{self.pid}/ns/cgroup", "--",
+                "/bin/sh", "-c", 'cd -- "$0" && exec "$@"', cwd or os.getcwd()]
+
+    def run(self, argv: list[str], **kw: object) -> subprocess.CompletedProcess:
+        """Run a helper command (mount, ...) inside the sandbox's mount namespace."""
+        return subprocess.run([*self.prefix(), *argv], capture_output=True, text=True,
+                              **kw)  # type: ignore[call-overload]
+
+    def close(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream:
+                stream.close()
