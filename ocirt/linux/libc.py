@@ -160,6 +160,20 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
     return ret
 
 
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+
+
+def seccomp_set_mode_filter(flags: int, program: bytes | None) -> int:
+    """seccomp(SECCOMP_SET_MODE_FILTER) with a program of struct sock_filter (8 bytes
+    each); returns the notify listener fd under SECCOMP_FILTER_FLAG_NEW_LISTENER, else 0.
+    With no program the kernel only checks `flags`: EFAULT says it knows them all."""
+    prog = None
+    if program is not None:
+        prog = ctypes.byref(_SockFprog(len(program) // 8, program))
+    return sys_call("seccomp", ctypes.c_uint(1), ctypes.c_uint(flags), prog)
+
+
 class _CapHeader(ctypes.Structure):
     _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
 
