@@ -155,6 +155,8 @@ def close_other_fds(ctx: InitContext) -> None:
     keep = set(range(ctx.keep_fds))
     keep.update(fd for fd in (ctx.channel.fileno(), ctx.fifo_fd, ctx.console_fd) if fd >= 0)
     keep.update(ctx.ns_fds.values())
+    if ctx.seccomp is not None:
+        keep.update(ctx.seccomp.fds())  # the seccomp notify agent's socket
     low = 3
     for fd in sorted(keep | {1 << 30}):
         if fd >= low:
@@ -433,6 +435,7 @@ def exec_process(ctx: InitContext, path: str, env: list[str]) -> NoReturn:
         except OSError:
             pass
     keep = ctx.fifo_fd
+    mark_cloexec_from(ctx.keep_fds)  # before the filter, which may not allow close_range
     if ctx.seccomp is not None:
         if _seccomp_needs_caps(ctx):
             attrs.raise_effective()
@@ -441,7 +444,6 @@ def exec_process(ctx: InitContext, path: str, env: list[str]) -> NoReturn:
         else:
             ctx.seccomp.install(seccomp_state(ctx))
     try:
-        mark_cloexec_from(ctx.keep_fds)
         os.execve(path, proc.args, _env_dict(env))
     except OSError as exc:
         message = f"exec {path}: {errno_text(exc.errno or 0)}"
@@ -454,10 +456,11 @@ def exec_process(ctx: InitContext, path: str, env: list[str]) -> NoReturn:
 
 
 def seccomp_state(ctx: InitContext) -> dict[str, Any]:
-    """The container state a seccomp notify listener receives (runtime-spec)."""
+    """The container state a seccomp notify listener receives (runtime-spec); runc's
+    init sends status "creating"."""
     p = ctx.plan
     state: dict[str, Any] = {"ociVersion": p.oci_version, "id": ctx.container_id,
-                             "status": "created", "pid": ctx.host_pid, "bundle": p.bundle}
+                             "status": "creating", "pid": ctx.host_pid, "bundle": p.bundle}
     if p.annotations:
         state["annotations"] = p.annotations
     return state
