@@ -1,7 +1,5 @@
 """`python -m ocirt` runs the CLI."""
 
-import sys
+from ocirt.cli import run_and_exit
 
-from ocirt.cli import main
-
-sys.exit(main())
+run_and_exit()

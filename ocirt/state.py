@@ -17,11 +17,14 @@ import errno
 import fcntl
 import os
 import time
-from typing import Any
 
 from ocirt import jsonio
 from ocirt.errors import ContainerNotExist, InvalidState, OcirtError
 from ocirt.linux import proc
+
+TYPE_CHECKING = False  # importing typing costs ~2 ms; only annotations need it
+if TYPE_CHECKING:
+    from typing import Any
 
 CREATING, CREATED, RUNNING, PAUSED, STOPPED = "creating", "created", "running", "paused", "stopped"
 

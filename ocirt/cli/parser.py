@@ -9,9 +9,11 @@ argument counts are usage errors.
 
 from __future__ import annotations
 
-from typing import Any
-
 from ocirt.errors import UsageError
+
+TYPE_CHECKING = False  # importing typing costs ~2 ms; only annotations need it
+if TYPE_CHECKING:
+    from typing import Any
 
 BOOL, STR, INT, LIST = "bool", "str", "int", "list"
 _TRUE = {"1", "t", "true", "y", "yes"}

@@ -20,8 +20,6 @@ import fcntl
 import os
 import struct
 import sys
-import traceback
-from typing import Any, NoReturn
 
 from ocirt.errors import OcirtError, errno_text, os_error_text
 from ocirt.fs import console, devices, resolve, rootfs
@@ -30,6 +28,10 @@ from ocirt.linux import libc
 from ocirt.process import attrs
 from ocirt.process.protocol import Channel
 from ocirt.spec.plan import Plan
+
+TYPE_CHECKING = False  # importing typing costs ~2 ms; only annotations need it
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 # Signals whose default action ends a process: while the init waits for `start` (as PID 1
 # of its namespace, where default actions do not apply) they end it explicitly, as runc's
@@ -68,10 +70,22 @@ def run_child(stage: Any, ctx: InitContext) -> NoReturn:
     except OSError as exc:
         _report(ctx, os_error_text(exc))
     except BaseException as exc:  # a bug: send what we know, never a silent exit
-        _report(ctx, f"internal error in container init: {type(exc).__name__}: {exc}: "
-                     + "".join(traceback.format_tb(exc.__traceback__)[-3:]).strip())
+        _report(ctx, f"internal error in container init: {type(exc).__name__}: {exc} "
+                     f"(at {_where(exc)})")
     finally:
         os._exit(code)
+
+
+def _where(exc: BaseException) -> str:
+    """file:line of the innermost frames, without the traceback module (whose imports
+    would fail after pivot_root)."""
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        frames.append(f"{os.path.basename(code.co_filename)}:{tb.tb_lineno} {code.co_name}")
+        tb = tb.tb_next
+    return " <- ".join(reversed(frames[-3:]))
 
 
 def _report(ctx: InitContext, message: str) -> None:

@@ -21,15 +21,24 @@ _NOT_FORWARDED = (9, 17, 19, 23, 28)  # KILL, CHLD, STOP, URG, WINCH (resizes th
 
 
 def run(store: Store, cid: str, opts: CreateOptions, detach: bool, keep: bool) -> int:
+    from ocirt.runtime.create import load_plan
+    from ocirt.state import validate_id
+
+    validate_id(cid)
+    loaded = load_plan(opts.bundle, opts)
+    terminal = loaded[0].process.terminal
     if detach:
-        container = create(store, cid, opts)
+        if terminal and not opts.console_socket:
+            raise OcirtError("cannot allocate tty if ocirt will detach without setting "
+                             "console socket")
+        container = create(store, cid, opts, loaded)
         _start_or_destroy(store, container)
         return 0
     relay_end = -1
-    if not opts.console_socket and _wants_terminal(opts):
+    if not opts.console_socket and terminal:
         relay_end, opts.console_fd = _socketpair()
     try:
-        container = create(store, cid, opts)
+        container = create(store, cid, opts, loaded)
     finally:
         if opts.console_fd >= 0:
             os.close(opts.console_fd)
@@ -53,13 +62,6 @@ def run(store: Store, cid: str, opts: CreateOptions, detach: bool, keep: bool) -
         except OcirtError as exc:
             log.warning(f"delete after run: {exc}")
     return status
-
-
-def _wants_terminal(opts: CreateOptions) -> bool:
-    from ocirt.runtime.create import load_plan
-
-    plan, _ = load_plan(opts.bundle, opts)
-    return plan.process.terminal
 
 
 def _socketpair() -> tuple[int, int]:
