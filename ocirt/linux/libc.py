@@ -274,3 +274,96 @@ def fsmount(fd: int, flags: int, attr_flags: int) -> int:
     if ret < 0:
         raise _fail("fsmount")
     return ret
+
+
+# --- bpf(2): cgroup device programs (ocirt.cgroups.bpf) ------------------------------------
+
+_BPF_PROG_LOAD, _BPF_PROG_ATTACH, _BPF_PROG_DETACH = 5, 8, 9
+_BPF_PROG_GET_FD_BY_ID, _BPF_PROG_QUERY = 13, 16
+
+
+def _bpf(cmd: int, attr: ctypes.Array, what: str) -> int:
+    nr = _NR.get("bpf")
+    if nr is None:
+        raise OSError(38, f"bpf is not supported on {os.uname().machine}")
+    ret = _syscall(ctypes.c_long(nr), ctypes.c_int(cmd), attr, ctypes.c_uint(len(attr)))
+    if ret < 0:
+        raise _fail("bpf", what)
+    return ret
+
+
+def bpf_prog_load(prog_type: int, insns: bytes, license: str, log_size: int = 65536
+                  ) -> tuple[int, str]:
+    """BPF_PROG_LOAD; returns (fd, "") or raises OSError whose `verifier_log` attribute
+    holds the verifier's explanation."""
+    code = ctypes.create_string_buffer(insns, len(insns))
+    lic = ctypes.create_string_buffer(license.encode())
+    log = ctypes.create_string_buffer(log_size)
+    attr = (ctypes.c_char * 72)()
+    ctypes.c_uint32.from_buffer(attr, 0).value = prog_type
+    ctypes.c_uint32.from_buffer(attr, 4).value = len(insns) // 8
+    ctypes.c_uint64.from_buffer(attr, 8).value = ctypes.addressof(code)
+    ctypes.c_uint64.from_buffer(attr, 16).value = ctypes.addressof(lic)
+    ctypes.c_uint32.from_buffer(attr, 24).value = 1 if log_size else 0
+    ctypes.c_uint32.from_buffer(attr, 28).value = log_size
+    ctypes.c_uint64.from_buffer(attr, 32).value = ctypes.addressof(log) if log_size else 0
+    try:
+        return _bpf(_BPF_PROG_LOAD, attr, "BPF_PROG_LOAD"), ""
+    except OSError as exc:
+        exc.verifier_log = log.value.decode(errors="replace")  # type: ignore[attr-defined]
+        raise
+
+
+def _attach_attr(target_fd: int, prog_fd: int, attach_type: int, flags: int,
+                 replace_fd: int) -> ctypes.Array:
+    attr = (ctypes.c_char * 20)()
+    for off, value in ((0, target_fd), (4, prog_fd), (8, attach_type), (12, flags),
+                       (16, replace_fd)):
+        ctypes.c_uint32.from_buffer(attr, off).value = value
+    return attr
+
+
+def bpf_prog_attach(target_fd: int, prog_fd: int, attach_type: int, flags: int,
+                    replace_fd: int = 0) -> None:
+    _bpf(_BPF_PROG_ATTACH, _attach_attr(target_fd, prog_fd, attach_type, flags, replace_fd),
+         "BPF_PROG_ATTACH")
+
+
+def bpf_prog_detach(target_fd: int, prog_fd: int, attach_type: int) -> None:
+    _bpf(_BPF_PROG_DETACH, _attach_attr(target_fd, prog_fd, attach_type, 0, 0),
+         "BPF_PROG_DETACH")
+
+
+def bpf_prog_query(target_fd: int, attach_type: int, max_progs: int = 64) -> list[int]:
+    """IDs of the programs attached to `target_fd` for `attach_type`."""
+    ids = (ctypes.c_uint32 * max_progs)()
+    attr = (ctypes.c_char * 32)()
+    ctypes.c_uint32.from_buffer(attr, 0).value = target_fd
+    ctypes.c_uint32.from_buffer(attr, 4).value = attach_type
+    ctypes.c_uint64.from_buffer(attr, 16).value = ctypes.addressof(ids)
+    ctypes.c_uint32.from_buffer(attr, 24).value = max_progs
+    _bpf(_BPF_PROG_QUERY, attr, "BPF_PROG_QUERY")
+    count = ctypes.c_uint32.from_buffer(attr, 24).value
+    return list(ids[:min(count, max_progs)])
+
+
+def bpf_prog_get_fd_by_id(prog_id: int) -> int:
+    attr = (ctypes.c_char * 12)()
+    ctypes.c_uint32.from_buffer(attr, 0).value = prog_id
+    return _bpf(_BPF_PROG_GET_FD_BY_ID, attr, "BPF_PROG_GET_FD_BY_ID")
+
+
+# --- inotify (cgroup v2 memory.events for `events`) --------------------------------------
+
+def inotify_init1(flags: int) -> int:
+    fd = _libc.inotify_init1(ctypes.c_int(flags))
+    if fd < 0:
+        raise _fail("inotify_init1")
+    return fd
+
+
+def inotify_add_watch(fd: int, path: str, mask: int) -> int:
+    wd = _libc.inotify_add_watch(ctypes.c_int(fd), _b(path), ctypes.c_uint32(mask))
+    if wd < 0:
+        raise _fail("inotify_add_watch", path)
+    return wd
