@@ -4,22 +4,33 @@ The runtime talks to cgroups only through `Manager`:
 
     mgr = manager_for_plan(plan, container_id, systemd=..., rootless=...)
     mgr.create()            # make the container's cgroup(s); undo with destroy()
-    mgr.add(pid)            # place a process (the init, before it runs user code)
+    mgr.add(pid)            # place a process (the intermediate, before it forks the init)
     mgr.apply(resources)    # linux.resources (runtime-spec); raise OcirtError naming the field
     mgr.state()             # JSON-able description kept in state.json ("cgroup")
     manager_from_state(d)   # the same manager again, for later commands
+    mgr.is_frozen() / freeze() / thaw() / pids() / destroy()
+    mgr.update(resources)   # `ocirt update`: apply a LinuxResources delta, keep the merge
+    mgr.stats()             # runc's `events --stats` data
 
-This first version places nothing and applies nothing: the foundation accepts
-`cgroupsPath` and `resources` without acting on them (the cgroup work lands separately).
+Modules: `detect` (host layout), `resources` (linux.resources decoded), `v1` and `v2`
+(the cgroupfs managers), `devices` and `bpf` (device rules, the v2 eBPF filter),
+`stats`, `systemd` (`--systemd-cgroup`), `ops` (pause, resume, update, events, ps).
+This module stays small: `state` and `list` import it to report `paused`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+# runtime-spec features.md, linux.cgroup: what this runtime can drive.
+FEATURES = {"v1": True, "v2": True, "systemd": True, "systemdUser": False, "rdma": True}
+
 
 class Manager:
-    """The no-op manager: the container stays in the caller's cgroups."""
+    """The interface, and the manager of a container that has no cgroup of its own (a
+    rootless container whose cgroups are not writable): every operation does nothing."""
+
+    name = "none"
 
     def create(self) -> None:
         pass
@@ -29,6 +40,11 @@ class Manager:
 
     def apply(self, resources: dict[str, Any] | None) -> None:
         pass
+
+    def update(self, resources: dict[str, Any]) -> None:
+        from ocirt.errors import OcirtError
+
+        raise OcirtError("cannot update resources: the container has no cgroup")
 
     def state(self) -> dict[str, Any] | None:
         return None
@@ -48,11 +64,35 @@ class Manager:
     def destroy(self) -> None:
         pass
 
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+    def paths(self) -> dict[str, str]:
+        """Controller ("" for cgroup2) -> the container's cgroup directory."""
+        return {}
+
 
 def manager_for_plan(plan: Any, container_id: str, *, systemd: bool = False,
-                     rootless: bool = False) -> Manager:
-    return Manager()
+                     rootless: bool | str = False) -> Manager:
+    from ocirt.cgroups.factory import for_plan
+
+    return for_plan(plan, container_id, systemd=systemd, rootless=rootless)
 
 
 def manager_from_state(data: dict[str, Any] | None) -> Manager:
+    if not data:
+        return Manager()
+    kind = data.get("manager")
+    if kind == "v1":
+        from ocirt.cgroups.v1 import V1Manager
+
+        return V1Manager.from_state(data)
+    if kind == "v2":
+        from ocirt.cgroups.v2 import V2Manager
+
+        return V2Manager.from_state(data)
+    if kind == "systemd":
+        from ocirt.cgroups.systemd import SystemdManager
+
+        return SystemdManager.from_state(data)
     return Manager()

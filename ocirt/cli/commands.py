@@ -122,20 +122,18 @@ _add(Command(
     "ps", "ocirt.cli.cgroup:ps", "ps displays the processes running inside a container",
     f"{_ID} [ps options]",
     (Flag("format, f", STR, "select one of: table or json (default: \"table\")", "table"),),
-    1, None, interspersed=False, available=False,
+    1, None, interspersed=False,
 ))
 _add(Command("pause", "ocirt.cli.cgroup:pause",
-             "pause suspends all processes inside the container", _ID, (), 1, 1,
-             available=False))
+             "pause suspends all processes inside the container", _ID, (), 1, 1))
 _add(Command("resume", "ocirt.cli.cgroup:resume",
-             "resumes all processes that have been previously paused", _ID, (), 1, 1,
-             available=False))
+             "resumes all processes that have been previously paused", _ID, (), 1, 1))
 _add(Command(
     "events", "ocirt.cli.cgroup:events",
     "display container events such as OOM notifications, cpu, memory, and IO usage "
     "statistics", _ID,
     (Flag("interval", STR, "set the stats collection interval", "5s"),
-     Flag("stats", BOOL, "display the container's stats then exit")), 1, 1, available=False,
+     Flag("stats", BOOL, "display the container's stats then exit")), 1, 1,
 ))
 _add(Command(
     "update", "ocirt.cli.cgroup:update", "update container resource constraints", _ID,
@@ -164,7 +162,7 @@ _add(Command(
      Flag("pids-limit", STR, "Maximum number of pids allowed in the container", ""),
      Flag("l3-cache-schema", STR, "The string of Intel RDT/CAT L3 cache schema", ""),
      Flag("mem-bw-schema", STR, "The string of Intel RDT/MBA memory bandwidth schema", "")),
-    1, 1, available=False,
+    1, 1,
 ))
 _add(Command(
     "sif", "ocirt.cli.sif:main", "work with SIF images: list, header, dump, create, add, "

@@ -1,0 +1,151 @@
+"""What the v1 and v2 cgroupfs managers share: making the directories (and only ever
+removing what we made), rootless fallbacks, the create-time checks, update bookkeeping.
+
+A cgroup directory that existed before `create` is joined but never removed; of the
+directories we made, the container's own (the leaf) is removed with everything below it,
+retrying while the kernel still lists exiting tasks, and the parents we made only if
+they are empty (another container may have been put next to ours meanwhile).
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+from ocirt import log
+from ocirt.cgroups import Manager, fs
+from ocirt.cgroups import resources as res_mod
+from ocirt.cgroups.resources import DeviceRule, Resources
+from ocirt.errors import OcirtError, errno_text
+
+PREFIX = "linux.resources"
+_PERMISSION = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+class FsManager(Manager):
+    def __init__(self, *, rootless: bool = False, explicit: bool = False,
+                 made: list[str] | None = None, resources: dict[str, Any] | None = None
+                 ) -> None:
+        self.rootless = rootless
+        self.explicit = explicit  # cgroupsPath was given (rootless errors are then fatal)
+        self.made = list(made or [])
+        self.resources_raw = resources
+        self.default_rules: list[DeviceRule] = []
+
+    # -- to be provided by v1/v2 -------------------------------------------------------
+
+    def dirs(self) -> list[str]:
+        """The container's cgroup directories (one per hierarchy)."""
+        raise NotImplementedError
+
+    def _drop(self, directory: str) -> None:
+        """Forget a directory we may not create (rootless)."""
+        raise NotImplementedError
+
+    def _prepare(self, made: list[str]) -> None:
+        """Per-version set-up of freshly made directories (cpuset values, controllers)."""
+
+    def _set(self, res: Resources, full: Resources, devices: bool) -> None:
+        raise NotImplementedError
+
+    def _extra_state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    # -- the interface -------------------------------------------------------------------
+
+    def create(self) -> None:
+        try:
+            self._check_unused()
+            for directory in self.dirs():
+                try:
+                    made = fs.make_dirs(directory)
+                except OSError as exc:
+                    if self._may_skip(exc):
+                        log.debug(f"rootless: skipping cgroup {directory}: "
+                                  f"{errno_text(exc.errno or 0)}")
+                        self._drop(directory)
+                        continue
+                    raise OcirtError(f"create cgroup {directory}: "
+                                     f"{errno_text(exc.errno or 0)}") from None
+                self.made += made
+                self._prepare(made)
+        except BaseException:
+            self.destroy()
+            raise
+
+    def _may_skip(self, exc: OSError) -> bool:
+        return self.rootless and not self.explicit and exc.errno in _PERMISSION
+
+    def _check_unused(self) -> None:
+        """runc 1.2's rule: never start a container in a cgroup that already has
+        processes (they would be killed with it, or keep its cgroup alive)."""
+        for directory in self.dirs():
+            found = fs.procs(directory)
+            if found:
+                raise OcirtError(f"container's cgroup is not empty: {len(found)} process(es) "
+                                 f"found in {directory}")
+
+    def add(self, pid: int) -> None:
+        for directory in self.dirs():
+            try:
+                fs.write_raw(f"{directory}/cgroup.procs", str(pid))
+            except OSError as exc:
+                if self._may_skip(exc):
+                    log.debug(f"rootless: cannot join cgroup {directory}")
+                    self._drop(directory)
+                    continue
+                raise OcirtError(f"add pid {pid} to cgroup {directory}: "
+                                 f"{errno_text(exc.errno or 0)}") from None
+
+    def apply(self, resources: dict[str, Any] | None) -> None:
+        res = res_mod.parse(resources)
+        self._set(res, res, devices=True)
+        self.resources_raw = resources
+
+    def update(self, resources: dict[str, Any]) -> None:
+        merged = res_mod.merge(self.resources_raw, resources)
+        delta = res_mod.parse(resources)
+        self._set(delta, res_mod.parse(merged), devices=False)
+        self.resources_raw = merged
+
+    def state(self) -> dict[str, Any]:
+        data = {"manager": self.name, "made": self.made, "rootless": self.rootless,
+                "explicit": self.explicit, "resources": self.resources_raw}
+        data.update(self._extra_state())
+        return data
+
+    def pids(self) -> list[int]:
+        for directory in self.dirs():
+            if fs.exists(directory, "cgroup.procs"):
+                return sorted(set(fs.procs(directory)))
+        return []
+
+    def destroy(self) -> None:
+        leaves = set(self.dirs())
+        errors = []
+        for directory in reversed(self.made):
+            if directory in leaves:
+                try:
+                    fs.remove_tree(directory)
+                except OcirtError as exc:
+                    errors.append(exc)
+                    continue
+            else:
+                try:
+                    import os
+
+                    os.rmdir(directory)
+                except OSError:
+                    continue  # not empty: another container's cgroup lives there too
+            self.made.remove(directory)
+        if errors:
+            raise errors[0]
+
+    # -- helpers for the setters ---------------------------------------------------------
+
+    def _missing(self, field: str, controller: str) -> OcirtError:
+        if self.rootless:
+            return OcirtError(f"{PREFIX}.{field}: cannot set {controller} limit: container "
+                              "could not join or create cgroup")
+        return OcirtError(f"{PREFIX}.{field}: cannot set {controller} limit: the "
+                          f"{controller} controller is not available on this host")

@@ -1,0 +1,106 @@
+"""Choosing and configuring the manager for a new container.
+
+The cgroup path is runc's: `linux.cgroupsPath`, or the container ID when it is empty.
+A relative path nests below our own cgroup in each hierarchy (the spec leaves that to
+the runtime; runc does the same); an absolute one is taken from the hierarchy's root as
+seen from our cgroup namespace. `..` cannot climb out of either (the path is cleaned as
+if rooted, as runc's CleanPath does).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from typing import Any
+
+from ocirt.cgroups import Manager
+from ocirt.cgroups.detect import SYSTEMD_NAME, V1_CONTROLLERS, Hierarchy, Layout, detect
+from ocirt.errors import OcirtError
+
+
+def for_plan(plan: Any, cid: str, *, systemd: bool = False,
+             rootless: bool | str = False) -> Manager:
+    from ocirt.cgroups import devices
+
+    rootless_on = resolve_rootless(rootless)
+    layout = detect()
+    if systemd:
+        from ocirt.cgroups.systemd import SystemdManager
+
+        mgr: Manager = SystemdManager.for_path(plan.cgroups_path, cid, layout, rootless_on)
+    else:
+        mgr = cgroupfs_manager(layout, plan.cgroups_path, cid, rootless_on)
+    if hasattr(mgr, "default_rules"):
+        mgr.default_rules = devices.default_rules(plan.devices)  # type: ignore[attr-defined]
+    return mgr
+
+
+def resolve_rootless(value: bool | str) -> bool:
+    """--rootless true|false|auto; auto means: not root, or root of a user namespace."""
+    if isinstance(value, bool):
+        return value
+    if value == "true":
+        return True
+    if value == "false":
+        return False
+    if value != "auto":
+        raise OcirtError(f"invalid --rootless value {value!r} (true, false or auto)")
+    return os.geteuid() != 0 or in_user_namespace()
+
+
+def in_user_namespace() -> bool:
+    try:
+        with open("/proc/self/uid_map") as f:
+            fields = f.read().split()
+    except OSError:
+        return False
+    return fields != ["0", "0", "4294967295"]
+
+
+def clean_path(path: str) -> tuple[str, bool]:
+    """(cleaned path, is absolute); `..` never leaves the root it is relative to."""
+    absolute = path.startswith("/")
+    cleaned = posixpath.normpath("/" + path)
+    return (cleaned if absolute else cleaned.lstrip("/")), absolute
+
+
+def cgroup_dir(h: Hierarchy, path: str, absolute: bool) -> str:
+    """The container's directory in hierarchy `h`."""
+    if absolute:
+        found = h.dir_of(path)
+        if found is None:
+            raise OcirtError(f"cgroupsPath {path}: not reachable through the "
+                             f"{h.mountpoint} mount (its root is {h.root})")
+        return found
+    own = h.own_dir()
+    if own is None:
+        raise OcirtError(f"cannot find our own cgroup {h.own} below {h.mountpoint}")
+    return posixpath.join(own, path) if path else own
+
+
+def cgroupfs_manager(layout: Layout, cgroups_path: str, cid: str, rootless: bool) -> Manager:
+    path, absolute = clean_path(cgroups_path or cid)
+    explicit = bool(cgroups_path)
+    mode = layout.mode
+    if mode == "none":
+        if rootless:
+            return Manager()
+        raise OcirtError("no cgroup filesystem is mounted (looked in /proc/self/mountinfo)")
+    if mode == "unified":
+        from ocirt.cgroups.v2 import V2Manager
+
+        assert layout.unified is not None
+        return V2Manager(cgroup_dir(layout.unified, path, absolute), rootless=rootless,
+                         explicit=explicit)
+    from ocirt.cgroups.v1 import V1Manager
+
+    paths: dict[str, str] = {}
+    for h in layout.v1:
+        wanted = [c for c in h.controllers if c in V1_CONTROLLERS or c == SYSTEMD_NAME]
+        if wanted:
+            directory = cgroup_dir(h, path, absolute)
+            for controller in wanted:
+                paths[controller] = directory
+    if layout.unified is not None:  # hybrid: runc joins the same path in cgroup2
+        paths[""] = cgroup_dir(layout.unified, path, absolute)
+    return V1Manager(paths, rootless=rootless, explicit=explicit)
