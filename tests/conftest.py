@@ -8,6 +8,7 @@ container left in it is force-deleted afterwards. Bundles come from
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import sys
@@ -24,6 +25,7 @@ from conformance.bundle import default_config, make_bundle, make_rootfs  # noqa:
 from conformance.runner import Runtime  # noqa: E402
 
 IS_ROOT = os.geteuid() == 0
+_CGROUP_SEQ = itertools.count(1)
 
 
 def ocirt_binary() -> str:
@@ -82,7 +84,13 @@ def bundle(tmp_path: Any) -> Callable[..., str]:
              config: dict | None = None) -> str:
         counter[0] += 1
         directory = str(tmp_path / f"bundle{counter[0]}")
-        cfg = config if config is not None else default_config(args)
+        if config is not None:
+            cfg = config
+        else:
+            cfg = default_config(args)
+            # Unique per bundle, so that concurrent test sessions on one machine never
+            # share a cgroup (the runtime's default is the container ID, e.g. "c1").
+            cfg["linux"]["cgroupsPath"] = f"ocirt-test-{os.getpid()}-{next(_CGROUP_SEQ)}"
         if edit is not None:
             edit(cfg)
         return make_bundle(directory, config=cfg)
