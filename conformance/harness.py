@@ -12,8 +12,10 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from typing import Any
 
 from conformance import cgroupfs, procfs
 from conformance.bundle import clone_rootfs, default_config, write_config
+from conformance.console import ConsoleReceiver
 from conformance.runner import Result, Runtime, wait_for
 from conformance.sandbox import Sandbox
 
@@ -124,6 +127,7 @@ class Harness:
     tmp: str
     counter: list[int] = field(default_factory=lambda: [0])
     tracked: list[tuple[int, int | None]] = field(default_factory=list)
+    closers: list[Callable[[], Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.rt = Runtime(self.info.binary, os.path.join(self.tmp, "state"),
@@ -228,6 +232,14 @@ class Harness:
         assert r.rc == 0, f"run failed: {r}"
         return r.out
 
+    def console(self) -> ConsoleReceiver:
+        """A console-socket receiver on a short path (AF_UNIX paths are limited)."""
+        directory = tempfile.mkdtemp(prefix="conf-cs-")
+        self.closers.append(lambda: shutil.rmtree(directory, ignore_errors=True))
+        receiver = ConsoleReceiver(os.path.join(directory, "sock"))
+        self.closers.append(receiver.close)
+        return receiver
+
     def track(self, pid: int) -> None:
         self.tracked.append((pid, procfs.starttime(pid)))
 
@@ -262,6 +274,8 @@ class Harness:
                     pass
                 procfs.wait_gone(pid, 5)
         leftovers += remove_session_cgroups(self.info.token, wait=bool(leftovers))
+        for close in reversed(self.closers):
+            close()
         return leftovers
 
 
