@@ -1,0 +1,122 @@
+"""Helpers for the SIF tests: where the reference files are, running `ocirt sif`, the
+reference implementation driver, and finding leaked loop devices, mounts, processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from typing import Any
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+FIXTURES = os.path.join(REPO, "..", "shared", "fixtures", "sif")
+KEYS = os.path.join(FIXTURES, "keys")
+GO_SIF = "/usr/share/gocode/src/github.com/sylabs/sif"
+DEBIAN_IMAGES = os.path.join(GO_SIF, "test", "images")
+DEBIAN_KEY = os.path.join(GO_SIF, "test", "keys", "private.asc")
+PYTHON = os.path.join(REPO, ".venv", "bin", "python")
+if not os.path.exists(PYTHON):
+    import sys
+
+    PYTHON = sys.executable
+
+
+def fixture(name: str) -> str:
+    path = os.path.join(FIXTURES, name)
+    if not os.path.exists(path):
+        pytest.skip(f"reference file {name} missing (../shared/fixtures/sif)")
+    return path
+
+
+def run_sif(*args: str, check: bool = False, timeout: float = 120,
+            user: str | None = None, **kw: Any) -> subprocess.CompletedProcess:
+    """`ocirt sif ARGS` through the repository's interpreter; `user` runs it as that
+    (unprivileged) user."""
+    argv = [PYTHON, "-m", "ocirt", "sif", *args]
+    if user is not None:
+        argv = ["runuser", "-u", user, "--", *argv]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                         check=False, **kw)
+    if check and res.returncode != 0:
+        raise AssertionError(f"ocirt sif {' '.join(args)} failed: {res.stderr}")
+    return res
+
+
+def go_reference_missing() -> str | None:
+    if shutil.which("go") is None:
+        return "go is not installed (golang-go)"
+    if not os.path.isdir(os.path.join(GO_SIF, "pkg", "integrity")):
+        return "the reference library is not installed (golang-github-sylabs-sif-dev)"
+    return None
+
+
+def reference(binary: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([binary, *args], capture_output=True, text=True, timeout=60,
+                          check=False)
+
+
+# --- leak checks ---------------------------------------------------------------------
+
+def loop_backings() -> dict[str, str]:
+    """Attached loop devices -> their backing files."""
+    out = {}
+    for name in os.listdir("/sys/block"):
+        path = f"/sys/block/{name}/loop/backing_file"
+        if name.startswith("loop") and os.path.exists(path):
+            try:
+                with open(path) as f:
+                    out[name] = f.read().strip()
+            except OSError:
+                continue
+    return out
+
+
+def mounts_under(prefix: str) -> list[str]:
+    from ocirt.linux.mountinfo import unescape
+
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = unescape(line.split()[4])
+            if point == prefix or point.startswith(prefix.rstrip("/") + "/"):
+                found.append(point)
+    return found
+
+
+def processes_mentioning(text: str) -> list[str]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmd and state != "Z" and int(pid) != os.getpid():
+            found.append(f"{pid}: {cmd}")
+    return found
+
+
+def stray_gpg_agents() -> list[str]:
+    """gpg-agents whose (ocirt) home directory is gone: ones we forgot to stop."""
+    found = []
+    for entry in processes_mentioning("ocirt-gpg-"):
+        words = entry.split()
+        if "--homedir" in words:
+            home = words[words.index("--homedir") + 1]
+            if not os.path.exists(home):
+                found.append(entry)
+    return found
+
+
+
+
+def read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
