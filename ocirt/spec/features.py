@@ -40,6 +40,4 @@ def features() -> dict[str, Any]:
 
 def _module_features(module: str, default: dict[str, Any]) -> dict[str, Any]:
     """A subsystem module may define FEATURES; without it we claim nothing."""
-    import importlib
-
-    return dict(getattr(importlib.import_module(module), "FEATURES", default))
+    return dict(getattr(__import__(module, fromlist=["FEATURES"]), "FEATURES", default))
