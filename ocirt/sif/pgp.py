@@ -58,7 +58,6 @@ class GPG:
         if not self.gpg:
             raise PGPError("OpenPGP signatures need gpg (apt install gnupg)")
         self.home = tempfile.mkdtemp(prefix="ocirt-gpg-")
-        self._agent = False
 
     def __enter__(self) -> GPG:
         return self
@@ -67,10 +66,13 @@ class GPG:
         self.close()
 
     def close(self) -> None:
-        if self._agent and shutil.which("gpgconf"):
+        """Stop the agent (importing a file that holds a secret key starts one too) and
+        wait until it is gone, then remove the home directory."""
+        if shutil.which("gpgconf"):
             subprocess.run(["gpgconf", "--homedir", self.home, "--kill", "all"],
                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, check=False)
+            _wait_for_agent_exit(self.home)
         shutil.rmtree(self.home, ignore_errors=True)
 
     def run(self, *args: str, data: bytes | None = None) -> subprocess.CompletedProcess:
@@ -86,8 +88,6 @@ class GPG:
         for path in paths:
             if not os.path.isfile(path):
                 raise PGPError(f"OpenPGP key {path}: no such file")
-            if secret:
-                self._agent = True
             res = self.run("--import", path)
             found = [s[3] for s in _status(res) if s[1] == "IMPORT_OK" and len(s) > 3]
             if res.returncode != 0 or not found:
@@ -112,7 +112,6 @@ class GPG:
     def clearsign(self, text: bytes, key: str) -> bytes:
         """A clear-signed message over `text` by `key` (SHA-256), as the reference writes
         it (no newline after the armor)."""
-        self._agent = True
         res = self.run("--pinentry-mode", "loopback", "--passphrase", "",
                        "--digest-algo", "SHA256", "--local-user", key, "--clearsign",
                        data=text)
@@ -134,6 +133,29 @@ class GPG:
         except OSError:
             text = b""
         return _strip_final_newline(text), _check_status(status, res)
+
+
+def _wait_for_agent_exit(home: str, timeout: float = 2.0) -> None:
+    import time
+
+    needle = f"--homedir\0{home}\0".encode()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(_live_with_cmdline(pid, needle) for pid in os.listdir("/proc")
+                   if pid.isdigit()):
+            return
+        time.sleep(0.02)
+
+
+def _live_with_cmdline(pid: str, needle: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if needle not in f.read():
+                return False
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
 
 
 def _check_status(status: list[list[str]], res: subprocess.CompletedProcess) -> str:
@@ -183,7 +205,6 @@ def generate(prefix: str, name: str = "ocirt SIF signing key") -> tuple[str, str
         if os.path.lexists(path):
             raise PGPError(f"{path} exists; remove it first")
     with GPG() as g:
-        g._agent = True
         res = g.run("--pinentry-mode", "loopback", "--passphrase", "", "--quick-gen-key",
                     f"{name} <sif@localhost>", "rsa3072", "sign", "never")
         if res.returncode != 0:
