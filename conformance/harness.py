@@ -163,11 +163,20 @@ class Harness:
     def bundle(self, args: list[str] | None = None,
                edit: Callable[[dict[str, Any]], Any] | None = None,
                config: dict[str, Any] | None = None,
-               rootfs: Callable[[str], Any] | None = None) -> str:
+               rootfs: Callable[[str], Any] | None = None, public: bool = False) -> str:
         """A fresh bundle: the session's busybox rootfs, runc's default config with
-        `args`, changed by `edit(config)`; `rootfs(path)` may change the rootfs."""
+        `args`, changed by `edit(config)`; `rootfs(path)` may change the rootfs.
+
+        `public` puts it where any uid can reach it (pytest's own temporary root is
+        0700, which a user-namespaced container root cannot traverse)."""
         self.counter[0] += 1
-        directory = self.path(f"bundle{self.counter[0]}")
+        if public:
+            parent = tempfile.mkdtemp(prefix="conf-bundle-")
+            os.chmod(parent, 0o755)
+            self.closers.append(lambda: shutil.rmtree(parent, ignore_errors=True))
+            directory = os.path.join(parent, "bundle")
+        else:
+            directory = self.path(f"bundle{self.counter[0]}")
         os.makedirs(directory)
         clone_rootfs(self.info.template, os.path.join(directory, "rootfs"))
         cfg = config if config is not None else default_config(args)
