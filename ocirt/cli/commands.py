@@ -116,7 +116,7 @@ _add(Command(
      Flag("cgroup", LIST, "run the process in an (existing) sub-cgroup(s). Format is "
           "[<controller>:]<cgroup>."),
      Flag("ignore-paused", BOOL, "allow exec in a paused container")),
-    1, None, interspersed=False, available=False,
+    1, None, interspersed=False,
 ))
 _add(Command(
     "ps", "ocirt.cli.cgroup:ps", "ps displays the processes running inside a container",

@@ -97,6 +97,7 @@ class Options:
         for f in flags:
             setattr(self, f.dest, list(f.default) if isinstance(f.default, list) else f.default)
         self.help = False
+        self.given: set[str] = set()  # dests set on the command line (runc's IsSet)
 
     def __repr__(self) -> str:
         return f"Options({vars(self)})"
@@ -156,6 +157,7 @@ def parse(
         flag = _lookup(flags, name)
         if flag is None:
             raise UsageError(f"flag provided but not defined: -{name}")
+        opts.given.add(flag.dest)
         if flag.kind == BOOL:
             setattr(opts, flag.dest, parse_bool(value, name) if eq else True)
         else:

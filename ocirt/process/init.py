@@ -57,6 +57,7 @@ class InitContext:
         self.hooks = hooks  # the ocirt.hooks module when the config has hooks, else None
         self.in_userns = False
         self.host_pid = 0  # our PID as the host sees it (for hooks' state), from the parent
+        self.root_fd = -1  # `exec`: the container's root directory (/proc/<init>/root)
 
 
 def run_child(stage: Any, ctx: InitContext) -> NoReturn:
@@ -112,13 +113,13 @@ def intermediate(ctx: InitContext) -> None:
             os.close(fd)
             if kind == "user":
                 ctx.in_userns = True
-                _become_root_in_userns()
+                become_root_in_userns()
     if plan.creates("user"):
         libc.unshare(c.CLONE_NEWUSER)
         ctx.channel.send("idmap-request", pid=os.getpid())
         ctx.channel.expect("idmap-done")
         ctx.in_userns = True
-        _become_root_in_userns()
+        become_root_in_userns()
     flags = 0
     for kind, path in plan.namespaces.items():
         if path == "" and kind != "user":
@@ -135,7 +136,7 @@ def intermediate(ctx: InitContext) -> None:
     ctx.channel.send("init-pid", pid=pid)
 
 
-def _become_root_in_userns() -> None:
+def become_root_in_userns() -> None:
     try:
         os.setresgid(0, 0, 0)
         os.setresuid(0, 0, 0)
@@ -167,7 +168,8 @@ def close_other_fds(ctx: InitContext) -> None:
     """Close every fd we did not bring on purpose (the engines leak some: fd 10 and 251
     here); runc marks them close-on-exec, we close them at once."""
     keep = set(range(ctx.keep_fds))
-    keep.update(fd for fd in (ctx.channel.fileno(), ctx.fifo_fd, ctx.console_fd) if fd >= 0)
+    keep.update(fd for fd in (ctx.channel.fileno(), ctx.fifo_fd, ctx.console_fd, ctx.root_fd)
+                if fd >= 0)
     keep.update(ctx.ns_fds.values())
     if ctx.seccomp is not None:
         keep.update(ctx.seccomp.fds())  # the seccomp notify agent's socket
@@ -215,7 +217,7 @@ def init(ctx: InitContext) -> None:
         rootfs.reopen_dev_null()
     _make_cwd(plan.process.cwd)
     if plan.process.terminal:
-        _setup_terminal(ctx)
+        setup_terminal(ctx)
     if plan.has("mount"):
         rootfs.finalize(plan)
         rootfs.set_root_propagation(plan)
@@ -224,7 +226,7 @@ def init(ctx: InitContext) -> None:
         libc.sethostname(plan.hostname)
     if plan.domainname is not None:
         libc.setdomainname(plan.domainname)
-    _check_lsm(plan)
+    apply_lsm(plan)
     write_sysctls(plan.sysctl)
     rootfs.readonly_paths(plan.readonly_paths)
     rootfs.masked_paths(plan.masked_paths)
@@ -265,7 +267,7 @@ def loopback_up() -> None:
         sock.close()
 
 
-def _setup_terminal(ctx: InitContext) -> None:
+def setup_terminal(ctx: InitContext) -> None:
     root = os.open("/", resolve._O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         master, slave, name = console.open_pty(root)
@@ -284,7 +286,8 @@ def _setup_terminal(ctx: InitContext) -> None:
     ctx.console_fd = -1
 
 
-def _check_lsm(plan: Plan) -> None:
+def apply_lsm(plan: Plan) -> None:
+    """The AppArmor profile the process will run under (applied at its execve)."""
     if plan.process.apparmor:
         if not _apparmor_enabled():
             raise OcirtError(f"apparmor profile {plan.process.apparmor!r} is set in config, "
@@ -436,7 +439,8 @@ def _die_of_signal(signum: int, frame: Any) -> None:
 
 def exec_process(ctx: InitContext, path: str, env: list[str]) -> NoReturn:
     """The last steps before the user process: no_new_privs, seccomp, signal state and
-    file descriptors, then execve. An exec failure goes back to `start` over the fifo."""
+    file descriptors, then execve. An exec failure goes back to `start` over the fifo
+    (or, for `exec`, to its parent over the sync socket)."""
     proc = ctx.plan.process
     if proc.no_new_privs:
         attrs.set_no_new_privs()
@@ -462,7 +466,10 @@ def exec_process(ctx: InitContext, path: str, env: list[str]) -> NoReturn:
     except OSError as exc:
         message = f"exec {path}: {errno_text(exc.errno or 0)}"
         try:
-            os.write(keep, ("E" + message).encode())
+            if keep >= 0:  # the container's init: `start` reads the fifo
+                os.write(keep, ("E" + message).encode())
+            else:  # `exec`: its parent waits on the sync socket
+                ctx.channel.send("error", message=message)
         except OSError:
             pass
         os.write(2, f"ocirt: {message}\n".encode())

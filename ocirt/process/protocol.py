@@ -128,6 +128,25 @@ class Channel:
             return msg, fds
 
 
+def wait_closed(channel: Channel, on_log: Any = None) -> None:
+    """Wait until the peer closes its end (its execve closed it): success. An `error`
+    message instead raises ChildError."""
+    while True:
+        try:
+            msg, fds = channel.recv()
+        except EOFError:
+            return
+        for fd in fds:
+            _close(fd)
+        if msg["type"] == "log":
+            if on_log is not None:
+                on_log(str(msg.get("level", "info")), str(msg.get("msg", "")))
+            continue
+        if msg["type"] == "error":
+            raise ChildError(str(msg.get("message", "unknown error")))
+        raise ProtocolError(f"unexpected message {msg['type']!r}")
+
+
 def _close(fd: int) -> None:
     import os
 

@@ -1,0 +1,76 @@
+"""The processes `exec` forks to run a new process inside an existing container.
+
+Like `create`, `exec` forks an intermediate: it joins every namespace of the container
+(the user namespace first), then forks the process itself, which is therefore inside the
+container's pid namespace. That process takes the container's root (through the
+init's /proc/<pid>/root, so a --no-pivot container works too), sets up its terminal,
+identity and limits exactly as the init does for its own process, and execs. Both stay
+non-dumpable until execve (CVE-2016-9962). The exchange:
+
+    P -> I  go                  the intermediate is in the container's cgroup
+    I -> P  exec-pid {pid}      the process is forked; the intermediate exits
+    C -> P  ready               P sets rlimits and oom_score_adj on it
+    P -> C  ready-ack
+    then EOF on the socket when execve succeeded, or `error {message}` when it did not.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ocirt.errors import OcirtError, errno_text
+from ocirt.linux import consts as c
+from ocirt.linux import libc
+from ocirt.process import attrs
+from ocirt.process.init import (
+    InitContext,
+    apply_lsm,
+    become_root_in_userns,
+    close_other_fds,
+    exec_process,
+    prepare_process,
+    run_child,
+    setup_terminal,
+)
+
+
+def intermediate(ctx: InitContext) -> None:
+    libc.prctl(c.PR_SET_DUMPABLE, 0)
+    close_other_fds(ctx)
+    ctx.channel.expect("go")
+    for kind in c.JOIN_ORDER:
+        fd = ctx.ns_fds.get(kind)
+        if fd is None:
+            continue
+        try:
+            libc.setns(fd, c.NAMESPACES[kind][0], kind)
+        except OSError as exc:
+            raise OcirtError(f"join the container's {kind} namespace: "
+                             f"{errno_text(exc.errno or 0)}") from None
+        os.close(fd)
+        if kind == "user":
+            ctx.in_userns = True
+            become_root_in_userns()
+    ctx.ns_fds = {}
+    pid = os.fork()
+    if pid == 0:
+        run_child(process, ctx)
+    ctx.channel.send("exec-pid", pid=pid)
+
+
+def process(ctx: InitContext) -> None:
+    plan = ctx.plan
+    os.fchdir(ctx.root_fd)
+    os.chroot(".")
+    os.close(ctx.root_fd)
+    ctx.root_fd = -1
+    if plan.process.terminal:
+        os.setsid()
+        setup_terminal(ctx)
+    if not plan.no_new_keyring:
+        attrs.join_session_keyring(f"_ses.{ctx.container_id}", ctx.in_userns)
+    apply_lsm(plan)
+    ctx.channel.send("ready")
+    ctx.channel.expect("ready-ack")
+    exec_path, env = prepare_process(ctx)
+    exec_process(ctx, exec_path, env)

@@ -1,0 +1,324 @@
+"""`exec`: run a new process inside a created or running container.
+
+The process joins all of the container's namespaces and its cgroup, and gets the
+capabilities, rlimits, no_new_privs, seccomp profile and LSM settings of the spec'd
+process (a process.json, or the container's own process with the command-line
+overrides runc applies). Detached, ocirt writes the host PID and exits (the subreaper
+reaps the process); in the foreground it relays stdio or a terminal, forwards signals
+and exits with the process's status.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ocirt import log
+from ocirt.errors import OcirtError, errno_text
+from ocirt.linux import consts
+from ocirt.runtime.undo import Undo
+from ocirt.spec.plan import Plan, Process
+from ocirt.state import PAUSED, Container, Store, check_transition
+
+TYPE_CHECKING = False  # importing typing costs ~2 ms; only annotations need it
+if TYPE_CHECKING:
+    from typing import Any
+
+
+class ExecOptions:
+    """`exec` flags (runc's names in the comments)."""
+
+    def __init__(self, process_file: str = "", args: list[str] | None = None,
+                 tty: bool | None = None, cwd: str = "", env: list[str] | None = None,
+                 user: str = "", additional_gids: list[str] | None = None,
+                 caps: list[str] | None = None, no_new_privs: bool | None = None,
+                 apparmor: str = "", process_label: str = "", detach: bool = False,
+                 pid_file: str = "", console_socket: str = "", preserve_fds: int = 0,
+                 cgroup: list[str] | None = None, ignore_paused: bool = False) -> None:
+        self.process_file = process_file  # --process / -p
+        self.args = args or []  # the command line after the container id
+        self.tty = tty  # --tty / -t (None: not given)
+        self.cwd = cwd  # --cwd
+        self.env = env or []  # --env / -e
+        self.user = user  # --user / -u  uid[:gid]
+        self.additional_gids = additional_gids or []  # --additional-gids / -g
+        self.caps = caps or []  # --cap / -c
+        self.no_new_privs = no_new_privs  # --no-new-privs (None: not given)
+        self.apparmor = apparmor  # --apparmor
+        self.process_label = process_label  # --process-label
+        self.detach = detach  # --detach / -d
+        self.pid_file = pid_file  # --pid-file
+        self.console_socket = console_socket  # --console-socket
+        self.preserve_fds = preserve_fds  # --preserve-fds
+        self.cgroup = cgroup or []  # --cgroup [controller:]path
+        self.ignore_paused = ignore_paused  # --ignore-paused
+
+
+def exec_process(store: Store, cid: str, opts: ExecOptions) -> int:
+    """Run the process; returns its exit status (foreground) or 0 (detached)."""
+    container = store.load(cid)
+    status = container.status()
+    if not (status == PAUSED and opts.ignore_paused):
+        check_transition("exec", status, cid)
+    plan = container_plan(container)
+    plan.process = exec_spec(container, plan, opts)
+    terminal = plan.process.terminal
+    if terminal and opts.detach and not opts.console_socket:
+        raise OcirtError("cannot allocate tty if ocirt will detach without setting console "
+                         "socket")
+    if not terminal and opts.console_socket:
+        raise OcirtError("cannot use console socket if ocirt will not detach or allocate tty")
+    return Execution(container, plan, opts).run()
+
+
+def container_plan(container: Container) -> Plan:
+    from ocirt.spec.plan import build_plan
+
+    return build_plan(container.config(), container.bundle)
+
+
+def exec_spec(container: Container, plan: Plan, opts: ExecOptions) -> Process:
+    """The process to run: a process.json, or the container's process with runc's
+    command-line overrides."""
+    from ocirt.spec.plan import build_caps, build_process
+
+    if opts.process_file:
+        from ocirt.spec.load import read_json_file
+
+        raw = read_json_file(opts.process_file)
+        if not isinstance(raw, dict):
+            raise OcirtError(f"{opts.process_file}: the process must be a JSON object")
+        proc = build_process(raw, "process")
+        if opts.tty:  # conmon passes --tty with process.terminal; --tty forces a terminal
+            proc.terminal = True
+        return proc
+    if not opts.args:
+        raise OcirtError("exec: no command given (and no --process file)")
+    raw = dict(container.config().get("process") or {})
+    raw["args"] = list(opts.args)
+    raw["env"] = list(raw.get("env") or []) + list(opts.env)
+    if opts.cwd:
+        raw["cwd"] = opts.cwd
+    raw["terminal"] = bool(opts.tty)
+    if opts.no_new_privs is not None:
+        raw["noNewPrivileges"] = opts.no_new_privs
+    if opts.apparmor:
+        raw["apparmorProfile"] = opts.apparmor
+    if opts.process_label:
+        raw["selinuxLabel"] = opts.process_label
+    user = dict(raw.get("user") or {})
+    if opts.user:
+        uid, _, gid = opts.user.partition(":")
+        user["uid"] = _int(uid, "--user uid")
+        if gid:
+            user["gid"] = _int(gid, "--user gid")
+    if opts.additional_gids:
+        user["additionalGids"] = list(user.get("additionalGids") or []) + [
+            _int(g, "--additional-gids") for g in opts.additional_gids]
+    raw["user"] = user
+    raw["capabilities"] = _with_caps(raw.get("capabilities"), opts.caps)
+    proc = build_process(raw, "process")
+    build_caps(raw["capabilities"], "--cap")
+    return proc
+
+
+def _int(text: str, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise OcirtError(f"{what}: {text!r} is not a number") from None
+    if value < 0:
+        raise OcirtError(f"{what}: {value} is negative")
+    return value
+
+
+def _with_caps(caps: dict[str, Any] | None, extra: list[str]) -> dict[str, Any] | None:
+    """runc's --cap: added to the bounding, effective and permitted sets, and to the
+    ambient set only when the spec has inheritable capabilities; never to the
+    inheritable set (CVE-2022-29162)."""
+    if not extra:
+        return caps
+    caps = {k: list(v) for k, v in (caps or {}).items()}
+    for cap in extra:
+        name = cap.upper() if cap.upper().startswith("CAP_") else "CAP_" + cap.upper()
+        for kind in ("bounding", "effective", "permitted"):
+            caps.setdefault(kind, []).append(name)
+        if caps.get("inheritable"):
+            caps.setdefault("ambient", []).append(name)
+    return caps
+
+
+class Execution:
+    """One `exec`, step by step, with its undo stack."""
+
+    def __init__(self, container: Container, plan: Plan, opts: ExecOptions) -> None:
+        self.container = container
+        self.plan = plan
+        self.opts = opts
+        self.undo = Undo()
+        self.intermediate = 0
+        self.pid = 0
+
+    def run(self) -> int:
+        try:
+            return self._run()
+        except BaseException:
+            self.undo.run()
+            raise
+
+    def _run(self) -> int:
+        from ocirt.linux import libc
+        from ocirt.process import join  # noqa: F401  (imported before fork)
+        from ocirt.process.init import InitContext, run_child
+        from ocirt.process.protocol import socketpair
+        from ocirt.runtime.create import inherited_fds
+
+        plan = self.plan
+        keep_fds, extra_env = inherited_fds(self.opts.preserve_fds)
+        seccomp = None
+        if plan.seccomp is not None:
+            from ocirt.seccomp import compile_filter
+
+            seccomp = compile_filter(plan.seccomp)
+        ns_fds = self._namespace_fds()
+        root_fd = os.open(f"/proc/{self.container.pid}/root", os.O_PATH | os.O_CLOEXEC)
+        self.undo.push(os.close, root_fd, what="root fd")
+        relay_end = -1
+        console_fd = -1
+        if plan.process.terminal:
+            if self.opts.console_socket:
+                console_fd = _connect(self.opts.console_socket)
+            else:
+                relay_end, console_fd = _socketpair()
+                self.undo.push(os.close, relay_end, what="terminal socket")
+        parent, child = socketpair()
+        self.undo.push(parent.close, what="sync socket")
+        ctx = InitContext(plan, self.container.id, child, -1, console_fd, ns_fds, keep_fds,
+                          extra_env, seccomp, None)
+        ctx.root_fd = root_fd
+        ctx.host_pid = self.container.pid
+        libc.prctl(consts.PR_SET_CHILD_SUBREAPER, 1)
+        pid = os.fork()
+        if pid == 0:
+            from ocirt.process.join import intermediate
+
+            parent.close()
+            run_child(intermediate, ctx)
+        self.intermediate = pid
+        self.undo.push(self._kill_children, what="exec processes")
+        child.close()
+        for fd in (*ns_fds.values(), console_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._join_cgroup(pid)
+        self._handshake(parent)
+        self.undo.clear()
+        os.close(root_fd)
+        if self.opts.pid_file:
+            from ocirt.runtime.create import write_pid_file
+
+            write_pid_file(self.opts.pid_file, self.pid)
+        if self.opts.detach:
+            if relay_end >= 0:
+                os.close(relay_end)
+            return 0
+        return self._foreground(relay_end)
+
+    def _namespace_fds(self) -> dict[str, int]:
+        """fds of the init's namespaces, for every namespace the container has."""
+        fds: dict[str, int] = {}
+        try:
+            for kind in self.plan.namespaces:
+                name = consts.NAMESPACES[kind][1]
+                fds[kind] = os.open(f"/proc/{self.container.pid}/ns/{name}",
+                                    os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            for fd in fds.values():
+                os.close(fd)
+            raise OcirtError(f"open the container's {kind} namespace: "
+                             f"{errno_text(exc.errno or 0)}") from None
+        return fds
+
+    def _join_cgroup(self, pid: int) -> None:
+        cg = self.container.data.get("cgroup")
+        if not cg:
+            return
+        from ocirt.cgroups import manager_from_state
+
+        manager = manager_from_state(cg)
+        if self.opts.cgroup and hasattr(manager, "add_to_sub"):
+            manager.add_to_sub(pid, self.opts.cgroup)
+        else:
+            manager.add(pid)
+
+    def _handshake(self, parent: Any) -> None:
+        from ocirt.process import attrs
+
+        proc = self.plan.process
+        parent.send("go")
+        msg, _ = parent.expect("exec-pid", on_log=_child_log)
+        self.pid = int(msg["pid"])
+        _, status = os.waitpid(self.intermediate, 0)
+        self.intermediate = 0
+        if status != 0:
+            raise OcirtError(f"exec intermediate process failed (wait status {status})")
+        parent.expect("ready", on_log=_child_log)
+        if proc.rlimits:
+            attrs.set_rlimits(self.pid, proc.rlimits)
+        if proc.oom_score_adj is not None:
+            attrs.set_oom_score_adj(self.pid, proc.oom_score_adj)
+        parent.send("ready-ack")
+        from ocirt.process.protocol import wait_closed
+
+        wait_closed(parent, on_log=_child_log)
+        parent.close()
+
+    def _foreground(self, relay_end: int) -> int:
+        from ocirt.runtime.run import SignalForwarder, _receive_master, wait_and_relay
+
+        master = -1
+        try:
+            if relay_end >= 0:
+                master = _receive_master(relay_end)
+            forwarder = SignalForwarder(self.pid, master)
+            return wait_and_relay(self.pid, master, forwarder)
+        finally:
+            if relay_end >= 0:
+                os.close(relay_end)
+
+    def _kill_children(self) -> None:
+        for pid in (self.pid, self.intermediate):
+            if pid > 0:
+                try:
+                    os.kill(pid, 9)
+                except ProcessLookupError:
+                    pass
+        for pid in (self.intermediate, self.pid):
+            if pid > 0:
+                try:
+                    os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass
+
+
+def _child_log(level: str, msg: str) -> None:
+    log.emit(level if level in log.LEVELS else "info", msg)
+
+
+def _connect(path: str) -> int:
+    import _socket
+
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        sock.close()
+        raise OcirtError(f"failed to connect to console socket {path}: "
+                         f"{errno_text(exc.errno or 0)}") from None
+    return int(sock.detach())
+
+
+def _socketpair() -> tuple[int, int]:
+    import _socket
+
+    a, b = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    return int(a.detach()), int(b.detach())
