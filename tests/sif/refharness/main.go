@@ -127,14 +127,19 @@ func kitchen(out, partFile string) {
 		sif.OptAddWithTime(time.Unix(1700000100, 0))); err != nil {
 		fail(err)
 	}
+	// One operation per load, as siftool does: 2.8.3's DeleteObject clears the slot on
+	// disk but not in memory, so a later write in the same session would resurrect it.
+	f = reload(f, out)
 	if err := f.DeleteObject(5, sif.OptDeleteZero(true), sif.OptDeleteWithTime(time.Unix(1700000200, 0))); err != nil {
 		fail(err)
 	}
+	f = reload(f, out)
 	if err := f.AddObject(input(sif.DataGeneric, []byte("reused slot"), sif.OptGroupID(2)),
 		sif.OptAddWithTime(time.Unix(1700000300, 0))); err != nil {
 		fail(err)
 	}
-	if err := f.DeleteObject(12, sif.OptDeleteCompact(true), sif.OptDeleteWithTime(time.Unix(1700000400, 0))); err == nil {
+	f = reload(f, out)
+	if err := f.DeleteObject(12, sif.OptDeleteWithTime(time.Unix(1700000400, 0))); err == nil {
 		fail(fmt.Errorf("deleting a missing object worked"))
 	}
 	if err := f.DeleteObject(11, sif.OptDeleteCompact(true), sif.OptDeleteWithTime(time.Unix(1700000400, 0))); err == nil {
@@ -147,6 +152,17 @@ func kitchen(out, partFile string) {
 		fail(err)
 	}
 	fmt.Println("OK")
+}
+
+func reload(f *sif.FileImage, path string) *sif.FileImage {
+	if err := f.UnloadContainer(); err != nil {
+		fail(err)
+	}
+	g, err := sif.LoadContainerFromPath(path)
+	if err != nil {
+		fail(err)
+	}
+	return g
 }
 
 func sign(path, key string) {
