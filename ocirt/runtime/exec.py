@@ -157,6 +157,7 @@ class Execution:
         self.undo = Undo()
         self.intermediate = 0
         self.pid = 0
+        self.forwarder: Any = None
 
     def run(self) -> int:
         try:
@@ -257,6 +258,10 @@ class Execution:
         parent.send("go")
         msg, _ = parent.expect("exec-pid", on_log=_child_log)
         self.pid = int(msg["pid"])
+        if not self.opts.detach:  # from here on, our signals are the process's
+            from ocirt.runtime.run import SignalForwarder
+
+            self.forwarder = SignalForwarder(self.pid, -1)
         _, status = os.waitpid(self.intermediate, 0)
         self.intermediate = 0
         if status != 0:
@@ -273,14 +278,14 @@ class Execution:
         parent.close()
 
     def _foreground(self, relay_end: int) -> int:
-        from ocirt.runtime.run import SignalForwarder, _receive_master, wait_and_relay
+        from ocirt.runtime.run import _receive_master, wait_and_relay
 
         master = -1
         try:
             if relay_end >= 0:
                 master = _receive_master(relay_end)
-            forwarder = SignalForwarder(self.pid, master)
-            return wait_and_relay(self.pid, master, forwarder)
+                self.forwarder.attach_terminal(master)
+            return wait_and_relay(self.pid, master, self.forwarder)
         finally:
             if relay_end >= 0:
                 os.close(relay_end)

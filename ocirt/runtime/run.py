@@ -115,6 +115,13 @@ class SignalForwarder:
                 signal.signal(sig, self._on_signal)
             except (OSError, ValueError):
                 pass
+        self.attach_terminal(master)
+
+    def attach_terminal(self, master: int) -> None:
+        """Follow our terminal's size changes on the container's pty."""
+        import signal
+
+        self.master = master
         if master >= 0:
             signal.signal(28, self._on_winch)
             self._on_winch(28, None)
