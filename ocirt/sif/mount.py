@@ -46,8 +46,9 @@ class MountError(OcirtError):
 class MountRecord:
     """What `mount_image` did, oldest first; `release` undoes it newest first.
 
-    Each step is {"kind": "mount"|"fuse"|"dir", "path": ...}: a kernel mount, a FUSE
-    mount (its daemon exits when it is unmounted), or a directory we created.
+    Each step is {"kind": "mount"|"fuse"|"dir"|"tree", "path": ...}: a kernel mount, a
+    FUSE mount (its daemon exits when it is unmounted), a directory we created (removed
+    when empty), or a scratch tree (removed with its contents).
     """
 
     steps: list[dict[str, str]] = field(default_factory=list)
@@ -165,10 +166,12 @@ def _mount_writable(image: Image, part: Descriptor, upper: Descriptor | None, ta
         _mount_partition(image, upper, layer, False, record, writable=True)
     elif is_root():
         _kernel_mount("tmpfs", layer, "tmpfs", _flags("nodev", "nosuid"), "mode=0755", record)
+    else:
+        # No tmpfs without privileges: a scratch directory, removed with the session.
+        record.steps.append({"kind": "tree", "path": layer})
     for sub in ("upper", "work"):
-        path = os.path.join(layer, sub)
-        if not os.path.isdir(path):
-            _mkdir(path, record)
+        # Inside the layer: they go with the tmpfs, or stay in the ext3 partition.
+        os.makedirs(os.path.join(layer, sub), mode=0o755, exist_ok=True)
     options = (f"lowerdir={lower},upperdir={layer}/upper,workdir={layer}/work")
     if use_fuse or not is_root():
         _fuse_overlay(options, target, record)
@@ -308,7 +311,9 @@ def release(record: MountRecord) -> None:
 
 def _undo(step: dict[str, str]) -> None:
     kind, path = step.get("kind"), step["path"]
-    if kind == "dir":
+    if kind == "tree":
+        _remove_tree(path)
+    elif kind == "dir":
         try:
             os.rmdir(path)
         except FileNotFoundError:
@@ -321,6 +326,29 @@ def _undo(step: dict[str, str]) -> None:
         _fusermount(path)
     else:
         raise MountError(f"mount record: unknown step {kind!r}")
+
+
+def _remove_tree(path: str) -> None:
+    """Remove a scratch tree, never descending into a mount inside it."""
+    real = os.path.realpath(path)
+    if any(_is_mounted(p) for p in (real,)) or _mounts_below(real):
+        raise MountError(f"{path}: something is still mounted there")
+
+    def writable(func: Any, p: str, _exc: Any) -> None:
+        try:
+            os.chmod(os.path.dirname(p), 0o700)
+            func(p)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=writable)
+
+
+def _mounts_below(real: str) -> bool:
+    from ocirt.linux.mountinfo import unescape
+
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+        return any(unescape(line.split()[4]).startswith(real + "/") for line in f)
 
 
 def _umount(path: str) -> None:

@@ -15,13 +15,14 @@ import pytest
 from tests.sif.helpers import (
     GO_SIF,
     HERE,
+    attached_loops,
     fixture,
     go_reference_missing,
-    loop_backings,
     mounts_under,
     processes_mentioning,
     run_sif,
     stray_gpg_agents,
+    wait_detached,
 )
 
 
@@ -89,15 +90,7 @@ def no_leaks(tmp_path: Any) -> Iterator[None]:
     base = os.path.realpath(str(tmp_path))
     agents_before = set(stray_gpg_agents())
     yield
-    import time
-
-    deadline = time.monotonic() + 3  # autoclear detaches from a kernel worker
-    while True:
-        loops = {dev: f for dev, f in loop_backings().items() if f.startswith(base)}
-        if not loops or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert not loops, f"loop devices left attached: {loops}"
+    assert wait_detached(base), f"loop devices left attached: {attached_loops(base)}"
     assert not mounts_under(base), f"mounts left behind: {mounts_under(base)}"
     assert not processes_mentioning(base), \
         f"processes left behind: {processes_mentioning(base)}"

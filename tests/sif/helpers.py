@@ -74,6 +74,43 @@ def loop_backings() -> dict[str, str]:
     return out
 
 
+def pinned_elsewhere(path: str) -> bool:
+    """Whether another process's mount namespace still holds a mount of `path`: a
+    namespace created (by anyone) while our mount existed keeps a copy of it, and the
+    kernel frees the loop device only when that namespace goes."""
+    needle = os.path.realpath(path).encode()
+    me = os.readlink("/proc/self/ns/mnt")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/ns/mnt") == me:
+                continue
+            with open(f"/proc/{pid}/mountinfo", "rb") as f:
+                if needle in f.read():
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def attached_loops(prefix: str) -> dict[str, str]:
+    """Loop devices backed by files under `prefix` that nothing but us could hold."""
+    return {dev: f for dev, f in loop_backings().items()
+            if f.startswith(prefix) and not pinned_elsewhere(os.path.dirname(f))}
+
+
+def wait_detached(backing: str, timeout: float = 3) -> bool:
+    """Autoclear detaches a loop device from a kernel worker: wait for it."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if not attached_loops(backing):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
 def mounts_under(prefix: str) -> list[str]:
     from ocirt.linux.mountinfo import unescape
 
