@@ -24,7 +24,7 @@ packages=(
     # building and running ocirt
     python3 python3-venv python3-dev gcc libcap-dev libseccomp2 ca-certificates
     # the demo image, user namespaces, SIF images
-    busybox-static uidmap squashfs-tools squashfuse fuse3
+    busybox-static uidmap squashfs-tools squashfuse fuse3 fuse-overlayfs
     # the tests: runc as the reference runtime, and the tools they drive
     runc procps util-linux iproute2 gnupg golang-go golang-github-sylabs-sif-dev
 )
@@ -37,6 +37,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# Unprivileged FUSE mounts (squashfuse for SIF images) need /dev/fuse mode 0666, which
+# udev sets on a normal system; machines without udev leave it root-only.
+if [ -c /dev/fuse ]; then chmod 0666 /dev/fuse; fi
 
 if [ ! -x "$repo/.venv/bin/python" ]; then
     /usr/bin/python3 -m venv "$repo/.venv"
