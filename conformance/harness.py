@@ -258,6 +258,28 @@ class Harness:
             return subprocess.run(argv, capture_output=True, text=True)
         return self.info.sandbox.run(argv)
 
+    def shared_mount(self, path: str) -> None:
+        """Make `path` a shared bind mount in the runtime's mount namespace (undone at
+        the end); only inside the sandbox, never on the host."""
+        import pytest
+
+        if self.info.sandbox is None:
+            pytest.skip("needs the private mount namespace of the sandbox")
+        for argv in (["mount", "--bind", path, path], ["mount", "--make-shared", path]):
+            r = self.in_sandbox(argv)
+            assert r.returncode == 0, f"{argv}: {r.stderr}"
+        self.closers.append(lambda: self.in_sandbox(["umount", "-l", path]))
+
+    def sandbox_mount(self, argv: list[str], target: str) -> None:
+        """Run a `mount` in the runtime's mount namespace, unmounted at the end."""
+        import pytest
+
+        if self.info.sandbox is None:
+            pytest.skip("needs the private mount namespace of the sandbox")
+        r = self.in_sandbox(argv)
+        assert r.returncode == 0, f"{argv}: {r.stderr}"
+        self.closers.append(lambda: self.in_sandbox(["umount", "-l", target]))
+
     @contextmanager
     def running(self, bundle: str, cid: str | None = None) -> Iterator[Container]:
         c = self.start(bundle, cid)

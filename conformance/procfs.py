@@ -179,10 +179,10 @@ def _unescape(path: str) -> str:
 def parse_mountinfo(text: str) -> list[Mount]:
     mounts = []
     for line in text.splitlines():
-        if not line.strip():
-            continue
-        pre, _, post = line.partition(" - ")
+        pre, sep, post = line.partition(" - ")
         f, p = pre.split(), post.split()
+        if not sep or len(f) < 6 or len(p) < 2 or not (f[0].isdigit() and f[1].isdigit()):
+            continue  # not a mountinfo line (other output around it)
         mounts.append(Mount(int(f[0]), int(f[1]), _unescape(f[3]), _unescape(f[4]),
                             set(f[5].split(",")), f[6:], p[0], _unescape(p[1]),
                             set(p[2].split(",")) if len(p) > 2 else set()))
