@@ -84,9 +84,9 @@ def _add_rule(ctx: libseccomp.FilterContext, rule: prof.Rule, default_action: in
 
 
 def enosys_limits(profile: prof.Profile, tokens: list[int]) -> list[bpf.Limit]:
-    """Per architecture, the largest syscall number the profile names: the -ENOSYS stub
-    answers above it. None when the default action lets unknown syscalls through, or
-    already returns ENOSYS."""
+    """Per architecture (the native one always included, as runc >= 1.1.15 does), the
+    largest syscall number the profile names: the -ENOSYS stub answers above it. None
+    when the default action lets unknown syscalls through, or already returns ENOSYS."""
     base = profile.default_action & 0xFFFF0000
     if base in prof.PERMISSIVE_ACTIONS or profile.default_errno == bpf.ENOSYS:
         return []

@@ -6,7 +6,8 @@ follows runc's (libcontainer/specconv and libcontainer/seccomp):
 
 * a profile with neither a default action nor syscalls means no seccomp at all;
 * without `flags`, SECCOMP_FILTER_FLAG_SPEC_ALLOW is set where the kernel knows it; an
-  explicit list (even empty) is taken as it is;
+  explicit list (even empty) is taken as it is (runc 1.2 and crun; runc 1.1 refused any
+  flags); SECCOMP_FILTER_FLAG_TSYNC, which runc accepts and ignores, is applied;
 * SCMP_ACT_KILL is SCMP_ACT_KILL_THREAD; SCMP_ACT_ERRNO and SCMP_ACT_TRACE return EPERM
   unless errnoRet (defaultErrnoRet for the default action) says otherwise;
 * SCMP_ACT_NOTIFY needs listenerPath, cannot be the default action, and cannot apply to

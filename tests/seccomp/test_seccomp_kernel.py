@@ -153,6 +153,9 @@ def test_default_errno_ret_and_enosys_for_syscalls_newer_than_the_profile():
     seccomp["defaultErrnoRet"] = errno.EACCES
     got, _ = run_under(seccomp, calls)
     assert got == [INVALID, errno.EACCES, errno.ENOSYS, errno.ENOSYS]
+    del seccomp["architectures"]  # the native one is implied (runc 1.1.15, 1.2; not 1.1.5)
+    got, _ = run_under(seccomp, calls)
+    assert got == [INVALID, errno.EACCES, errno.ENOSYS, errno.ENOSYS]
 
 
 def test_permissive_default_gets_no_enosys_stub():

@@ -64,6 +64,14 @@ def test_bad_profiles_name_the_field(seccomp, message):
     assert "\n" not in info.value.message
 
 
+def test_architecture_libseccomp_does_not_know():
+    if libseccomp.arch_token("loongarch64"):
+        pytest.skip("this libseccomp knows loongarch64")
+    with pytest.raises(OcirtError, match=r"linux.seccomp.architectures\[1\]: "
+                                         r"SCMP_ARCH_LOONGARCH64 is not supported by libseccomp"):
+        compile_filter({**ALLOW, "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_LOONGARCH64"]})
+
+
 @pytest.mark.parametrize("seccomp", [{}, {"defaultAction": ""}, {"syscalls": []}])
 def test_empty_profile_means_no_filter(seccomp):
     assert compile_filter(seccomp) is None
