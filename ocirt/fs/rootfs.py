@@ -220,6 +220,7 @@ def _tmpfs_copyup(target: int, m: Mount, flags: int) -> None:
     (fsopen/fsmount), copy into it through file descriptors, then attach it."""
     fs = libc.fsopen("tmpfs", c.FSOPEN_CLOEXEC)
     try:
+        libc.fsconfig(fs, c.FSCONFIG_SET_STRING, "source", m.source or "tmpfs")
         for item in filter(None, (m.data or "").split(",")):
             key, eq, value = item.partition("=")
             if eq:
@@ -235,7 +236,8 @@ def _tmpfs_copyup(target: int, m: Mount, flags: int) -> None:
         src = os.open(fd_path(target), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         with _Fd(src):
             copy_tree(src, mnt)
-        libc.move_mount(mnt, "", -1, fd_path(target), c.MOVE_MOUNT_F_EMPTY_PATH,
+        libc.move_mount(mnt, "", target, "",
+                        c.MOVE_MOUNT_F_EMPTY_PATH | c.MOVE_MOUNT_T_EMPTY_PATH,
                         what=m.destination)
 
 

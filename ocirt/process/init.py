@@ -267,7 +267,9 @@ def loopback_up() -> None:
         sock.close()
 
 
-def setup_terminal(ctx: InitContext) -> None:
+def setup_terminal(ctx: InitContext, dev_console: bool = True) -> None:
+    """A pty from the container's devpts as our stdio and controlling terminal, its
+    master sent to the engine. Only the container's init also gets it as /dev/console."""
     root = os.open("/", resolve._O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         master, slave, name = console.open_pty(root)
@@ -275,7 +277,8 @@ def setup_terminal(ctx: InitContext) -> None:
             if ctx.plan.process.console_size:
                 rows, cols = ctx.plan.process.console_size
                 console.set_size(master, rows, cols)
-            console.mount_console(root, slave)
+            if dev_console:
+                console.mount_console(root, slave)
             console.send_master(ctx.console_fd, master, name)
         finally:
             os.close(master)

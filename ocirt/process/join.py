@@ -66,7 +66,7 @@ def process(ctx: InitContext) -> None:
     ctx.root_fd = -1
     if plan.process.terminal:
         os.setsid()
-        setup_terminal(ctx)
+        setup_terminal(ctx, dev_console=False)
     if not plan.no_new_keyring:
         attrs.join_session_keyring(f"_ses.{ctx.container_id}", ctx.in_userns)
     apply_lsm(plan)
