@@ -243,10 +243,8 @@ def _tmpfs_copyup(target: int, m: Mount, flags: int) -> None:
 
 def copy_tree(src_dir: int, dst_dir: int) -> None:
     """Copy a directory's contents (files, dirs, symlinks, devices, fifos) between two
-    directory fds, keeping modes, owners and times."""
-    st = os.fstat(src_dir)
-    os.chmod(fd_path(dst_dir), stat.S_IMODE(st.st_mode))
-    os.chown(fd_path(dst_dir), st.st_uid, st.st_gid)
+    directory fds, keeping modes, owners and times. The destination directory itself is
+    left alone (a tmpfs root keeps its mode= option)."""
     for entry in os.scandir(src_dir):
         name = entry.name
         est = os.stat(name, dir_fd=src_dir, follow_symlinks=False)

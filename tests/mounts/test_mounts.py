@@ -152,3 +152,12 @@ def test_proc_as_a_symlink_is_refused(ocirt, bundle):
     r = ocirt("run", "--bundle", b, "m1")
     assert r.rc == 1 and "must be mounted on ordinary directory" in r.err
     assert ocirt.ids() == []
+
+
+def test_tmpcopyup_keeps_the_mode_option(ocirt, bundle):
+    """podman's --tmpfs /scratch:mode=1777 (with tmpcopyup) on a path the image lacks."""
+    def edit(c):
+        c["mounts"].append({"destination": "/scratch", "type": "tmpfs", "source": "tmpfs",
+                            "options": ["rw", "size=1m", "mode=1777", "tmpcopyup"]})
+    out = run_out(ocirt, bundle, "stat -c %a /scratch; echo x > /scratch/f && echo ok", edit)
+    assert out.split() == ["1777", "ok"]
