@@ -232,6 +232,13 @@ def init(ctx: InitContext) -> None:
     rootfs.masked_paths(plan.masked_paths)
     ctx.channel.send("ready")
     ctx.channel.expect("ready-ack")
+    if not plan.has_process:
+        ctx.channel.send("initialized")
+        ctx.channel.close()
+        wait_for_start(ctx)
+        os.write(ctx.fifo_fd, b"Ethe container has no process to start (config.json sets "
+                              b"none)")
+        os._exit(1)
     exec_path, env = prepare_process(ctx)
     ctx.channel.send("initialized")
     ctx.channel.close()

@@ -93,7 +93,7 @@ def exec_spec(container: Container, plan: Plan, opts: ExecOptions) -> Process:
         return proc
     if not opts.args:
         raise OcirtError("exec: no command given (and no --process file)")
-    raw = dict(container.config().get("process") or {})
+    raw = dict(container.config().get("process") or {"cwd": "/"})
     raw["args"] = list(opts.args)
     raw["env"] = list(raw.get("env") or []) + list(opts.env)
     if opts.cwd:

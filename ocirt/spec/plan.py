@@ -126,6 +126,7 @@ class Plan:
         self.mount_label = ""
         self.sysctl: dict[str, str] = {}
         self.process = Process()
+        self.has_process = True  # False: config.json has no process; `start` must fail
         self.hooks: dict[str, list[dict[str, Any]]] = {}
         self.personality: int | None = None
         self.cgroups_path = ""
@@ -219,9 +220,10 @@ def build_plan(spec: dict[str, Any], bundle: str, *, no_pivot: bool = False,
             raise ConfigError(f"{key}: unable to set {key} without a private UTS namespace")
 
     process = _get(spec, "process", dict, "")
-    if process is None:
-        raise ConfigError("process: must be specified")
-    p.process = build_process(process, "process")
+    if process is not None:
+        p.process = build_process(process, "process")
+    else:  # OPTIONAL for create, REQUIRED for start (runtime-spec config.md)
+        p.has_process = False
     _mounts(p, spec)
     _devices(p, linux)
     p.masked_paths = _abs_paths(linux, "maskedPaths")

@@ -37,3 +37,14 @@ def test_create_start_state_kill_delete(ocirt, bundle, tmp_path):
     assert ocirt.wait_status("c1", "stopped")
     ocirt("delete", "c1", check=True)
     assert ocirt("state", "c1").rc == 1
+
+
+def test_start_without_a_process_fails_and_stops(ocirt, bundle):
+    """runtime-spec: process is OPTIONAL for create but REQUIRED when start is called."""
+    b = bundle(edit=lambda c: c.pop("process"))
+    ocirt("create", "--bundle", b, "c1", check=True)
+    assert ocirt.state("c1")["status"] == "created"
+    r = ocirt("start", "c1")
+    assert r.rc == 1 and "no process" in r.err
+    assert ocirt.wait_status("c1", "stopped")
+    ocirt("delete", "c1", check=True)

@@ -79,7 +79,6 @@ def test_spec_devices_replace_defaults_with_the_same_path():
 
 @pytest.mark.parametrize("edit,needle", [
     (lambda cfg: cfg.pop("root"), "root: must be specified"),
-    (lambda cfg: cfg.pop("process"), "process: must be specified"),
     (lambda cfg: cfg["process"].update(args=[]), "process.args: args must not be empty"),
     (lambda cfg: cfg["process"].update(cwd="relative"), "process.cwd: Cwd must be an absolute"),
     (lambda cfg: cfg["process"]["user"].update(uid=-1), "process.user.uid: -1 is out of range"),
@@ -145,3 +144,8 @@ def test_scheduler_and_io_priority():
     p = plan_of(edit)
     assert p.process.io_priority == (3, 7)
     assert p.process.scheduler["policy"] == 3 and p.process.scheduler["nice"] == 5
+
+
+def test_process_is_optional_until_start():
+    p = plan_of(lambda cfg: cfg.pop("process"))
+    assert p.has_process is False
