@@ -117,10 +117,33 @@ def _labels_json(labels: dict[str, str]) -> str:
     return jsonio.dumps_pretty(dict(sorted(labels.items())), "\t") + "\n"
 
 
+# What a container needs to find in a read-only root (mount points, and files the
+# runtime or engines bind over), created when the image lacks them, as Singularity's
+# builder does.
+BASE_DIRS = {"dev": 0o755, "proc": 0o555, "sys": 0o555, "tmp": 0o1777, "var": 0o755,
+             "var/tmp": 0o1777, "home": 0o755, "root": 0o700, "etc": 0o755}
+BASE_FILES = ("etc/hosts", "etc/resolv.conf")
+
 _TOP_LINKS = {"singularity": ".singularity.d/runscript",
               "environment": ".singularity.d/env/90-environment.sh",
               ".run": ".singularity.d/actions/run", ".exec": ".singularity.d/actions/exec",
               ".shell": ".singularity.d/actions/shell", ".test": ".singularity.d/actions/test"}
+
+
+def add_base_layout(root: str) -> None:
+    """Create the missing mount points and files of BASE_DIRS/BASE_FILES in a scratch
+    root we own (the OCI build)."""
+    for rel, mode in BASE_DIRS.items():
+        path = os.path.join(root, rel)
+        if _real_dir(root, os.path.dirname(rel), set()) and not os.path.lexists(path):
+            os.mkdir(path)
+            os.chmod(path, mode)
+    for rel in BASE_FILES:
+        path = os.path.join(root, rel)
+        if _real_dir(root, os.path.dirname(rel), set()) and not os.path.lexists(path):
+            # O_EXCL|O_NOFOLLOW: a symlink planted by a layer is never followed.
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                             0o644))
 
 
 def write_tree(root: str, files: dict[str, tuple[int, str]]) -> None:
@@ -141,7 +164,37 @@ def write_tree(root: str, files: dict[str, tuple[int, str]]) -> None:
 
 def pseudo_definitions(rootfs: str, files: dict[str, tuple[int, str]],
                        scratch: str) -> str:
-    """A mksquashfs pseudo-file list adding /.singularity.d from files in `scratch`."""
+    """A mksquashfs pseudo-file list adding /.singularity.d from files in `scratch`, and
+    the base mount points and files the directory lacks."""
+    lines = []
+    added: set[str] = set()
+    for rel, mode in BASE_DIRS.items():
+        parent = os.path.dirname(rel)
+        if not os.path.lexists(os.path.join(rootfs, rel)) and _real_dir(rootfs, parent, added):
+            lines.append(f"/{rel} d {mode:o} 0 0")
+            added.add(rel)
+    for rel in BASE_FILES:
+        parent = os.path.dirname(rel)
+        if not os.path.lexists(os.path.join(rootfs, rel)) and _real_dir(rootfs, parent, added):
+            lines.append(f"/{rel} f 644 0 0 true")
+    if files:
+        lines += _singularity_pseudo(rootfs, files, scratch)
+    path = os.path.join(scratch, "pseudo")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def _real_dir(rootfs: str, rel: str, added: set[str]) -> bool:
+    """Whether `rel` is (or will be, by the pseudo file) a directory, not a symlink."""
+    if not rel or rel in added:
+        return True
+    path = os.path.join(rootfs, rel)
+    return os.path.isdir(path) and not os.path.islink(path)
+
+
+def _singularity_pseudo(rootfs: str, files: dict[str, tuple[int, str]],
+                        scratch: str) -> list[str]:
     lines = []
     for sub in ("/.singularity.d", "/.singularity.d/actions", "/.singularity.d/env",
                 "/.singularity.d/libs"):
@@ -157,10 +210,7 @@ def pseudo_definitions(rootfs: str, files: dict[str, tuple[int, str]],
         if name == "singularity" and "runscript" not in files:
             continue
         lines.append(f"/{name} s 777 0 0 {target}")
-    path = os.path.join(scratch, "pseudo")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-    return path
+    return lines
 
 
 # --- squashing and assembling ----------------------------------------------------------
@@ -222,9 +272,8 @@ def from_rootfs(rootfs: str, output: str, spec: BuildSpec) -> None:
         raise SIFError(f"{rootfs} has its own /.singularity.d: put the runscript and "
                        "environment there")
     with _scratch(output) as scratch:
-        pseudo = None
-        if not has_tree:
-            pseudo = pseudo_definitions(rootfs, singularity_tree(spec, None), scratch)
+        files = {} if has_tree else singularity_tree(spec, None)
+        pseudo = pseudo_definitions(rootfs, files, scratch)
         squashfs = os.path.join(scratch, "rootfs.squashfs")
         mksquashfs(rootfs, squashfs, spec, pseudo)
         assemble(output, squashfs, spec)
@@ -249,7 +298,8 @@ def from_oci_layout(layout_dir: str, output: str, spec: BuildSpec,
         tree = os.path.join(scratch, "rootfs")
         os.mkdir(tree, 0o755)
         apply_layers(layout, manifest, tree)
-        if not os.path.isdir(os.path.join(tree, ".singularity.d")):
+        add_base_layout(tree)
+        if not os.path.lexists(os.path.join(tree, ".singularity.d")):
             write_tree(tree, singularity_tree(spec, run))
         squashfs = os.path.join(scratch, "rootfs.squashfs")
         mksquashfs(tree, squashfs, spec)

@@ -206,8 +206,54 @@ def _decompressed(raw: _VerifiedReader, media_type: str) -> tuple[Any, Any]:
         threading.Thread(target=feed, daemon=True).start()
         return proc.stdout, proc
     if "gzip" in media_type or media_type.endswith("tar") or media_type == "":
-        return raw, None  # tarfile's "r|*" detects gzip itself
+        head = raw.read(2)
+        stream = _Prefixed(head, raw)
+        if head == b"\x1f\x8b":
+            import gzip
+
+            # GzipFile reads every member: umoci and pigz write several.
+            return gzip.GzipFile(fileobj=stream, mode="rb"), None
+        return stream, None
     raise LayoutError(f"unsupported layer media type {media_type}")
+
+
+class _EndPadded:
+    """A tar stream completed with the zero padding and end-of-archive blocks that some
+    writers leave out (umoci ends a layer right after the last file's data), as
+    containerd's and Go's readers tolerate."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.count = 0
+        self.padding: int | None = None
+
+    def read(self, n: int = -1) -> bytes:
+        if self.padding is None:
+            data = self.stream.read(n)
+            if data or n == 0:
+                self.count += len(data)
+                return data
+            self.padding = (-self.count % 512) + 1024
+        give = self.padding if n < 0 else min(n, self.padding)
+        self.padding -= give
+        return b"\0" * give
+
+
+class _Prefixed:
+    """A stream with a few already-read bytes put back in front."""
+
+    def __init__(self, head: bytes, rest: Any) -> None:
+        self.head = head
+        self.rest = rest
+
+    def read(self, n: int = -1) -> bytes:
+        if self.head:
+            if n < 0:
+                data, self.head = self.head + self.rest.read(), b""
+                return data
+            data, self.head = self.head[:n], self.head[n:]
+            return data + (self.rest.read(n - len(data)) if n > len(data) else b"")
+        return self.rest.read(n)
 
 
 def apply_tar(stream: Any, dest: str) -> None:
@@ -215,10 +261,12 @@ def apply_tar(stream: Any, dest: str) -> None:
     root = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     created: set[str] = set()
     try:
-        with tarfile.open(fileobj=stream, mode="r|*") as tar:
+        with tarfile.open(fileobj=_EndPadded(stream), mode="r|") as tar:
             for member in tar:
                 _apply_member(root, tar, member, created)
-    except tarfile.TarError as exc:
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        if isinstance(exc, LayoutError):
+            raise
         raise LayoutError(f"layer: {exc}") from None
     finally:
         os.close(root)

@@ -262,9 +262,9 @@ def _usable_mounts(rootfs: str, mounts: list[dict[str, Any]],
     kept: list[dict[str, Any]] = []
     for m in mounts:
         dest = m["destination"]
-        covered = any(dest.startswith(k["destination"].rstrip("/") + "/")
-                      and k.get("type") == "tmpfs" for k in kept)
-        if covered or exists_in_root(rootfs, dest) or dest.startswith("/sys/"):
+        # Below a kept mount the runtime creates (tmpfs) or finds (sysfs) the directory.
+        covered = any(dest.startswith(k["destination"].rstrip("/") + "/") for k in kept)
+        if covered or exists_in_root(rootfs, dest):
             kept.append(m)
     for dest in ("/tmp", "/var/tmp"):
         if exists_in_root(rootfs, dest):

@@ -27,8 +27,22 @@ from tests.sif.helpers import (
 
 
 @pytest.fixture
-def sif(tmp_path: Any) -> Callable[..., subprocess.CompletedProcess]:
-    return run_sif
+def sif(tmp_path: Any) -> Iterator[Callable[..., subprocess.CompletedProcess]]:
+    """`ocirt sif ...`; a bundle a failed test did not unbundle is unbundled afterwards
+    (and the test fails: tests clean up after themselves)."""
+    made: list[tuple[str, str | None]] = []
+
+    def run(*args: str, **kw: Any) -> subprocess.CompletedProcess:
+        if args and args[0] == "bundle":
+            head = list(args[: args.index("--")] if "--" in args else args)
+            made.append((head[-1], kw.get("user")))  # bundle [flags] IMAGE BUNDLE [-- ...]
+        return run_sif(*args, **kw)
+
+    yield run
+    left = [(b, u) for b, u in made if os.path.exists(os.path.join(b, ".ocirt-sif.json"))]
+    for bundle, user in left:
+        run_sif("unbundle", bundle, user=user)
+    assert not left, f"bundles left mounted: {[b for b, _ in left]}"
 
 
 @pytest.fixture
