@@ -54,6 +54,7 @@ class FsManager(Manager):
     # -- the interface -------------------------------------------------------------------
 
     def create(self) -> None:
+        skipped = []
         try:
             self._check_unused()
             for directory in self.dirs():
@@ -61,8 +62,7 @@ class FsManager(Manager):
                     made = fs.make_dirs(directory)
                 except OSError as exc:
                     if self._may_skip(exc):
-                        log.debug(f"rootless: skipping cgroup {directory}: "
-                                  f"{errno_text(exc.errno or 0)}")
+                        skipped.append(f"{directory} ({errno_text(exc.errno or 0)})")
                         self._drop(directory)
                         continue
                     raise OcirtError(f"create cgroup {directory}: "
@@ -72,6 +72,9 @@ class FsManager(Manager):
         except BaseException:
             self.destroy()
             raise
+        if skipped:
+            log.warning(f"rootless: no cgroup for the container in {', '.join(skipped)}; it "
+                        "runs without limits there (requesting any is an error)")
 
     def _may_skip(self, exc: OSError) -> bool:
         return self.rootless and not self.explicit and exc.errno in _PERMISSION
@@ -108,7 +111,10 @@ class FsManager(Manager):
         self._set(delta, res_mod.parse(merged), devices=False)
         self.resources_raw = merged
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> dict[str, Any] | None:
+        """None when the container got no cgroup at all (rootless without access)."""
+        if not self.dirs():
+            return None
         data = {"manager": self.name, "made": self.made, "rootless": self.rootless,
                 "explicit": self.explicit, "resources": self.resources_raw}
         data.update(self._extra_state())

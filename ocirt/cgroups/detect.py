@@ -59,7 +59,11 @@ class Hierarchy:
 
 
 def relative_to(path: str, root: str) -> str | None:
-    """`path` below `root` as a relative path ("" for root itself), None if outside."""
+    """`path` below `root` as a relative path ("" for root itself), None if outside. A
+    root with `..` in it (a mount made outside our cgroup namespace, shown relative to
+    the namespace) is outside by definition."""
+    if ".." in root.split("/"):
+        return None
     path = posixpath.normpath(path)
     root = posixpath.normpath(root)
     if root == "/":

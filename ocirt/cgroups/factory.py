@@ -60,7 +60,7 @@ def in_user_namespace() -> bool:
 def clean_path(path: str) -> tuple[str, bool]:
     """(cleaned path, is absolute); `..` never leaves the root it is relative to."""
     absolute = path.startswith("/")
-    cleaned = posixpath.normpath("/" + path)
+    cleaned = posixpath.normpath("/" + path.lstrip("/"))
     return (cleaned if absolute else cleaned.lstrip("/")), absolute
 
 
