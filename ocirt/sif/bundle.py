@@ -47,7 +47,7 @@ def create_bundle(image_path: str, bundle: str, opts: BundleOptions) -> dict[str
         from ocirt.sif.policy import verify_image
 
         verify_image(image_path, opts.policy)
-    meta, part = _image_metadata(image_path)
+    meta, layers = _image_metadata(image_path)
     if opts.unpack and opts.writable == "overlay":
         raise SIFError("--unpack gives a writable root already; --writable needs a mount")
     undo = Undo()
@@ -59,7 +59,9 @@ def create_bundle(image_path: str, bundle: str, opts: BundleOptions) -> dict[str
                                   "mode": "unpack" if opts.unpack else "mount"}
         if opts.unpack:
             _write_record(bundle, record, undo)
-            unpack_partition(image_path, part, rootfs, opts.progress)
+            if len(layers) != 1:
+                raise SIFError(f"{image_path}: --unpack handles single-layer images only")
+            unpack_partition(image_path, layers[0], rootfs, opts.progress)
         else:
             mounted = mount.mount_image(image_path, rootfs, os.path.join(bundle, WORKDIR),
                                         fuse=True if opts.fuse else None,
@@ -76,13 +78,17 @@ def create_bundle(image_path: str, bundle: str, opts: BundleOptions) -> dict[str
 
 
 def _image_metadata(image_path: str) -> tuple[Any, Any]:
+    """(ImageMetadata, root layers) of the image."""
+    from ocirt.sif import ocisif
     from ocirt.sif.format import DataType
-    from ocirt.sif.mount import root_partition
+    from ocirt.sif.mount import root_layers
     from ocirt.sif.runconfig import ImageMetadata
 
     with Image.open(image_path) as image:
-        part = root_partition(image)
+        layers = root_layers(image)
         meta = ImageMetadata(image_path)
+        if ocisif.is_oci_sif(image):
+            meta.oci_config = ocisif.config(image, ocisif.manifest(image))
         for d in image.find(DataType.GENERIC_JSON, "oci-config.json"):
             try:
                 doc = jsonio.loads(image.read(d))
@@ -98,7 +104,7 @@ def _image_metadata(image_path: str) -> tuple[Any, Any]:
                 continue
             if isinstance(doc, dict):
                 meta.labels.update({str(k): v for k, v in doc.items() if isinstance(v, str)})
-    return meta, part
+    return meta, layers
 
 
 def _config(rootfs: str, meta: Any, opts: BundleOptions) -> dict[str, Any]:
@@ -156,17 +162,15 @@ def _unlink(path: str) -> None:
 
 # --- unpacking -----------------------------------------------------------------------
 
-def unpack_partition(image_path: str, part: Any, dest: str, progress: bool = False) -> None:
-    """Extract a squashfs partition with unsquashfs into the (empty) directory `dest`.
-    With `progress` unsquashfs draws its progress bar on stderr."""
-    from ocirt.sif.format import FSType
-
-    if part.partition()[0] != FSType.SQUASHFS:
+def unpack_partition(image_path: str, layer: Any, dest: str, progress: bool = False) -> None:
+    """Extract a squashfs layer (ocirt.sif.mount.Layer) with unsquashfs into the (empty)
+    directory `dest`. With `progress` unsquashfs draws its progress bar on stderr."""
+    if layer.fs != "squashfs":
         raise SIFError("only squashfs partitions can be unpacked")
     binary = shutil.which("unsquashfs")
     if binary is None:
         raise SIFError("--unpack needs unsquashfs (apt install squashfs-tools)")
-    argv = [binary, "-f", "-o", str(part.offset), "-d", dest]
+    argv = [binary, "-f", "-o", str(layer.offset), "-d", dest]
     if os.geteuid() != 0:
         argv.append("-no-xattrs")
     if not progress:

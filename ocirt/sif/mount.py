@@ -123,47 +123,106 @@ def fs_name(d: Descriptor) -> str:
 
 # --- mounting ------------------------------------------------------------------------
 
+@dataclass
+class Layer:
+    """A file system inside the image: a partition, or an OCI-SIF layer blob."""
+
+    id: int
+    offset: int
+    size: int
+    fs: str  # "squashfs" or "ext3"
+
+
+def root_layers(image: Image) -> list[Layer]:
+    """What makes the root file system, bottom layer first: a native image's root
+    partition, or an OCI-SIF image's squashfs layers."""
+    from ocirt.sif import ocisif
+
+    if ocisif.is_oci_sif(image):
+        layers = []
+        for d in ocisif.squashfs_layers(image, ocisif.manifest(image)):
+            if os.pread(image.fd, 4, d.offset) != SQUASHFS_MAGIC:
+                raise SIFError(f"{image.path}: object {d.id}: no squashfs file system at "
+                               f"offset {d.offset}")
+            layers.append(Layer(d.id, d.offset, d.size, "squashfs"))
+        return layers
+    part = root_partition(image)
+    return [Layer(part.id, part.offset, part.size, fs_name(part))]
+
+
+def _as_layer(d: Descriptor) -> Layer:
+    return Layer(d.id, d.offset, d.size, fs_name(d))
+
+
 def mount_image(image_path: str, target: str, workdir: str, fuse: bool | None = None,
                 writable: str | None = None) -> MountRecord:
-    """Mount the image's root partition on `target` (an existing directory).
+    """Mount the image's root file system on `target` (an existing directory).
 
     `fuse` None picks the kernel as root and squashfuse otherwise. `writable` is None
     (read-only), "overlay" (the image's ext3 overlay partition as upper layer) or "tmpfs".
-    `workdir` (created if missing, removed by `release`) holds the lower and upper
-    layers of a writable session. Returns the record `release` takes.
+    `workdir` (created if missing, removed by `release`) holds the layers of a stacked
+    or writable root. Returns the record `release` takes.
     """
     image_path = os.path.abspath(image_path)
     use_fuse = (not is_root()) if fuse is None else fuse
     record = MountRecord(target=target, writable=bool(writable))
     try:
         with Image.open(image_path) as image:
-            part = root_partition(image)
-            upper = overlay_partition(image, part.group_raw) if writable == "overlay" else None
-            if writable is None:
-                _mount_partition(image, part, target, use_fuse, record)
+            layers = root_layers(image)
+            upper = None
+            if writable == "overlay":
+                upper = _as_layer(overlay_partition(image, _root_group(image)))
+            if writable is None and len(layers) == 1:
+                _mount_layer(image, layers[0], target, use_fuse, record)
             else:
-                _mount_writable(image, part, upper, target, workdir, use_fuse, record)
+                _mount_stack(image, layers, upper, writable, target, workdir, use_fuse,
+                             record)
     except BaseException:
         release(record)
         raise
     return record
 
 
-def _mount_writable(image: Image, part: Descriptor, upper: Descriptor | None, target: str,
-                    workdir: str, use_fuse: bool, record: MountRecord) -> None:
+def _root_group(image: Image) -> int:
+    primary = image.primary_partition()
+    if primary is None:
+        raise SIFError(f"{image.path}: no ext3 overlay partition (use --writable-tmpfs)")
+    return primary.group_raw
+
+
+def _mount_stack(image: Image, layers: list[Layer], upper: Layer | None,
+                 writable: str | None, target: str, workdir: str, use_fuse: bool,
+                 record: MountRecord) -> None:
+    """Mount each layer below `workdir` and stack them (plus an upper layer for a
+    writable session) with overlayfs on `target`."""
     _check_option_path(target)
     _check_option_path(workdir)
     _mkdir(workdir, record)
-    lower = os.path.join(workdir, "lower")
-    _mkdir(lower, record)
-    _mount_partition(image, part, lower, use_fuse, record)
+    lowers = []
+    for i, layer in enumerate(layers):
+        lower = os.path.join(workdir, f"lower{i}")
+        _mkdir(lower, record)
+        _mount_layer(image, layer, lower, use_fuse, record)
+        lowers.append(lower)
+    options = "lowerdir=" + ":".join(reversed(lowers))
+    if writable is not None:
+        options += _upper_layer(image, upper, workdir, record)
+    if use_fuse or not is_root():
+        _fuse_overlay(options, target, record)
+    else:
+        flags = _flags("nodev", "nosuid") | (0 if writable else _flags("ro"))
+        _kernel_mount("overlay", target, "overlay", flags, options, record)
+
+
+def _upper_layer(image: Image, upper: Layer | None, workdir: str,
+                 record: MountRecord) -> str:
     layer = os.path.join(workdir, "upper-fs")
     _mkdir(layer, record)
     if upper is not None:
         if not is_root():
             raise MountError("the ext3 overlay partition needs root (a loop mount); "
                              "use --writable-tmpfs")
-        _mount_partition(image, upper, layer, False, record, writable=True)
+        _mount_layer(image, upper, layer, False, record, writable=True)
     elif is_root():
         _kernel_mount("tmpfs", layer, "tmpfs", _flags("nodev", "nosuid"), "mode=0755", record)
     else:
@@ -172,12 +231,7 @@ def _mount_writable(image: Image, part: Descriptor, upper: Descriptor | None, ta
     for sub in ("upper", "work"):
         # Inside the layer: they go with the tmpfs, or stay in the ext3 partition.
         os.makedirs(os.path.join(layer, sub), mode=0o755, exist_ok=True)
-    options = (f"lowerdir={lower},upperdir={layer}/upper,workdir={layer}/work")
-    if use_fuse or not is_root():
-        _fuse_overlay(options, target, record)
-    else:
-        _kernel_mount("overlay", target, "overlay", _flags("nodev", "nosuid"), options,
-                      record)
+    return f",upperdir={layer}/upper,workdir={layer}/work"
 
 
 def _flags(*names: str) -> int:
@@ -206,26 +260,25 @@ def _mkdir(path: str, record: MountRecord) -> None:
     record.steps.append({"kind": "dir", "path": path})
 
 
-def _mount_partition(image: Image, part: Descriptor, target: str, use_fuse: bool,
-                     record: MountRecord, writable: bool = False) -> None:
+def _mount_layer(image: Image, layer: Layer, target: str, use_fuse: bool,
+                 record: MountRecord, writable: bool = False) -> None:
     if use_fuse:
-        if part.partition()[0] != FSType.SQUASHFS:
-            raise MountError(f"object {part.id}: only squashfs partitions can be mounted "
-                             "without root")
-        _squashfuse(image.path, part, target, record)
+        if layer.fs != "squashfs":
+            raise MountError(f"object {layer.id}: only squashfs can be mounted without root")
+        _squashfuse(image.path, layer, target, record)
         return
     from ocirt.sif import loop
 
     backing = _open_rw(image.path) if writable else image.fd
     try:
-        device, fd = loop.attach(backing, part.offset, part.size, read_only=not writable,
+        device, fd = loop.attach(backing, layer.offset, layer.size, read_only=not writable,
                                  name=image.path)
     finally:
         if writable:
             os.close(backing)
     try:
         flags = _flags("nodev", "nosuid") | (0 if writable else _flags("ro"))
-        _kernel_mount(device, target, fs_name(part), flags, None, record)
+        _kernel_mount(device, target, layer.fs, flags, None, record)
     except BaseException:
         loop.detach(fd)
         raise
@@ -269,11 +322,11 @@ def _run_daemon(argv: list[str], what: str) -> None:
             raise MountError(f"{what} failed: {lines[-1] if lines else res.returncode}")
 
 
-def _squashfuse(image_path: str, part: Descriptor, target: str, record: MountRecord) -> None:
+def _squashfuse(image_path: str, layer: Layer, target: str, record: MountRecord) -> None:
     binary = shutil.which("squashfuse") or shutil.which("squashfuse_ll")
     if binary is None:
         raise MountError("mounting without root needs squashfuse (apt install squashfuse)")
-    options = f"offset={part.offset}"
+    options = f"offset={layer.offset}"
     if is_root():
         options += ",allow_other"
     _run_daemon([binary, "-o", options, image_path, target], f"squashfuse {target}")
