@@ -58,6 +58,7 @@ class InitContext:
         self.in_userns = False
         self.host_pid = 0  # our PID as the host sees it (for hooks' state), from the parent
         self.root_fd = -1  # `exec`: the container's root directory (/proc/<init>/root)
+        self.exec_pid = 0  # `exec`: the new process's PID as the host sees it
 
 
 def run_child(stage: Any, ctx: InitContext) -> NoReturn:
@@ -289,6 +290,9 @@ def setup_terminal(ctx: InitContext, dev_console: bool = True) -> None:
             console.send_master(ctx.console_fd, master, name)
         finally:
             os.close(master)
+        # The terminal belongs to the process's user (runc chowns it too), so that it can
+        # change its own tty settings after the user switch.
+        os.fchown(slave, ctx.plan.process.uid, ctx.plan.process.gid)
         console.make_controlling(slave)
     finally:
         os.close(root)
@@ -467,10 +471,10 @@ def exec_process(ctx: InitContext, path: str, env: list[str]) -> NoReturn:
     if ctx.seccomp is not None:
         if _seccomp_needs_caps(ctx):
             attrs.raise_effective()
-            ctx.seccomp.install(seccomp_state(ctx))
+            ctx.seccomp.install(seccomp_state(ctx), ctx.exec_pid or None)
             attrs.apply_capabilities(proc)
         else:
-            ctx.seccomp.install(seccomp_state(ctx))
+            ctx.seccomp.install(seccomp_state(ctx), ctx.exec_pid or None)
     try:
         os.execve(path, proc.args, _env_dict(env))
     except OSError as exc:
@@ -487,11 +491,13 @@ def exec_process(ctx: InitContext, path: str, env: list[str]) -> NoReturn:
 
 
 def seccomp_state(ctx: InitContext) -> dict[str, Any]:
-    """The container state a seccomp notify listener receives (runtime-spec); runc's
-    init sends status "creating"."""
+    """The container state a seccomp notify listener receives (runtime-spec): from the
+    init "creating" (as runc's init sends it), from an `exec` "running" with the init's
+    PID (the exec'd process's own PID goes in the message's `pid`)."""
     p = ctx.plan
+    status = "running" if ctx.exec_pid else "creating"
     state: dict[str, Any] = {"ociVersion": p.oci_version, "id": ctx.container_id,
-                             "status": "creating", "pid": ctx.host_pid, "bundle": p.bundle}
+                             "status": status, "pid": ctx.host_pid, "bundle": p.bundle}
     if p.annotations:
         state["annotations"] = p.annotations
     return state

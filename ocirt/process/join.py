@@ -71,6 +71,7 @@ def process(ctx: InitContext) -> None:
         attrs.join_session_keyring(f"_ses.{ctx.container_id}", ctx.in_userns)
     apply_lsm(plan)
     ctx.channel.send("ready")
-    ctx.channel.expect("ready-ack")
+    msg, _ = ctx.channel.expect("ready-ack")
+    ctx.exec_pid = int(msg.get("pid") or 0)
     exec_path, env = prepare_process(ctx)
     exec_process(ctx, exec_path, env)

@@ -271,7 +271,7 @@ class Execution:
             attrs.set_rlimits(self.pid, proc.rlimits)
         if proc.oom_score_adj is not None:
             attrs.set_oom_score_adj(self.pid, proc.oom_score_adj)
-        parent.send("ready-ack")
+        parent.send("ready-ack", pid=self.pid)
         from ocirt.process.protocol import wait_closed
 
         wait_closed(parent, on_log=_child_log)
