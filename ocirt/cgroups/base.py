@@ -31,6 +31,7 @@ class FsManager(Manager):
         self.made = list(made or [])
         self.resources_raw = resources
         self.default_rules: list[DeviceRule] = []
+        self.allow_busy = False  # systemd put the first process in before us
 
     # -- to be provided by v1/v2 -------------------------------------------------------
 
@@ -82,6 +83,8 @@ class FsManager(Manager):
     def _check_unused(self) -> None:
         """runc 1.2's rule: never start a container in a cgroup that already has
         processes (they would be killed with it, or keep its cgroup alive)."""
+        if self.allow_busy:
+            return
         for directory in self.dirs():
             found = fs.procs(directory)
             if found:

@@ -1,26 +1,34 @@
-"""`--systemd-cgroup`: the container's cgroup is a transient systemd scope.
+"""`--systemd-cgroup`: the container's cgroup is a transient systemd unit.
 
 cgroupsPath is `slice:prefix:name` (runc's form): the scope `<prefix>-<name>.scope` in
 `slice` (default `system.slice`); a name ending in `.slice` makes a slice instead. Where
-systemd runs, the scope is created over D-Bus (StartTransientUnit with the container's
-first process and Delegate=yes) and its cgroup is then managed like any other through
-cgroupfs; where it does not (no /run/systemd/system), create fails and says so.
+systemd runs, the unit is created over D-Bus (StartTransientUnit with the container's
+first process, Delegate=yes and accounting on, as runc asks) and its cgroup directories
+are then managed through cgroupfs like any other (hierarchies systemd does not manage
+are joined by us, as runc does); `destroy` stops the unit. Where systemd does not run
+(no /run/systemd/system), create fails and says so.
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
 from typing import Any
 
 from ocirt.cgroups import Manager
-from ocirt.cgroups.detect import Layout
+from ocirt.cgroups.detect import Layout, detect
 from ocirt.errors import OcirtError
 
 SYSTEMD_RUNNING = "/run/systemd/system"
+SYSTEMD = "org.freedesktop.systemd1"
+SYSTEMD_PATH = "/org/freedesktop/systemd1"
+SYSTEMD_MANAGER = "org.freedesktop.systemd1.Manager"
+JOB_TIMEOUT = 30.0
 
 
 def parse_path(path: str, cid: str) -> tuple[str, str]:
-    """(slice, unit name) from `slice:prefix:name`."""
+    """(slice, unit name) from `slice:prefix:name` ("" means ocirt-<id>.scope in
+    system.slice)."""
     if path == "":
         return "system.slice", f"ocirt-{cid}.scope"
     parts = path.split(":")
@@ -43,7 +51,7 @@ def expand_slice(slice_: str) -> str:
     if slice_ == "-.slice":
         return "/"
     stem = slice_.removesuffix(".slice")
-    if stem.startswith("-") or stem.endswith("-") or "--" in stem:
+    if not stem or stem.startswith("-") or stem.endswith("-") or "--" in stem:
         raise OcirtError(f"invalid slice name {slice_!r}")
     path = ""
     prefix = ""
@@ -53,23 +61,151 @@ def expand_slice(slice_: str) -> str:
     return path
 
 
+def unit_cgroup(slice_: str, unit: str) -> str:
+    """The unit's cgroup path (absolute in each hierarchy)."""
+    if unit.endswith(".slice"):
+        return expand_slice(unit)
+    return posixpath.join(expand_slice(slice_), unit)
+
+
 def systemd_running() -> bool:
     return os.path.isdir(SYSTEMD_RUNNING)
+
+
+def unit_properties(slice_: str, unit: str, pid: int, cid: str) -> list[tuple[str, Any]]:
+    props: list[tuple[str, Any]] = [("Description", ("s", f"ocirt container {cid}"))]
+    if unit.endswith(".slice"):
+        props.append(("Wants", ("s", slice_)))
+    else:
+        props.append(("Slice", ("s", slice_)))
+        props.append(("Delegate", ("b", True)))
+    props += [("PIDs", ("au", [pid])), ("MemoryAccounting", ("b", True)),
+              ("CPUAccounting", ("b", True)), ("IOAccounting", ("b", True)),
+              ("TasksAccounting", ("b", True)), ("DefaultDependencies", ("b", False))]
+    return props
 
 
 class SystemdManager(Manager):
     name = "systemd"
 
+    def __init__(self, slice_: str, unit: str, cid: str, rootless: bool = False,
+                 inner: dict[str, Any] | None = None, bus: str | None = None) -> None:
+        self.slice = slice_
+        self.unit = unit
+        self.cid = cid
+        self.rootless = rootless
+        self.bus = bus
+        self.default_rules: list = []
+        self._inner = None
+        if inner is not None:
+            from ocirt.cgroups import manager_from_state
+
+            self._inner = manager_from_state(inner)
+
     @classmethod
-    def for_path(cls, cgroups_path: str, cid: str, layout: Layout, rootless: bool
-                 ) -> Manager:
+    def for_path(cls, cgroups_path: str, cid: str, layout: Layout | None = None,
+                 rootless: bool = False) -> SystemdManager:
         slice_, unit = parse_path(cgroups_path, cid)
         if not systemd_running():
             raise OcirtError("--systemd-cgroup: systemd is not running on this host (no "
                              f"{SYSTEMD_RUNNING}); run without --systemd-cgroup to use "
                              "the cgroupfs driver")
-        raise OcirtError("--systemd-cgroup: not supported yet")
+        if rootless:
+            raise OcirtError("--systemd-cgroup: rootless containers need the user's systemd "
+                             "instance, which ocirt does not drive (systemdUser)")
+        return cls(slice_, unit, cid, rootless)
 
     @classmethod
-    def from_state(cls, data: dict[str, Any]) -> Manager:
-        return Manager()
+    def from_state(cls, data: dict[str, Any]) -> SystemdManager:
+        return cls(data["slice"], data["unit"], data.get("id", ""),
+                   bool(data.get("rootless")), data.get("inner"), data.get("bus"))
+
+    def _connect(self) -> Any:
+        from ocirt.cgroups.dbus import Connection
+
+        return Connection(self.bus)
+
+    # -- the unit ------------------------------------------------------------------------
+
+    def create(self) -> None:
+        pass  # the unit is made in add(), with the container's first process in it
+
+    def add(self, pid: int) -> None:
+        if self._inner is None:
+            self._start_unit(pid)
+            self._inner = self._cgroupfs(detect())
+            self._inner.create()
+        self._inner.add(pid)
+
+    def _start_unit(self, pid: int) -> None:
+        with self._connect() as bus:
+            bus.call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                     "AddMatch", "s", f"type='signal',sender='{SYSTEMD}',"
+                     f"interface='{SYSTEMD_MANAGER}',member='JobRemoved'")
+            bus.call(SYSTEMD, SYSTEMD_PATH, SYSTEMD_MANAGER, "Subscribe")
+            props = unit_properties(self.slice, self.unit, pid, self.cid)
+            [job] = bus.call(SYSTEMD, SYSTEMD_PATH, SYSTEMD_MANAGER, "StartTransientUnit",
+                             "ssa(sv)a(sa(sv))", self.unit, "replace", props, [])
+            done = bus.wait_signal("JobRemoved", lambda m: m.body[1] == job, JOB_TIMEOUT)
+            result = done.body[3]
+            if result != "done":
+                raise OcirtError(f"--systemd-cgroup: starting unit {self.unit} failed: "
+                                 f"{result}")
+
+    def _cgroupfs(self, layout: Layout) -> Manager:
+        """The unit's directories, managed through cgroupfs (created where systemd did
+        not make them: hierarchies it does not manage)."""
+        from ocirt.cgroups.factory import cgroupfs_manager
+
+        mgr = cgroupfs_manager(layout, unit_cgroup(self.slice, self.unit), self.cid,
+                               self.rootless)
+        mgr.default_rules = self.default_rules  # type: ignore[attr-defined]
+        mgr.allow_busy = True  # type: ignore[attr-defined]
+        return mgr
+
+    def destroy(self) -> None:
+        try:
+            with self._connect() as bus:
+                bus.call(SYSTEMD, SYSTEMD_PATH, SYSTEMD_MANAGER, "StopUnit", "ss", self.unit,
+                         "replace")
+        except OcirtError as exc:
+            if "NoSuchUnit" not in str(exc):
+                from ocirt import log
+
+                log.warning(f"--systemd-cgroup: stop unit {self.unit}: {exc}")
+        if self._inner is not None:
+            self._inner.destroy()
+
+    # -- everything else: the unit's cgroup -----------------------------------------------
+
+    def _cg(self) -> Manager:
+        return self._inner if self._inner is not None else Manager()
+
+    def apply(self, resources: dict[str, Any] | None) -> None:
+        self._cg().apply(resources)
+
+    def update(self, resources: dict[str, Any]) -> None:
+        self._cg().update(resources)
+
+    def state(self) -> dict[str, Any]:
+        return {"manager": self.name, "slice": self.slice, "unit": self.unit, "id": self.cid,
+                "rootless": self.rootless, "bus": self.bus,
+                "inner": self._inner.state() if self._inner is not None else None}
+
+    def is_frozen(self) -> bool:
+        return self._cg().is_frozen()
+
+    def freeze(self) -> None:
+        self._cg().freeze()
+
+    def thaw(self) -> None:
+        self._cg().thaw()
+
+    def pids(self) -> list[int]:
+        return self._cg().pids()
+
+    def stats(self) -> dict[str, Any]:
+        return self._cg().stats()
+
+    def paths(self) -> dict[str, str]:
+        return self._cg().paths()
