@@ -26,6 +26,7 @@ from ocirt.sif.format import DataType, Descriptor, HashType
 from ocirt.sif.image import Image, ObjectInput, SIFError
 
 METADATA_VERSION = 1
+MAX_SIGNATURE_SIZE = 16 << 20  # far above any real signature; bounds what is read
 LEGACY_PREFIX = b"SIFHASH:\n"
 _DIGEST_NAMES = ("sha224", "sha256", "sha384", "sha512", "sha512_224", "sha512_256")
 
@@ -237,6 +238,13 @@ class _Task:
     legacy_object: Descriptor | None = None
 
 
+def _signature_data(image: Image, sig: Descriptor) -> bytes:
+    if sig.size > MAX_SIGNATURE_SIZE:
+        raise VerifyError(f"signature object {sig.id} not valid: {sig.size} bytes is too "
+                          "large for a signature")
+    return image.read(sig)
+
+
 def _signature_kind(data: bytes) -> str:
     from ocirt.sif import dsse, pgp
 
@@ -258,7 +266,7 @@ def _signatures_for(image: Image, task: _Task, legacy: bool) -> list[Descriptor]
             wanted = not is_group and target == task.legacy_object.id
         else:
             wanted = (is_group and target == task.group
-                      and (_signature_kind(image.read(d)) == "legacy") == legacy)
+                      and (_signature_kind(_signature_data(image, d)) == "legacy") == legacy)
         if wanted:
             found.append(d)
     if not found:
@@ -318,7 +326,7 @@ def _open_signature(image: Image, sig: Descriptor, keys: KeyMaterial) -> tuple[
     """(signed text, kind, signer names) of a signature object, or VerifyError."""
     from ocirt.sif import dsse
 
-    data = image.read(sig)
+    data = _signature_data(image, sig)
     hash_type, fingerprint = sig.signature()
     kind = _signature_kind(data)
     try:
