@@ -241,7 +241,9 @@ def test_corrupt_blobs_are_refused(tmp_path, layout, sif) -> None:
 
 @root_only
 @pytest.mark.skipif(shutil.which("umoci") is None, reason="umoci is not installed")
-def test_layout_written_by_umoci(tmp_path, sif, ocirt) -> None:
+def test_layouts_written_by_umoci_and_skopeo(tmp_path, sif, ocirt) -> None:
+    """umoci writes an OCI layout; skopeo turns it into a docker-archive (what `docker
+    save` writes) and back into a layout: both build images that run."""
     from conformance.bundle import busybox
 
     lay = str(tmp_path / "umoci")
@@ -251,9 +253,18 @@ def test_layout_written_by_umoci(tmp_path, sif, ocirt) -> None:
                  ["umoci", "config", "--image", f"{lay}:t", "--config.entrypoint",
                   "/bin/busybox", "--config.cmd", "echo", "--config.cmd", "made by umoci"]):
         subprocess.run(argv, check=True, capture_output=True)
-    image, bundle = str(tmp_path / "u.sif"), str(tmp_path / "b")
-    sif("create", "--oci", f"{lay}:t", image, check=True)
-    sif("bundle", image, bundle, check=True)
-    res = ocirt("run", "--bundle", bundle, "t1")
-    assert res.rc == 0 and res.out == "made by umoci\n", res
-    sif("unbundle", bundle, check=True)
+    sources = [f"{lay}:t"]
+    if shutil.which("skopeo"):
+        archive, again = str(tmp_path / "docker.tar"), str(tmp_path / "skopeo")
+        for src, dst in ((f"oci:{lay}:t", f"docker-archive:{archive}:img:latest"),
+                         (f"docker-archive:{archive}", f"oci:{again}:img")):
+            subprocess.run(["skopeo", "copy", "--insecure-policy", "-q", src, dst],
+                           check=True, capture_output=True)
+        sources.append(f"{again}:img")
+    for i, source in enumerate(sources):
+        image, bundle = str(tmp_path / f"u{i}.sif"), str(tmp_path / f"b{i}")
+        sif("create", "--oci", source, image, check=True)
+        sif("bundle", image, bundle, check=True)
+        res = ocirt("run", "--bundle", bundle, f"t{i}")
+        assert res.rc == 0 and res.out == "made by umoci\n", (source, res)
+        sif("unbundle", bundle, check=True)
