@@ -131,10 +131,26 @@ def intermediate(ctx: InitContext) -> None:
         _write_time_offsets(plan.time_offsets)
     if plan.process.cpu_affinity and plan.process.cpu_affinity[0]:
         attrs.set_affinity(plan.process.cpu_affinity[0], "initial")
+    fork_after_report(ctx, init, "init-pid")
+
+
+def fork_after_report(ctx: InitContext, stage: Any, message: str) -> None:
+    """Fork the next stage, report its PID, then exit. The child waits for our exit
+    (EOF on a pipe) before it speaks, so the parent always hears the PID first."""
+    r, w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
-        run_child(init, ctx)
-    ctx.channel.send("init-pid", pid=pid)
+        os.close(w)
+        while True:
+            try:
+                os.read(r, 1)
+                break
+            except InterruptedError:
+                continue
+        os.close(r)
+        run_child(stage, ctx)
+    os.close(r)
+    ctx.channel.send(message, pid=pid)
 
 
 def become_root_in_userns() -> None:

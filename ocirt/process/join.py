@@ -28,8 +28,8 @@ from ocirt.process.init import (
     become_root_in_userns,
     close_other_fds,
     exec_process,
+    fork_after_report,
     prepare_process,
-    run_child,
     setup_terminal,
 )
 
@@ -52,10 +52,7 @@ def intermediate(ctx: InitContext) -> None:
             ctx.in_userns = True
             become_root_in_userns()
     ctx.ns_fds = {}
-    pid = os.fork()
-    if pid == 0:
-        run_child(process, ctx)
-    ctx.channel.send("exec-pid", pid=pid)
+    fork_after_report(ctx, process, "exec-pid")
 
 
 def process(ctx: InitContext) -> None:
