@@ -195,8 +195,8 @@ class Harness:
         """`create --bundle B --pid-file F ID` with the container's stdio in files."""
         cid = cid or self.cid()
         n = self.counter[0] = self.counter[0] + 1
-        out, err = self.path(f"{cid}.{n}.out"), self.path(f"{cid}.{n}.err")
-        pidfile = self.path(f"{cid}.{n}.pid")
+        out, err = self.path(f"ctr{n}.out"), self.path(f"ctr{n}.err")
+        pidfile = self.path(f"ctr{n}.pid")
         c = Container(self, cid, bundle, out, err)
         with open(out, "wb") as fo, open(err, "wb") as fe:
             r = self.rt("create", "--bundle", bundle, "--pid-file", pidfile, *extra, cid,
