@@ -20,7 +20,9 @@ This module stays small: `state` and `list` import it to report `paused`.
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # importing typing costs ~2 ms on the `state` path
+if TYPE_CHECKING:
+    from typing import Any
 
 # runtime-spec features.md, linux.cgroup: what this runtime can drive.
 FEATURES = {"v1": True, "v2": True, "systemd": True, "systemdUser": False, "rdma": True}
