@@ -22,6 +22,7 @@ from ocirt.sif.image import Image, SIFError
 
 RECORD = ".ocirt-sif.json"
 WORKDIR = ".ocirt-sif"
+_MAX_JSON = 16 << 20
 
 
 @dataclass
@@ -38,16 +39,22 @@ class BundleOptions:
 
 def create_bundle(image_path: str, bundle: str, opts: BundleOptions) -> dict[str, Any]:
     """Make `bundle` (which must not exist, or be an empty directory) from the image.
-    Returns the record stored in BUNDLE/.ocirt-sif.json."""
+    Returns the record stored in BUNDLE/.ocirt-sif.json.
+
+    The image is opened once: what the policy verified is what gets mounted."""
+    image_path = os.path.abspath(image_path)
+    with Image.open(image_path) as image:
+        if opts.policy is not None:
+            from ocirt.sif.policy import verify_image
+
+            verify_image(image, opts.policy)
+        return _create_bundle(image, os.path.abspath(bundle), opts)
+
+
+def _create_bundle(image: Image, bundle: str, opts: BundleOptions) -> dict[str, Any]:
     from ocirt.sif import mount
 
-    image_path = os.path.abspath(image_path)
-    bundle = os.path.abspath(bundle)
-    if opts.policy is not None:
-        from ocirt.sif.policy import verify_image
-
-        verify_image(image_path, opts.policy)
-    meta, layers = _image_metadata(image_path)
+    meta, layers = _image_metadata(image)
     if opts.unpack and opts.writable == "overlay":
         raise SIFError("--unpack gives a writable root already; --writable needs a mount")
     undo = Undo()
@@ -55,17 +62,17 @@ def create_bundle(image_path: str, bundle: str, opts: BundleOptions) -> dict[str
         _make_empty_dir(bundle, undo)
         rootfs = os.path.join(bundle, "rootfs")
         _mkdir(rootfs, undo)
-        record: dict[str, Any] = {"image": image_path, "rootfs": "rootfs",
+        record: dict[str, Any] = {"image": image.path, "rootfs": "rootfs",
                                   "mode": "unpack" if opts.unpack else "mount"}
         if opts.unpack:
             _write_record(bundle, record, undo)
             if len(layers) != 1:
-                raise SIFError(f"{image_path}: --unpack handles single-layer images only")
-            unpack_partition(image_path, layers[0], rootfs, opts.progress)
+                raise SIFError(f"{image.path}: --unpack handles single-layer images only")
+            unpack_partition(image, layers[0], rootfs, opts.progress)
         else:
-            mounted = mount.mount_image(image_path, rootfs, os.path.join(bundle, WORKDIR),
+            mounted = mount.mount_image(image.path, rootfs, os.path.join(bundle, WORKDIR),
                                         fuse=True if opts.fuse else None,
-                                        writable=opts.writable)
+                                        writable=opts.writable, image=image)
             undo.push(mount.release, mounted, what="unmount the image")
             record["mounts"] = mounted.to_json()
             _write_record(bundle, record, undo)
@@ -77,33 +84,37 @@ def create_bundle(image_path: str, bundle: str, opts: BundleOptions) -> dict[str
     return record
 
 
-def _image_metadata(image_path: str) -> tuple[Any, Any]:
+def _image_metadata(image: Image) -> tuple[Any, Any]:
     """(ImageMetadata, root layers) of the image."""
     from ocirt.sif import ocisif
     from ocirt.sif.format import DataType
     from ocirt.sif.mount import root_layers
     from ocirt.sif.runconfig import ImageMetadata
 
-    with Image.open(image_path) as image:
-        layers = root_layers(image)
-        meta = ImageMetadata(image_path)
-        if ocisif.is_oci_sif(image):
-            meta.oci_config = ocisif.config(image, ocisif.manifest(image))
-        for d in image.find(DataType.GENERIC_JSON, "oci-config.json"):
-            try:
-                doc = jsonio.loads(image.read(d))
-            except ValueError as exc:
-                raise SIFError(f"{image_path}: object {d.id} (oci-config.json): {exc}") \
-                    from None
-            if isinstance(doc, dict):
-                meta.oci_config = doc
-        for d in image.find(DataType.LABELS):
-            try:
-                doc = jsonio.loads(image.read(d))
-            except ValueError:
-                continue
-            if isinstance(doc, dict):
-                meta.labels.update({str(k): v for k, v in doc.items() if isinstance(v, str)})
+    image_path = image.path
+    layers = root_layers(image)
+    meta = ImageMetadata(image_path)
+    if ocisif.is_oci_sif(image):
+        meta.oci_config = ocisif.config(image, ocisif.manifest(image))
+    for d in image.find(DataType.GENERIC_JSON, "oci-config.json"):
+        if d.size > _MAX_JSON:
+            raise SIFError(f"{image_path}: object {d.id} (oci-config.json) is too large")
+        try:
+            doc = jsonio.loads(image.read(d))
+        except ValueError as exc:
+            raise SIFError(f"{image_path}: object {d.id} (oci-config.json): {exc}") \
+                from None
+        if isinstance(doc, dict):
+            meta.oci_config = doc
+    for d in image.find(DataType.LABELS):
+        if d.size > _MAX_JSON:
+            continue
+        try:
+            doc = jsonio.loads(image.read(d))
+        except ValueError:
+            continue
+        if isinstance(doc, dict):
+            meta.labels.update({str(k): v for k, v in doc.items() if isinstance(v, str)})
     return meta, layers
 
 
@@ -162,9 +173,10 @@ def _unlink(path: str) -> None:
 
 # --- unpacking -----------------------------------------------------------------------
 
-def unpack_partition(image_path: str, layer: Any, dest: str, progress: bool = False) -> None:
-    """Extract a squashfs layer (ocirt.sif.mount.Layer) with unsquashfs into the (empty)
-    directory `dest`. With `progress` unsquashfs draws its progress bar on stderr."""
+def unpack_partition(image: Image, layer: Any, dest: str, progress: bool = False) -> None:
+    """Extract a squashfs layer (ocirt.sif.mount.Layer) of the open image with
+    unsquashfs into the (empty) directory `dest`. With `progress` unsquashfs draws its
+    progress bar on stderr."""
     if layer.fs != "squashfs":
         raise SIFError("only squashfs partitions can be unpacked")
     binary = shutil.which("unsquashfs")
@@ -175,13 +187,13 @@ def unpack_partition(image_path: str, layer: Any, dest: str, progress: bool = Fa
         argv.append("-no-xattrs")
     if not progress:
         argv.append("-no-progress")
-    argv.append(image_path)
+    argv.append(f"/dev/fd/{image.fd}")  # the file we opened, whatever the path is now
     import tempfile
 
     with tempfile.TemporaryFile() as err:
         res = subprocess.run(argv, stdin=subprocess.DEVNULL,
                              stdout=2 if progress else subprocess.DEVNULL, stderr=err,
-                             check=False)
+                             check=False, pass_fds=(image.fd,))
         if res.returncode != 0:
             err.seek(0)
             lines = [ln for ln in err.read().decode(errors="replace").splitlines() if ln]
@@ -191,13 +203,24 @@ def unpack_partition(image_path: str, layer: Any, dest: str, progress: bool = Fa
 # --- removing ------------------------------------------------------------------------
 
 def read_record(bundle: str) -> dict[str, Any]:
+    """The bundle's record. It says what to unmount and remove, so it must be ours: a
+    regular file owned by the caller (or root), writable by nobody else."""
     path = os.path.join(bundle, RECORD)
     try:
-        with open(path, "rb") as f:
-            doc = jsonio.loads(f.read())
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         raise SIFError(f"{bundle}: not a bundle made by `ocirt sif bundle` (no {RECORD})") \
             from None
+    except OSError as exc:
+        raise SIFError(f"{path}: {exc.strerror}") from None
+    st = os.fstat(fd)
+    if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
+        os.close(fd)
+        raise SIFError(f"{path}: not written by this user (owner {st.st_uid}): refusing "
+                       "to act on it")
+    try:
+        with os.fdopen(fd, "rb") as f:
+            doc = jsonio.loads(f.read())
     except (OSError, ValueError) as exc:
         raise SIFError(f"{path}: {exc}") from None
     if not isinstance(doc, dict) or doc.get("mode") not in ("mount", "unpack"):
@@ -210,11 +233,13 @@ def remove_bundle(bundle: str) -> None:
     goes too when nothing else is left in it."""
     from ocirt.sif import mount
 
-    bundle = os.path.abspath(bundle)
+    bundle = os.path.realpath(bundle)
     record = read_record(bundle)
     rootfs = os.path.join(bundle, "rootfs")
     if record["mode"] == "mount":
-        mount.release(mount.MountRecord.from_json(record.get("mounts") or {}))
+        mounts = mount.MountRecord.from_json(record.get("mounts") or {})
+        _check_steps_inside(bundle, mounts)
+        mount.release(mounts)
     else:
         _remove_tree(rootfs)
     for path in (os.path.join(bundle, WORKDIR), rootfs):
@@ -228,6 +253,15 @@ def remove_bundle(bundle: str) -> None:
         os.rmdir(bundle)
     except OSError:
         pass  # the user put other files there: leave them
+
+
+def _check_steps_inside(bundle: str, record: Any) -> None:
+    """Every path the record would unmount or remove lies inside the bundle."""
+    for step in record.steps:
+        real = os.path.realpath(step["path"])
+        if not real.startswith(bundle + os.sep):
+            raise SIFError(f"{bundle}/{RECORD}: step {step['path']!r} is outside the "
+                           "bundle: refusing to act on it")
 
 
 def _remove_tree(path: str) -> None:

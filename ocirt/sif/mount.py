@@ -155,19 +155,20 @@ def _as_layer(d: Descriptor) -> Layer:
 
 
 def mount_image(image_path: str, target: str, workdir: str, fuse: bool | None = None,
-                writable: str | None = None) -> MountRecord:
+                writable: str | None = None, image: Image | None = None) -> MountRecord:
     """Mount the image's root file system on `target` (an existing directory).
 
     `fuse` None picks the kernel as root and squashfuse otherwise. `writable` is None
     (read-only), "overlay" (the image's ext3 overlay partition as upper layer) or "tmpfs".
     `workdir` (created if missing, removed by `release`) holds the layers of a stacked
-    or writable root. Returns the record `release` takes.
+    or writable root. `image`, when given, is the already open (and perhaps verified)
+    file to mount from: the path is then not opened again. Returns the record `release`
+    takes.
     """
-    image_path = os.path.abspath(image_path)
     use_fuse = (not is_root()) if fuse is None else fuse
     record = MountRecord(target=target, writable=bool(writable))
     try:
-        with Image.open(image_path) as image:
+        with _opened(image_path, image) as image:
             layers = root_layers(image)
             upper = None
             if writable == "overlay":
@@ -181,6 +182,21 @@ def mount_image(image_path: str, target: str, workdir: str, fuse: bool | None = 
         release(record)
         raise
     return record
+
+
+class _opened:  # noqa: N801 - a context manager, named like a function
+    """The given open image (left open), or the path opened (and closed after)."""
+
+    def __init__(self, path: str, image: Image | None) -> None:
+        self.image = image or Image.open(os.path.abspath(path))
+        self.owned = image is None
+
+    def __enter__(self) -> Image:
+        return self.image
+
+    def __exit__(self, *exc: object) -> None:
+        if self.owned:
+            self.image.close()
 
 
 def _root_group(image: Image) -> int:
@@ -265,11 +281,11 @@ def _mount_layer(image: Image, layer: Layer, target: str, use_fuse: bool,
     if use_fuse:
         if layer.fs != "squashfs":
             raise MountError(f"object {layer.id}: only squashfs can be mounted without root")
-        _squashfuse(image.path, layer, target, record)
+        _squashfuse(image, layer, target, record)
         return
     from ocirt.sif import loop
 
-    backing = _open_rw(image.path) if writable else image.fd
+    backing = _reopen_rw(image) if writable else image.fd
     try:
         device, fd = loop.attach(backing, layer.offset, layer.size, read_only=not writable,
                                  name=image.path)
@@ -286,14 +302,14 @@ def _mount_layer(image: Image, layer: Layer, target: str, use_fuse: bool,
         os.close(fd)
 
 
-def _open_rw(path: str) -> int:
-    """A read-write fd of the image for a writable (ext3) loop device; the device keeps
-    its own reference, so this one is closed as soon as the device is set up."""
+def _reopen_rw(image: Image) -> int:
+    """A read-write fd of the same open file, for a writable (ext3) loop device; the
+    device keeps its own reference, so this one is closed once it is set up."""
     try:
-        return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        return os.open(f"/proc/self/fd/{image.fd}", os.O_RDWR | os.O_CLOEXEC)
     except OSError as exc:
-        raise MountError(f"open {os_error_text(exc)} (the overlay partition is written "
-                         "to)") from None
+        raise MountError(f"open {image.path} for writing: {os_error_text(exc)} (the "
+                         "overlay partition is written to)") from None
 
 
 def _kernel_mount(source: str, target: str, fstype: str, flags: int, data: str | None,
@@ -307,13 +323,13 @@ def _kernel_mount(source: str, target: str, fstype: str, flags: int, data: str |
     record.steps.append({"kind": "mount", "path": target})
 
 
-def _run_daemon(argv: list[str], what: str) -> None:
+def _run_daemon(argv: list[str], what: str, pass_fds: tuple[int, ...] = ()) -> None:
     """Run a FUSE daemon that forks into the background once its mount is up; its
     stdio goes to a file, not a pipe, so waiting for it never waits for the daemon."""
     with tempfile.TemporaryFile() as err:
         try:
             res = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                                 check=False, timeout=60)
+                                 check=False, timeout=60, pass_fds=pass_fds)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise MountError(f"{what}: {exc}") from None
         if res.returncode != 0:
@@ -322,14 +338,17 @@ def _run_daemon(argv: list[str], what: str) -> None:
             raise MountError(f"{what} failed: {lines[-1] if lines else res.returncode}")
 
 
-def _squashfuse(image_path: str, layer: Layer, target: str, record: MountRecord) -> None:
+def _squashfuse(image: Image, layer: Layer, target: str, record: MountRecord) -> None:
+    """squashfuse serving the layer from our open file (handed over as /dev/fd/N), so
+    it reads the very file that was opened (and verified), whatever the path is now."""
     binary = shutil.which("squashfuse") or shutil.which("squashfuse_ll")
     if binary is None:
         raise MountError("mounting without root needs squashfuse (apt install squashfuse)")
     options = f"offset={layer.offset}"
     if is_root():
         options += ",allow_other"
-    _run_daemon([binary, "-o", options, image_path, target], f"squashfuse {target}")
+    _run_daemon([binary, "-o", options, f"/dev/fd/{image.fd}", target],
+                f"squashfuse {target}", pass_fds=(image.fd,))
     record.steps.append({"kind": "fuse", "path": target})
     if not os.path.ismount(target):
         raise MountError(f"squashfuse {target}: no mount appeared")

@@ -98,16 +98,32 @@ def _parse(doc: Any, path: str) -> Policy:
     return Policy(paths("keys"), paths("pgpKeys"), flags["legacy"], flags["require"], path)
 
 
-def verify_image(path: str, policy: Policy, groups: list[int] | None = None,
+def verify_image(image: str | Any, policy: Policy, groups: list[int] | None = None,
                  objects: list[int] | None = None, legacy_all: bool = False) -> list[Any]:
-    """Verify the image at `path` against `policy`; returns the per-signature results
-    (ocirt.sif.integrity.SignatureResult) or raises an OcirtError whose one line starts
-    with the image path and says what broke."""
-    from ocirt.sif import integrity, keys
+    """Verify an image (a path, or an open ocirt.sif.image.Image) against `policy`;
+    returns the per-signature results (ocirt.sif.integrity.SignatureResult) or raises an
+    OcirtError whose one line starts with the image path and says what broke.
+
+    To mount exactly what was verified, pass the open Image and mount from it
+    (`mount_image(..., image=it)`): a path could be swapped between the two steps. An
+    image file that someone other than the caller (or root) can write is refused, since
+    it could change after verification.
+    """
     from ocirt.sif.image import Image
 
     if not policy.require:
         return []
+    if isinstance(image, Image):
+        return _verify_open(image, policy, groups, objects, legacy_all)
+    with Image.open(image) as opened:
+        return _verify_open(opened, policy, groups, objects, legacy_all)
+
+
+def _verify_open(image: Any, policy: Policy, groups: list[int] | None,
+                 objects: list[int] | None, legacy_all: bool) -> list[Any]:
+    from ocirt.sif import integrity, keys
+
+    check_ownership(image.fd, image.path)
     material = integrity.KeyMaterial([keys.load_public(k) for k in policy.keys])
     gpg = None
     try:
@@ -117,11 +133,20 @@ def verify_image(path: str, policy: Policy, groups: list[int] | None = None,
             gpg = pgp.GPG()
             gpg.import_keys(policy.pgp_keys)
             material.gpg = gpg
-        with Image.open(path) as image:
-            return integrity.verify(image, material, groups or (), objects or (),
-                                    legacy=policy.legacy, legacy_all=legacy_all)
+        return integrity.verify(image, material, groups or (), objects or (),
+                                legacy=policy.legacy, legacy_all=legacy_all)
     except integrity.VerifyError as exc:
-        raise integrity.VerifyError(f"{path}: verification failed: {exc.message}") from None
+        raise integrity.VerifyError(f"{image.path}: verification failed: {exc.message}") \
+            from None
     finally:
         if gpg is not None:
             gpg.close()
+
+
+def check_ownership(fd: int, path: str) -> None:
+    """Refuse an image that a user other than the caller or root could rewrite after it
+    was verified (group- or world-writable, or owned by someone else)."""
+    st = os.fstat(fd)
+    if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
+        raise PolicyError(f"{path}: writable by others (owner {st.st_uid}, mode "
+                          f"{st.st_mode & 0o7777:04o}): it could change after verification")

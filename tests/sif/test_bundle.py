@@ -203,6 +203,31 @@ def test_unbundle_after_the_container_ran_and_twice(tmp_path, copy_fixture, sif,
     assert res.returncode == 1 and "not a bundle made by" in res.stderr
 
 
+def test_a_forged_record_is_refused(tmp_path, copy_fixture, sif) -> None:
+    """unbundle unmounts and removes what the record lists: only inside the bundle, and
+    only from a record the caller wrote."""
+    image = copy_fixture("a-minimal-busybox.sif")
+    bundle = str(tmp_path / "b")
+    sif("bundle", image, bundle, check=True)
+    record_path = os.path.join(bundle, ".ocirt-sif.json")
+    record = json.loads(read_bytes(record_path))
+    forged = json.loads(json.dumps(record))
+    forged["mounts"]["steps"].insert(0, {"kind": "tree", "path": str(tmp_path / "victim")})
+    (tmp_path / "victim").mkdir()
+    with open(record_path, "w") as f:
+        json.dump(forged, f)
+    res = sif("unbundle", bundle)
+    assert res.returncode == 1 and "outside the bundle" in res.stderr
+    assert (tmp_path / "victim").is_dir()
+    os.chmod(record_path, 0o666)
+    res = sif("unbundle", bundle)
+    assert res.returncode == 1 and "refusing to act on it" in res.stderr
+    with open(record_path, "w") as f:
+        json.dump(record, f)
+    os.chmod(record_path, 0o644)
+    sif("unbundle", bundle, check=True)
+
+
 # --- without privileges: squashfuse ------------------------------------------------------
 
 def _unprivileged_user() -> str:

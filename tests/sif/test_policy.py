@@ -75,3 +75,12 @@ def test_cli_uses_the_policy(tmp_path, sif) -> None:
               str(tmp_path / "b"))
     assert res.returncode == 1 and "data object integrity compromised: 5" in res.stderr
     assert not os.path.exists(tmp_path / "b")
+
+
+def test_images_others_can_rewrite_are_refused(copy_fixture) -> None:
+    image = copy_fixture("a-minimal-busybox-signed-dsse-ecdsa-p256.sif")
+    policy = Policy().with_keys([ECDSA], [])
+    assert verify_image(image, policy)
+    os.chmod(image, 0o666)
+    with pytest.raises(PolicyError, match="writable by others .*mode 0666"):
+        verify_image(image, policy)
