@@ -13,6 +13,7 @@ Modules, one concern each:
 - `dsse`, `pgp`, `keys`: the two signature formats and key handling
 - `loop`, `mount`: loop devices, kernel and FUSE mounts, and how to undo them
 - `bundle`, `runconfig`: SIF -> OCI bundle (config.json from the image's metadata)
+- `ocisif`: OCI-SIF images (an OCI image stored as SIF objects)
 - `build`, `ocilayout`: building images from a directory or an OCI image layout
 - `policy`: trusted keys, and refusing unsigned or tampered images
 
