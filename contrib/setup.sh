@@ -21,8 +21,11 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 packages=(
-    # building and running ocirt
-    python3 python3-venv python3-dev gcc libcap-dev libseccomp2 ca-certificates
+    # running ocirt: Python, libseccomp, and ocirt's Python dependencies from Debian
+    # (no compiler, no PyPI access needed; the venv sees them as system site-packages)
+    python3 python3-venv libseccomp2 ca-certificates
+    python3-jsonschema python3-pyroute2 python3-prctl python3-cryptography
+    python3-setuptools python3-wheel python3-pytest
     # the demo image, user namespaces, SIF images
     busybox-static uidmap squashfs-tools squashfuse fuse3 fuse-overlayfs
     # the tests: runc as the reference runtime, and the tools they drive
@@ -43,11 +46,16 @@ fi
 # udev sets on a normal system; machines without udev leave it root-only.
 if [ -c /dev/fuse ]; then chmod 0666 /dev/fuse; fi
 
-if [ ! -x "$repo/.venv/bin/python" ]; then
-    /usr/bin/python3 -m venv "$repo/.venv"
+# The virtual environment: Debian's interpreter (never a pyenv one), Debian's packages as
+# its system site-packages, ocirt installed into it offline.
+venv="$repo/.venv"
+if [ ! -x "$venv/bin/python" ] ||
+   ! grep -q '^include-system-site-packages = true' "$venv/pyvenv.cfg" 2>/dev/null; then
+    rm -rf "$venv"
+    /usr/bin/python3 -m venv --system-site-packages "$venv"
 fi
-"$repo/.venv/bin/pip" install -q --disable-pip-version-check --upgrade pip >/dev/null
-"$repo/.venv/bin/pip" install -q --disable-pip-version-check "$repo[test]"
+"$venv/bin/pip" install -q --disable-pip-version-check --no-deps --no-build-isolation \
+    --no-index "$repo"
 ln -sf "$repo/.venv/bin/ocirt" /usr/local/bin/ocirt
 echo "setup.sh: $(/usr/local/bin/ocirt --version | head -1) installed as /usr/local/bin/ocirt"
 

@@ -91,8 +91,23 @@ def validator(kind: str) -> Any:
 
     if kind not in SCHEMA_FILES:
         raise OcirtError(f"no schema for {kind!r} (known: {', '.join(SCHEMA_FILES)})")
-    schemas = registry()
+    try:
+        schemas = registry()
+    except ImportError:  # jsonschema < 4.18 (Debian 12 ships 4.10): its RefResolver
+        return _legacy_validator(SCHEMA_FILES[kind])
     return Draft202012Validator(schemas[SCHEMA_FILES[kind]].contents, registry=schemas)
+
+
+def _legacy_validator(name: str) -> Any:
+    """The same validator for jsonschema before `referencing`: a RefResolver whose store
+    holds every schema under its file name."""
+    from jsonschema import Draft202012Validator, RefResolver
+
+    directory = schema_dir()
+    store = {n: _read_schema(directory, n) for n in sorted(os.listdir(directory))
+             if n.endswith(".schema.json")}
+    resolver = RefResolver(base_uri=name, referrer=store[name], store=store)
+    return Draft202012Validator(store[name], resolver=resolver)
 
 
 def problems(document: Any, kind: str, name: str | None = None) -> list[str]:
