@@ -25,7 +25,7 @@ from ocirt.errors import OcirtError, errno_text, os_error_text
 from ocirt.fs import console, devices, resolve, rootfs
 from ocirt.linux import consts as c
 from ocirt.linux import libc
-from ocirt.process import attrs
+from ocirt.process import attrs, trampoline
 from ocirt.process.protocol import Channel
 from ocirt.spec.plan import Plan
 
@@ -257,13 +257,17 @@ def init(ctx: InitContext) -> None:
                               b"none)")
         os._exit(1)
     exec_path, env = prepare_process(ctx)
+    tramp = trampoline.sealed_fd()
     ctx.channel.send("initialized")
     ctx.channel.close()
+    if tramp >= 0 and not plan.hooks.get("startContainer"):
+        # Python leaves the container now: the sealed trampoline waits for `start`.
+        exec_process(ctx, exec_path, env, tramp, wait_fd=ctx.fifo_fd)
     wait_for_start(ctx)
     if plan.hooks.get("startContainer"):
         ctx.hooks.run_hooks("startContainer", plan.hooks["startContainer"],
                             hook_state(ctx, "created"))
-    exec_process(ctx, exec_path, env)
+    exec_process(ctx, exec_path, env, tramp)
 
 
 def _make_cwd(cwd: str) -> None:
@@ -467,10 +471,12 @@ def _die_of_signal(signum: int, frame: Any) -> None:
     os._exit(128 + signum)
 
 
-def exec_process(ctx: InitContext, path: str, env: list[str]) -> NoReturn:
+def exec_process(ctx: InitContext, path: str, env: list[str], tramp: int = -1,
+                 wait_fd: int = -1) -> NoReturn:
     """The last steps before the user process: no_new_privs, seccomp, signal state and
-    file descriptors, then execve. An exec failure goes back to `start` over the fifo
-    (or, for `exec`, to its parent over the sync socket)."""
+    file descriptors, then execve, through the sealed trampoline (`tramp`) when there is
+    one (with `wait_fd`, the exec fifo, it waits for `start` first). An exec failure goes
+    back to `start` over the fifo (or, for `exec`, to its parent over the sync socket)."""
     proc = ctx.plan.process
     if proc.no_new_privs:
         attrs.set_no_new_privs()
@@ -484,6 +490,8 @@ def exec_process(ctx: InitContext, path: str, env: list[str]) -> NoReturn:
             pass
     keep = ctx.fifo_fd
     mark_cloexec_from(ctx.keep_fds)  # before the filter, which may not allow close_range
+    if wait_fd >= 0:
+        os.set_inheritable(wait_fd, True)  # the trampoline waits on it
     if ctx.seccomp is not None:
         if _seccomp_needs_caps(ctx):
             attrs.raise_effective()
@@ -491,8 +499,17 @@ def exec_process(ctx: InitContext, path: str, env: list[str]) -> NoReturn:
             attrs.apply_capabilities(proc)
         else:
             ctx.seccomp.install(seccomp_state(ctx), ctx.exec_pid or None)
+    env_map = _env_dict(env)
+    if tramp >= 0:
+        try:
+            os.execve(tramp, trampoline.argv(wait_fd, path, proc.args), env_map)
+        except OSError:
+            pass  # executable memfds refused (vm.memfd_noexec, a filter): exec from here
+        if wait_fd >= 0:
+            os.set_inheritable(wait_fd, False)
+            wait_for_start(ctx)
     try:
-        os.execve(path, proc.args, _env_dict(env))
+        os.execve(path, proc.args, env_map)
     except OSError as exc:
         message = f"exec {path}: {errno_text(exc.errno or 0)}"
         try:

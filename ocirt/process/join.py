@@ -21,7 +21,7 @@ import os
 from ocirt.errors import OcirtError, errno_text
 from ocirt.linux import consts as c
 from ocirt.linux import libc
-from ocirt.process import attrs
+from ocirt.process import attrs, trampoline
 from ocirt.process.init import (
     InitContext,
     apply_lsm,
@@ -71,4 +71,4 @@ def process(ctx: InitContext) -> None:
     msg, _ = ctx.channel.expect("ready-ack")
     ctx.exec_pid = int(msg.get("pid") or 0)
     exec_path, env = prepare_process(ctx)
-    exec_process(ctx, exec_path, env)
+    exec_process(ctx, exec_path, env, trampoline.sealed_fd())

@@ -53,8 +53,19 @@ def release_init(container: Container) -> None:
         pass
     if outcome.startswith(b"E"):
         raise OcirtError(outcome[1:].decode("utf-8", "replace"))
+    if outcome.startswith(b"X"):
+        from ocirt.process.trampoline import failure
+
+        raise OcirtError(f"exec {_program(container)}: {failure(outcome)}")
     if outcome:
         raise OcirtError("container init exited before it could be started")
+
+
+def _program(container: Container) -> str:
+    try:
+        return str(container.config()["process"]["args"][0])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return "the container process"
 
 
 def _read_all(fd: int) -> bytes:
