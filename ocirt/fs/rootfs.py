@@ -41,9 +41,32 @@ def prepare_root(plan: Plan) -> int:
     it. `rootfsPropagation` is applied to the new root after pivot_root
     (`set_root_propagation`): applied here, "unbindable" would forbid the rootfs bind
     and "shared" would let our mounts reach the host."""
-    libc.mount(None, "/", None, c.MS_SLAVE | c.MS_REC)
+    try:
+        libc.mount(None, "/", None, c.MS_SLAVE | c.MS_REC)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        return _prepare_root_in_chroot(plan)
     _make_parent_private(plan.rootfs)
     libc.mount(plan.rootfs, plan.rootfs, None, c.MS_BIND | c.MS_REC)
+    return os.open(plan.rootfs, O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def _prepare_root_in_chroot(plan: Plan) -> int:
+    """We run in a chroot: "/" is not a mount point, so neither its propagation can be
+    changed nor pivot_root used (runc fails here). If the mount holding our root does not
+    propagate anywhere, our mounts stay ours: bind the rootfs, make it a slave, and enter
+    it with MS_MOVE + chroot (--no-pivot's way)."""
+    propagation = libc.mount_propagation("/")
+    if propagation is None or propagation & c.MS_SHARED:
+        why = ("is shared" if propagation is not None else
+               "cannot be checked on this kernel (statmount needs Linux 6.8)")
+        raise RootfsError("ocirt runs in a chroot whose root mount " + why + ": the "
+                          "container's mounts could propagate out of it; run ocirt in a "
+                          "private mount namespace (unshare --mount --propagation private)")
+    libc.mount(plan.rootfs, plan.rootfs, None, c.MS_BIND | c.MS_REC)
+    libc.mount(None, plan.rootfs, None, c.MS_SLAVE | c.MS_REC)
+    plan.no_pivot = True
     return os.open(plan.rootfs, O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
 

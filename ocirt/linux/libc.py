@@ -367,3 +367,22 @@ def inotify_add_watch(fd: int, path: str, mask: int) -> int:
     if wd < 0:
         raise _fail("inotify_add_watch", path)
     return wd
+
+
+def mount_propagation(path: str) -> int | None:
+    """MS_SHARED/MS_SLAVE/MS_PRIVATE/MS_UNBINDABLE bits of the mount holding `path`, even
+    when its root is out of reach (a chroot); None on kernels without statmount (< 6.8)."""
+    import struct
+
+    buf = ctypes.create_string_buffer(256)
+    statx_mnt_id_unique = 0x4000
+    if _libc.statx(-100, _b(path), 0, statx_mnt_id_unique, buf) != 0:
+        return None
+    if not struct.unpack_from("I", buf, 0)[0] & statx_mnt_id_unique:
+        return None
+    mnt_id = struct.unpack_from("Q", buf, 144)[0]
+    request = struct.pack("IIQQ", 24, 0, mnt_id, 0x2)  # STATMOUNT_MNT_BASIC
+    out = ctypes.create_string_buffer(512)
+    if _syscall(ctypes.c_long(457), request, out, ctypes.c_size_t(len(out)), 0) != 0:
+        return None
+    return struct.unpack_from("Q", out, 72)[0]
