@@ -114,8 +114,13 @@ class FsManager(Manager):
         self.resources_raw = resources
 
     def update(self, resources: dict[str, Any]) -> None:
+        """Apply a delta; device rules are never changed by an update (runc), so they are
+        dropped from it with a warning rather than recorded as if applied."""
         from ocirt.cgroups import resources as res_mod
 
+        if resources.get("devices") is not None:
+            log.warning(f"{PREFIX}.devices: update does not change device rules (ignored)")
+            resources = {k: v for k, v in resources.items() if k != "devices"}
         merged = res_mod.merge(self.resources_raw, resources)
         delta = res_mod.parse(resources)
         self._set(delta, res_mod.parse(merged), devices=False)

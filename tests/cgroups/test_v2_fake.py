@@ -184,3 +184,56 @@ def test_rootless_without_a_cgroup(tree, attached):
     mgr.apply({"devices": [{"allow": False}]})  # device rules alone: skipped, as runc
     with pytest.raises(OcirtError, match="container could not join or create cgroup"):
         mgr.apply({"pids": {"limit": 3}})
+
+
+def test_update_ignores_device_rules(tree, attached, capfd):
+    leaf = tree.make_cgroup("c1")
+    mgr = V2Manager(leaf)
+    mgr.apply({"devices": [{"allow": False}]})
+    mgr.update({"devices": [{"allow": True}], "pids": {"limit": 3}})
+    assert "update does not change device rules" in capfd.readouterr().err
+    assert mgr.state()["resources"]["devices"] == [{"allow": False}]
+    assert tree.wrote("c1/pids.max") == ["3"]
+    assert len(attached) == 1
+
+
+def test_stats_from_v2_files(tree):
+    leaf = tree.make_cgroup("c1")
+    files = {"memory.current": "4096\n", "memory.max": "max\n", "memory.peak": "8192\n",
+             "memory.swap.current": "0\n", "memory.swap.max": "max\n",
+             "memory.stat": "anon 1000\nfile 3000\n", "pids.current": "2\n",
+             "pids.max": "max\n",
+             "cpu.stat": "usage_usec 50\nuser_usec 30\nsystem_usec 20\nnr_periods 4\n"
+                         "nr_throttled 1\nthrottled_usec 7\n",
+             "io.stat": "8:0 rbytes=512 wbytes=1024 rios=1 wios=2 dbytes=0 dios=0\n"}
+    for name, text in files.items():
+        with open(os.path.join(leaf, name), "w") as f:
+            f.write(text)
+    data = V2Manager(leaf).stats()
+    assert data["cpu"]["usage"] == {"total": 50000, "kernel": 20000, "user": 30000}
+    assert data["cpu"]["throttling"] == {"periods": 4, "throttledPeriods": 1,
+                                         "throttledTime": 7000}
+    assert data["memory"]["usage"] == {"limit": (1 << 64) - 1, "usage": 4096, "max": 8192,
+                                       "failcnt": 0}
+    assert data["memory"]["cache"] == 3000 and data["memory"]["raw"]["anon"] == 1000
+    assert data["pids"] == {"current": 2}
+    assert data["blkio"]["ioServiceBytesRecursive"] == [
+        {"major": 8, "op": "Read", "value": 512}, {"major": 8, "op": "Write", "value": 1024}]
+    assert list(data) == ["cpu", "cpuset", "memory", "pids", "blkio", "hugetlb", "intel_rdt",
+                          "network_interfaces"]
+
+
+def test_oom_watch_on_v2_memory_events(tree):
+    from ocirt.cgroups.ops import OOMWatch
+
+    leaf = tree.make_cgroup("c1", files=("cgroup.procs", "memory.events"))
+    events = os.path.join(leaf, "memory.events")
+    with open(events, "w") as f:
+        f.write("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+    with OOMWatch(V2Manager(leaf)) as watch:
+        assert watch.fd >= 0  # inotify on memory.events
+        assert list(watch.wait(0.01)) == []  # the kill before we looked does not count
+        with open(events, "w") as f:
+            f.write("low 0\nhigh 0\nmax 9\noom 3\noom_kill 3\n")
+        assert len(list(watch.wait(1.0))) == 2
+        assert list(watch.wait(0.01)) == []
