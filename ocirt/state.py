@@ -188,6 +188,10 @@ class Store:
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
 
+    def cache_dir(self, name: str) -> str:
+        """A cache under the state root (not a container: no state.json in it)."""
+        return os.path.join(self.root, ".cache", name)
+
     def dir(self, cid: str) -> str:
         return os.path.join(self.root, validate_id(cid))
 

@@ -73,7 +73,7 @@ def create(store: Store, cid: str, opts: CreateOptions,
     if plan.seccomp is not None:
         from ocirt.seccomp import compile_filter
 
-        seccomp = compile_filter(plan.seccomp)
+        seccomp = compile_filter(plan.seccomp, store.cache_dir("seccomp"))
     hooks = None
     if plan.hooks:
         from ocirt import hooks as hooks_module

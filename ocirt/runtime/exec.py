@@ -67,7 +67,9 @@ def exec_process(store: Store, cid: str, opts: ExecOptions) -> int:
                          "socket")
     if not terminal and opts.console_socket:
         raise OcirtError("cannot use console socket if ocirt will not detach or allocate tty")
-    return Execution(container, plan, opts).run()
+    execution = Execution(container, plan, opts)
+    execution.store_cache = store.cache_dir("seccomp")
+    return execution.run()
 
 
 def container_plan(container: Container) -> Plan:
@@ -158,6 +160,7 @@ class Execution:
         self.intermediate = 0
         self.pid = 0
         self.forwarder: Any = None
+        self.store_cache: str | None = None
 
     def run(self) -> int:
         try:
@@ -179,7 +182,7 @@ class Execution:
         if plan.seccomp is not None:
             from ocirt.seccomp import compile_filter
 
-            seccomp = compile_filter(plan.seccomp)
+            seccomp = compile_filter(plan.seccomp, self.store_cache)
         ns_fds = self._namespace_fds()
         root_fd = os.open(f"/proc/{self.container.pid}/root", os.O_PATH | os.O_CLOEXEC)
         self.undo.push(os.close, root_fd, what="root fd")

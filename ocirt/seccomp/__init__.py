@@ -25,14 +25,20 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-def compile_filter(seccomp: dict[str, Any]) -> Any:
-    """The ocirt.seccomp.filter.Filter for `linux.seccomp`, or None for no filter."""
+def compile_filter(seccomp: dict[str, Any], cache_dir: str | None = None) -> Any:
+    """The ocirt.seccomp.filter.Filter for `linux.seccomp`, or None for no filter.
+    With `cache_dir`, compiled programs are reused (ocirt.seccomp.cache)."""
     from ocirt.seccomp import profile
-    from ocirt.seccomp.compile import compile_profile
 
     parsed = profile.parse(seccomp)
     if parsed is None:
         return None
+    if cache_dir:
+        from ocirt.seccomp.cache import cached_filter
+
+        return cached_filter(parsed, seccomp, cache_dir)
+    from ocirt.seccomp.compile import compile_profile
+
     return compile_profile(parsed)
 
 

@@ -1,0 +1,50 @@
+"""Compiled seccomp programs are reused across containers (ocirt.seccomp.cache)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+pytestmark = pytest.mark.root
+
+PODMAN = "../shared/fixtures/engine-samples/podman-run-create.config.json"
+
+
+def podman_profile() -> dict:
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(here, "..", "..", PODMAN)) as f:
+        return json.load(f)["linux"]["seccomp"]
+
+
+def cache_files(root: str) -> list[str]:
+    directory = os.path.join(root, ".cache", "seccomp")
+    return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+
+
+def test_the_same_profile_is_compiled_once(ocirt, bundle):
+    profile = podman_profile()
+    b = bundle(["sh", "-c", "grep Seccomp: /proc/self/status"],
+               edit=lambda c: c["linux"].update(seccomp=profile))
+    assert ocirt("run", "--bundle", b, "a").out.split() == ["Seccomp:", "2"]
+    files = cache_files(ocirt.root)
+    assert len(files) == 1
+    path = os.path.join(ocirt.root, ".cache", "seccomp", files[0])
+    stamp = os.stat(path).st_mtime_ns
+    assert oct(os.stat(os.path.dirname(path)).st_mode & 0o777) == "0o700"
+    assert ocirt("run", "--bundle", b, "b").out.split() == ["Seccomp:", "2"]
+    assert cache_files(ocirt.root) == files and os.stat(path).st_mtime_ns == stamp
+
+
+def test_a_damaged_cache_entry_is_recompiled(ocirt, bundle):
+    deny = {"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]}
+    b = bundle(["sh", "-c", "mkdir /x 2>&1 || echo denied"],
+               edit=lambda c: c["linux"].update(seccomp=deny))
+    assert "denied" in ocirt("run", "--bundle", b, "a").out
+    (name,) = cache_files(ocirt.root)
+    with open(os.path.join(ocirt.root, ".cache", "seccomp", name), "wb") as f:
+        f.write(b"garbage")
+    assert "denied" in ocirt("run", "--bundle", b, "b").out
+    assert ocirt.ids() == []
