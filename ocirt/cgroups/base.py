@@ -10,6 +10,7 @@ they are empty (another container may have been put next to ours meanwhile).
 from __future__ import annotations
 
 import errno
+import os
 
 from ocirt import log
 from ocirt.cgroups import Manager, fs
@@ -74,7 +75,10 @@ class FsManager(Manager):
                 self.made += made
                 self._prepare(made)
         except BaseException:
-            self.destroy()
+            try:
+                self.destroy()
+            except OcirtError as exc:  # keep the first error; report the second
+                log.warning(str(exc))
             raise
         if skipped:
             log.warning(f"rootless: no cgroup for the container in {', '.join(skipped)}; it "
@@ -153,8 +157,6 @@ class FsManager(Manager):
                     continue
             else:
                 try:
-                    import os
-
                     os.rmdir(directory)
                 except OSError:
                     continue  # not empty: another container's cgroup lives there too

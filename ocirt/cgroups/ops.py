@@ -105,6 +105,7 @@ class OOMWatch:
     def __init__(self, manager: Manager) -> None:
         self.dir, self.counter_file = _memory_dir(manager)
         self.fd = -1
+        self.count = 0
         self.count = self._count()
 
     def __enter__(self) -> OOMWatch:
@@ -129,7 +130,7 @@ class OOMWatch:
         try:
             return fs.read_keyed(self.dir, self.counter_file).get("oom_kill", 0)
         except OSError:
-            return self.count if hasattr(self, "count") else 0
+            return self.count  # the cgroup is gone: nothing new
 
     def wait(self, timeout: float) -> Iterator[None]:
         """Sleep up to `timeout` seconds; yield once per OOM kill seen meanwhile."""

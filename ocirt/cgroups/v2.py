@@ -303,14 +303,15 @@ def set_cpu(d: str, res: Resources, full: Resources) -> None:
     if cpu.get("shares"):
         fs.write(d, "cpu.weight", str(shares_to_weight(cpu["shares"])), f"{f}.shares")
     burst = cpu.get("burst")
-    if burst is not None:
+    burst_done = True
+    if burst is not None:  # may need the new cpu.max first: then retried after it
         burst_done = _try_write(d, "cpu.max.burst", str(burst))
     if cpu.get("quota") or cpu.get("period"):
         quota = cpu.get("quota") or full.cpu.get("quota") or 0
         period = cpu.get("period") or full.cpu.get("period") or 100000
         value = f"{quota if quota > 0 else 'max'} {period}"
         fs.write(d, "cpu.max", value, f"{f}.quota" if cpu.get("quota") else f"{f}.period")
-    if burst is not None and not burst_done:
+    if not burst_done:
         fs.write(d, "cpu.max.burst", str(burst), f"{f}.burst")
     for key in ("realtimeRuntime", "realtimePeriod"):
         if cpu.get(key):
