@@ -177,6 +177,8 @@ def parse_duration(text: str, flag: str) -> float:
     s = text.strip()
     sign = -1.0 if s.startswith("-") else 1.0
     s = s.lstrip("+-")
+    if not s:
+        raise UsageError(f'invalid value "{text}" for flag -{flag}: parse error')
     if s == "0":
         return 0.0
     total = 0.0
