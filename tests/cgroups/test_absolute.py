@@ -14,6 +14,7 @@ import subprocess
 import pytest
 
 from tests.cgroups import helpers
+from tests.conftest import IN_CHROOT
 
 pytestmark = pytest.mark.root
 
@@ -30,7 +31,22 @@ def sandbox_script(commands: str) -> str:
     return "\n".join(lines + [commands])
 
 
+def read_until(proc: subprocess.Popen, marker: str) -> str:
+    """Lines up to `marker`; the sandbox's stderr if it ends before (never spins on EOF)."""
+    lines = []
+    while True:
+        line = proc.stdout.readline()
+        if line == marker:
+            return "".join(lines)
+        if not line:
+            proc.kill()
+            _, err = proc.communicate()
+            raise AssertionError(f"the sandbox ended early: {''.join(lines)}{err}")
+        lines.append(line)
+
+
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux unshare")
+@pytest.mark.skipif(IN_CHROOT, reason="a private mount namespace needs / to be a mount point")
 def test_absolute_path_inside_a_cgroup_namespace(ocirt_bin, bundle, tmp_path):
     name = f"ocirt-test-abs-{os.getpid()}"
     b = bundle(["sleep", "100"], edit=lambda cfg: cfg["linux"].update(
@@ -49,8 +65,8 @@ def test_absolute_path_inside_a_cgroup_namespace(ocirt_bin, bundle, tmp_path):
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        state = "".join(iter(lambda: proc.stdout.readline(), "END-STATE\n"))
-        inside = "".join(iter(lambda: proc.stdout.readline(), "END-CGROUP\n"))
+        state = read_until(proc, "END-STATE\n")
+        inside = read_until(proc, "END-CGROUP\n")
         pid = json.loads(state)["pid"]
         # as the container sees it (namespace view): exactly the configured path
         assert f"pids:/{name}/c1" in inside, inside

@@ -12,9 +12,11 @@ import shutil
 import pytest
 
 from conformance.runner import Runtime
+from tests.conftest import IN_CHROOT
 
 pytestmark = [pytest.mark.root,
-              pytest.mark.skipif(shutil.which("runc") is None, reason="runc not installed")]
+              pytest.mark.skipif(shutil.which("runc") is None, reason="runc not installed"),
+              pytest.mark.skipif(IN_CHROOT, reason="runc cannot run containers in a chroot")]
 
 PROBES = {
     "identity": "id; umask; pwd; hostname; cat /proc/sys/kernel/domainname",
