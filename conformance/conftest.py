@@ -112,6 +112,11 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
                 reason=f"documented {family} deviation: {meta['deviation']}", strict=True))
 
 
+def pytest_deselected(items: list[Any]) -> None:
+    for item in items:
+        _META.pop(item.nodeid, None)
+
+
 def _case_meta(item: Any, family: str) -> dict[str, Any]:
     mark = item.get_closest_marker("case")
     if mark is None:

@@ -293,8 +293,14 @@ class Harness:
     def cleanup(self) -> list[str]:
         """Remove whatever the case left; returns what had to be removed by force."""
         leftovers = []
-        for cid in self.rt.ids():
+        ids = self.rt.ids()
+        for cid in ids:
+            # kill, then delete: `delete --force` alone polls slowly in some runtimes
+            if self.rt.status(cid) in ("created", "running"):
+                self.rt("kill", cid, "KILL")
+        for cid in ids:
             leftovers.append(f"container {cid}")
+            self.rt.wait_status(cid, "stopped", 5)
             self.rt("delete", "--force", cid)
         for pid, start in self.tracked:
             if procfs.alive(pid) and procfs.starttime(pid) == start:

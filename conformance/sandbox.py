@@ -30,29 +30,36 @@ class SandboxError(RuntimeError):
     pass
 
 
+def setup_lines(hide_unified: bool) -> list[str]:
+    """Shell lines that, run in fresh mount + cgroup namespaces, remount every cgroup
+    hierarchy from inside (so "/" is our own cgroup) on a private tmpfs, and give the
+    namespace a private /run."""
+    lines = ["set -e", "umount -R -l /sys/fs/cgroup",
+             "mount -n -t tmpfs -o mode=755,nosuid,nodev,noexec "
+             "conformance-cgroup /sys/fs/cgroup"]
+    for h in cgroupfs.hierarchies():
+        if h.fstype == "cgroup2" and hide_unified:
+            continue
+        mp = shlex.quote(h.mountpoint)
+        opts = ",".join(("nosuid", "nodev", "noexec", *h.options))
+        lines += [f"mkdir -p {mp}",
+                  f"mount -n -t {h.fstype} -o {shlex.quote(opts)} {h.fstype} {mp}"]
+    for name in sorted(os.listdir(cgroupfs.CGROUP_ROOT)):
+        link = os.path.join(cgroupfs.CGROUP_ROOT, name)
+        if os.path.islink(link):
+            lines.append(f"ln -s {shlex.quote(os.readlink(link))} {shlex.quote(link)}")
+    lines += ["mount -n -t tmpfs -o mode=755,nosuid,nodev conformance-run /run",
+              "mkdir -p /run/lock"]
+    return lines
+
+
 class Sandbox:
     def __init__(self, hide_unified: bool = False) -> None:
         self.hide_unified = hide_unified
         self.proc: subprocess.Popen[bytes] | None = None
 
     def _script(self) -> str:
-        lines = ["set -e", "umount -R -l /sys/fs/cgroup",
-                 "mount -n -t tmpfs -o mode=755,nosuid,nodev,noexec "
-                 "conformance-cgroup /sys/fs/cgroup"]
-        for h in cgroupfs.hierarchies():
-            if h.fstype == "cgroup2" and self.hide_unified:
-                continue
-            mp = shlex.quote(h.mountpoint)
-            opts = ",".join(("nosuid", "nodev", "noexec", *h.options))
-            lines += [f"mkdir -p {mp}",
-                      f"mount -n -t {h.fstype} -o {shlex.quote(opts)} {h.fstype} {mp}"]
-        for name in sorted(os.listdir(cgroupfs.CGROUP_ROOT)):
-            link = os.path.join(cgroupfs.CGROUP_ROOT, name)
-            if os.path.islink(link):
-                lines.append(f"ln -s {shlex.quote(os.readlink(link))} {shlex.quote(link)}")
-        lines += ["mount -n -t tmpfs -o mode=755,nosuid,nodev conformance-run /run",
-                  "mkdir -p /run/lock", "echo ready", "cat >/dev/null"]
-        return "\n".join(lines)
+        return "\n".join([*setup_lines(self.hide_unified), "echo ready", "cat >/dev/null"])
 
     def start(self) -> None:
         for tool in ("unshare", "nsenter"):
