@@ -144,6 +144,9 @@ def pytest_runtest_logreport(report: Any) -> None:
         return
     rec = _RESULTS.setdefault(report.nodeid, dict(meta))
     rec["duration"] = round(rec["duration"] + report.duration, 3)
+    for key, value in report.user_properties:
+        if key == "left-behind":
+            rec["left_behind"] = value
     outcome = _outcome(report)
     if outcome is None:
         return

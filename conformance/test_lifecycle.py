@@ -312,3 +312,79 @@ def test_pause_stopped_fails(h):
     c.wait_stopped()
     assert h.rt("pause", c.cid).rc != 0
     assert c.status() == "stopped"
+
+
+# The runtime-spec's schema/state-schema.json (v1.2.0), as a JSON Schema in Python.
+STATE_SCHEMA = {
+    "type": "object",
+    "required": ["ociVersion", "id", "status", "bundle"],
+    "properties": {
+        "ociVersion": {"type": "string", "pattern": SEMVER.pattern},
+        "id": {"type": "string"},
+        "status": {"type": "string", "enum": ["creating", "created", "running", "stopped"]},
+        "pid": {"type": "integer", "minimum": 0},
+        "bundle": {"type": "string"},
+        "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+}
+
+
+def _check_schema(doc):
+    try:
+        import jsonschema
+    except ImportError:  # the same checks by hand
+        assert all(k in doc for k in STATE_SCHEMA["required"]), doc
+        assert doc["status"] in STATE_SCHEMA["properties"]["status"]["enum"], doc
+        assert isinstance(doc.get("pid", 0), int) and doc.get("pid", 0) >= 0, doc
+        return
+    jsonschema.validate(doc, STATE_SCHEMA)
+
+
+@case("LC-27", "runtime.md#state (schema/state-schema.json)", "MUST")
+def test_state_schema(h):
+    """the state JSON adheres to the runtime-spec's state schema in every state"""
+    c = h.create(h.bundle(["sleep", "100"]))
+    _check_schema(c.state())
+    c.start()
+    _check_schema(c.state())
+    c.kill("KILL")
+    c.wait_stopped()
+    _check_schema(c.state())
+
+
+RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)$")
+
+
+@deviation("crun", "crun 1.8.1 reports rootfs as the config's root.path ('rootfs'), not the "
+           "absolute path")
+@case("LC-28", "runc: state", "RUNC")
+def test_state_runc_fields(h):
+    """state also carries runc's rootfs, created (RFC 3339) and owner"""
+    b = h.bundle(["sleep", "100"])
+    st = h.create(b).state()
+    assert st.get("rootfs") == os.path.join(b, "rootfs"), st
+    assert RFC3339.match(st.get("created", "")), st
+    assert isinstance(st.get("owner"), str), st
+
+
+@pytest.mark.slow
+@case("LC-29", "runtime.md#create", "RUNC")
+def test_concurrent_containers(h):
+    """16 containers created, started and deleted concurrently all work and leave nothing"""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bundles = [h.bundle(["sh", "-c", f"echo ran-{i}"]) for i in range(16)]
+
+    def cycle(b):
+        cid = h.cid()
+        created = h.rt("create", "--bundle", b, cid, timeout=120)
+        started = h.rt("start", cid, timeout=120) if created.ok else created
+        h.rt.wait_status(cid, "stopped", 30)
+        deleted = h.rt("delete", cid, timeout=120)
+        return cid, created, started, deleted
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(cycle, bundles))
+    bad = [(cid, c, s, d) for cid, c, s, d in results if not (c.ok and s.ok and d.ok)]
+    assert not bad, bad[:2]
+    assert h.rt.ids() == []
