@@ -153,11 +153,15 @@ def finish(outdir: str, docs: list[dict[str, Any]], args: argparse.Namespace) ->
     print()
     failed_any = False
     for doc in docs:
-        t = report.totals(doc["cases"])
-        failed_any |= t["failed"] > 0
-        print(f"{report.label_of(doc):>10}: {t['passed']} passed, {t['failed']} failed, "
-              f"{t['deviation']} documented deviations, {t['skipped']} skipped "
-              f"({t['total']} cases)")
+        t, v = report.totals(report.suite_cases(doc)), report.totals(
+            report.validation_cases(doc))
+        failed_any |= t["failed"] + v["failed"] > 0
+        line = (f"{report.label_of(doc):>10}: {t['passed']} passed, {t['failed']} failed, "
+                f"{t['deviation']} documented deviations, {t['skipped']} skipped "
+                f"({t['total']} cases)")
+        if v["total"]:
+            line += f"; runtime-tools programs: {v['passed']} passed, {v['failed']} failed"
+        print(line)
     print("report: " + ", ".join(paths.values()))
     return 1 if (args.strict and failed_any) else 0
 

@@ -37,6 +37,14 @@ def _count_as(outcome: str) -> str:
     return OUTCOMES.get(outcome, OUTCOMES["failed"])[2]
 
 
+def suite_cases(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return [c for c in doc["cases"] if c["area"] != "validation"]
+
+
+def validation_cases(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return [c for c in doc["cases"] if c["area"] == "validation"]
+
+
 def label_of(doc: dict[str, Any]) -> str:
     return doc["runtime"].get("label") or doc["runtime"]["family"]
 
@@ -82,13 +90,17 @@ def markdown(docs: list[dict[str, Any]]) -> str:
     labels = [label_of(d) for d in docs]
     rows = merge(docs)
     out = [f"# OCI runtime conformance: {' vs '.join(labels)}", "", _header_line(docs), ""]
-    out += ["## Runtimes", "", "| runtime | binary | version | passed | failed | "
-            "documented deviations | skipped | total |", "|---|---|---|---|---|---|---|---|"]
+    out += ["## Runtimes", "", "Suite cases, then the runtime-tools validation programs "
+            "when they were run.", "", "| runtime | binary | version | passed | failed | "
+            "documented deviations | skipped | cases | runtime-tools passed / failed |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for d in docs:
-        t = totals(d["cases"])
+        t, v = totals(suite_cases(d)), totals(validation_cases(d))
         rt = d["runtime"]
+        vcell = f"{v['passed']} / {v['failed']}" if v["total"] else "-"
         out.append(f"| {label_of(d)} | `{rt['binary']}` | {rt['version']} | {t['passed']} | "
-                   f"{t['failed']} | {t['deviation']} | {t['skipped']} | {t['total']} |")
+                   f"{t['failed']} | {t['deviation']} | {t['skipped']} | {t['total']} | "
+                   f"{vcell} |")
     out += ["", "## Totals per area (passed / failed / deviations / skipped)", "",
             "| area | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
     for area in areas_of(rows):
@@ -172,15 +184,17 @@ def html_report(docs: list[dict[str, Any]]) -> str:
            f"<h1>OCI runtime conformance: {e(' vs '.join(labels))}</h1>",
            f"<p class='muted'>{e(_header_line(docs))}</p>", "<h2>Runtimes</h2>",
            "<table><tr><th>runtime</th><th>binary</th><th>version</th><th>passed</th>"
-           "<th>failed</th><th>documented deviations</th><th>skipped</th><th>total</th></tr>"]
+           "<th>failed</th><th>documented deviations</th><th>skipped</th><th>cases</th>"
+           "<th>runtime-tools<br>passed / failed</th></tr>"]
     for d in docs:
-        t = totals(d["cases"])
+        t, v = totals(suite_cases(d)), totals(validation_cases(d))
         rt = d["runtime"]
+        vcell = f"{v['passed']} / {v['failed']}" if v["total"] else "-"
         out.append(f"<tr><td>{e(label_of(d))}</td><td><code>{e(rt['binary'])}</code></td>"
                    f"<td>{e(rt['version'])}</td><td class='pass'>{t['passed']}</td>"
                    f"<td class='{'fail' if t['failed'] else 'pass'}'>{t['failed']}</td>"
                    f"<td class='dev'>{t['deviation']}</td><td class='skip'>{t['skipped']}</td>"
-                   f"<td>{t['total']}</td></tr>")
+                   f"<td>{t['total']}</td><td>{vcell}</td></tr>")
     out.append("</table><h2>Totals per area</h2><table><tr><th>area</th>" +
                "".join(f"<th>{e(lab)}<br><span class='muted'>pass / fail / dev / skip</span>"
                        "</th>" for lab in labels) + "</tr>")
