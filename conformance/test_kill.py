@@ -115,3 +115,16 @@ def test_kill_does_not_start(h):
     c.kill("KILL")
     c.wait_stopped()
     assert "program-ran" not in c.output()
+
+
+@case("KL-10", "config-linux.md#namespaces pid", "MUST")
+def test_kill_init_ends_all(h):
+    """killing the init of a container with a pid namespace ends all its processes"""
+    c = h.start(h.bundle(["sh", "-c", "sleep 1000 & sleep 1000 & echo ready; wait"]))
+    c.wait_output("ready")
+    assert wait_for(lambda: len(_sleepers(c.pid)) == 2, 5), procfs.children(c.pid)
+    sleepers = _sleepers(c.pid)
+    c.kill("KILL")
+    c.wait_stopped()
+    for pid in sleepers:
+        assert procfs.wait_gone(pid, 5), f"process {pid} outlived the container's init"

@@ -388,3 +388,11 @@ def test_concurrent_containers(h):
     bad = [(cid, c, s, d) for cid, c, s, d in results if not (c.ok and s.ok and d.ok)]
     assert not bad, bad[:2]
     assert h.rt.ids() == []
+
+
+@case("LC-30", "runtime.md#state", "MUST")
+def test_external_exit_is_stopped(h):
+    """a container whose process was killed from outside the runtime reports stopped"""
+    c = h.start(h.bundle(["sleep", "1000"]))
+    os.kill(c.pid, 9)
+    c.wait_stopped()
