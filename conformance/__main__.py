@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -109,17 +110,29 @@ def run_validation(binary: str, label: str, doc: dict[str, Any],
                                        progress=lambda line: print("  " + line, flush=True))
 
 
-def list_cases() -> int:
-    return subprocess.run([sys.executable, "-m", "pytest", HERE, "--collect-only", "-q",
-                           "-p", "no:cacheprovider", "--rootdir", REPO, "-o", "addopts="],
-                          cwd=REPO).returncode
+def list_cases(keyword: str | None) -> int:
+    """Print every case: ID, level, spec reference, title."""
+    with tempfile.TemporaryDirectory() as tmp:
+        results = os.path.join(tmp, "cases.json")
+        argv = [sys.executable, "-m", "pytest", HERE, "--collect-only", "-q", "-p",
+                "no:cacheprovider", "--rootdir", REPO, "-o", "addopts=",
+                "--conformance-results", results, *(["-k", keyword] if keyword else [])]
+        rc = subprocess.run(argv, cwd=REPO, stdout=subprocess.DEVNULL).returncode
+        if not os.path.exists(results):
+            return rc or 1
+        from conformance.report import merge
+
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` is fine
+        for c in merge([load(results)]):
+            print(f"{c['id']:<26} {c['level']:<6} {c['spec']:<48} {c['title']}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     sys.path.insert(0, REPO)
     if args.list:
-        return list_cases()
+        return list_cases(args.keyword)
     binaries = [resolve(b) for b in (args.runtime or [default_runtime()])]
     labels = labels_for(binaries)
     outdir = args.report or tempfile.mkdtemp(prefix="conformance-")

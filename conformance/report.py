@@ -46,7 +46,7 @@ def validation_cases(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def label_of(doc: dict[str, Any]) -> str:
-    return doc["runtime"].get("label") or doc["runtime"]["family"]
+    return doc["runtime"].get("label") or doc["runtime"]["family"] or "runtime"
 
 
 def totals(cases: Iterable[dict[str, Any]]) -> dict[str, int]:
