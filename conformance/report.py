@@ -151,7 +151,9 @@ def _md_notes(docs: list[dict[str, Any]], rows: list[dict[str, Any]],
     for lab in labels:
         failed = [(r, r["results"][lab]) for r in rows if lab in r["results"]
                   and _count_as(r["results"][lab]["outcome"]) == "failed"]
-        out += ["", f"## Failures: {lab} ({len(failed)})", ""]
+        n_val = sum(1 for r, _ in failed if r["area"] == "validation")
+        out += ["", f"## Failures: {lab} ({len(failed) - n_val} suite cases, {n_val} "
+                f"runtime-tools programs)", ""]
         for r, c in failed:
             needs = f" [needs {', '.join(c['needs'])}]" if c.get("needs") else ""
             out.append(f"- **{r['id']}** {_md(r['title'])}{needs}: "
