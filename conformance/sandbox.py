@@ -53,6 +53,18 @@ def setup_lines(hide_unified: bool) -> list[str]:
     return lines
 
 
+def in_chroot() -> bool:
+    """True when / is not a mount point here (a chroot): its propagation cannot change."""
+    with open("/proc/self/mountinfo") as f:
+        return not any(line.split()[4] == "/" for line in f)
+
+
+def propagation_option() -> str:
+    """unshare's --propagation: private, except in a chroot, where making / private
+    fails; the chroot's mounts must then already be private (as fresh-machine makes them)."""
+    return "unchanged" if in_chroot() else "private"
+
+
 class Sandbox:
     def __init__(self, hide_unified: bool = False) -> None:
         self.hide_unified = hide_unified
@@ -66,7 +78,7 @@ class Sandbox:
             if not shutil.which(tool):
                 raise SandboxError(f"{tool} not found (util-linux)")
         self.proc = subprocess.Popen(
-            ["unshare", "--mount", "--cgroup", "--propagation", "private", "--",
+            ["unshare", "--mount", "--cgroup", "--propagation", propagation_option(), "--",
              "/bin/sh", "-c", self._script()],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert self.proc.stdout is not None
@@ -85,8 +97,10 @@ class Sandbox:
         """argv prefix that runs a command inside the sandbox, in `cwd` (default: ours)."""
         # nsenter's own --wd opens the directory before entering the mount namespace,
         # which leaves the runtime with an unreachable cwd; cd after entering instead.
+        # --root: entering a mount namespace resets the root to the namespace's; in a
+        # chroot that is not ours.
         return ["nsenter", f"--mount=/proc/{self.pid}/ns/mnt",
-                f"--cgroup=/proc/{self.pid}/ns/cgroup", "--",
+                f"--cgroup=/proc/{self.pid}/ns/cgroup", f"--root=/proc/{self.pid}/root", "--",
                 "/bin/sh", "-c", 'cd -- "$0" && exec "$@"', cwd or os.getcwd()]
 
     def run(self, argv: list[str], **kw: object) -> subprocess.CompletedProcess:

@@ -26,7 +26,7 @@ from typing import Any
 
 from conformance import cgroupfs
 from conformance.bundle import make_rootfs
-from conformance.sandbox import setup_lines
+from conformance.sandbox import propagation_option, setup_lines
 
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 SUITE_NAMES = ("cgrouptest", "testdir")
@@ -146,7 +146,7 @@ def run_one(runtime: str, name: str, wd: str, hide_unified: bool,
                         f'./{name}.t & child=$!', 'wait "$child"'])
     env = dict(os.environ, RUNTIME=runtime, TMPDIR=tmp)
     argv = ["unshare", "--mount", "--cgroup", "--pid", "--fork", "--kill-child",
-            "--mount-proc", "--propagation", "private", "--", "/bin/bash", "-c", script]
+            "--mount-proc", "--propagation", propagation_option(), "--", "/bin/bash", "-c", script]
     before = _snapshot()
     start = time.monotonic()
     try:

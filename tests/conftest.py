@@ -23,17 +23,13 @@ if REPO not in sys.path:
 
 from conformance.bundle import default_config, make_bundle, make_rootfs  # noqa: E402
 from conformance.runner import Runtime  # noqa: E402
+from conformance.sandbox import in_chroot  # noqa: E402
 
 IS_ROOT = os.geteuid() == 0
 
 
-def in_chroot() -> bool:
-    """True when / is not a mount point of this process (a chroot, as in the fresh-machine
-    check): pivot_root, runc and `unshare --propagation` cannot work there."""
-    with open("/proc/self/mountinfo") as f:
-        return not any(line.split()[4] == "/" for line in f)
-
-
+# In a chroot (as in the fresh-machine check) pivot_root, runc and `unshare --propagation
+# private` cannot work.
 IN_CHROOT = in_chroot()
 _CGROUP_SEQ = itertools.count(1)
 

@@ -157,6 +157,9 @@ def _explain(error: ValidationError) -> tuple[ValidationError, str]:
         # A regular expression says little to a reader; every schema with a pattern has
         # a title that completes "<value> is not ...".
         return error, f"{error.instance!r} is not {error.schema['title']}"
+    if error.validator == "minItems" and error.validator_value == 1:
+        # the same words whatever jsonschema's version ("is too short" before 4.21)
+        return error, f"{error.instance!r} should be non-empty"
     return error, error.message
 
 
