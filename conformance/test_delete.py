@@ -56,6 +56,8 @@ def test_delete_running_fails(h):
 @deviation("runc", "runc 1.1.5 deletes a created container without --force (delete.go: "
            "Created -> killContainer); engines such as containerd rely on it")
 @deviation("crun", "crun 1.8.1 deletes a created container without --force, as runc does")
+@deviation("ocirt", "ocirt keeps runc's behaviour on purpose: containerd's runc shim deletes "
+           "created-but-never-started tasks with a plain `delete`")
 @case("DL-04", "runtime.md#delete", "MUST")
 def test_delete_created_fails(h):
     """delete of a created (not stopped) container fails and leaves it created"""

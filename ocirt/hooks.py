@@ -33,6 +33,17 @@ def run_hooks(kind: str, hooks: list[dict[str, Any]], state_json: str) -> None:
         run_hook(kind, index, hook, state_json)
 
 
+def run_hooks_warning(kind: str, hooks: list[dict[str, Any]], state_json: str) -> None:
+    """Run every hook even when one fails (poststop): failures are only logged."""
+    from ocirt import log
+
+    for index, hook in enumerate(hooks):
+        try:
+            run_hook(kind, index, hook, state_json)
+        except HookError as exc:
+            log.warning(str(exc))
+
+
 def run_hook(kind: str, index: int, hook: dict[str, Any], state_json: str) -> None:
     args = hook.get("args") or [hook["path"]]
     env = dict(item.split("=", 1) for item in hook.get("env") or [] if "=" in item)

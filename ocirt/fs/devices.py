@@ -44,19 +44,32 @@ def create_device(root_fd: int, dev: Device, bind: bool) -> None:
     parent_path, _, name = dev.path.rpartition("/")
     parent = resolve.mkdir_all(root_fd, parent_path or "/")
     try:
+        if _existing_matches(parent, name, dev):
+            return
         if not bind:
             try:
                 os.mknod(name, dev.mode | _TYPES[dev.type], os.makedev(dev.major, dev.minor),
                          dir_fd=parent)
                 os.chown(name, dev.uid, dev.gid, dir_fd=parent, follow_symlinks=False)
                 return
-            except FileExistsError:
-                return
             except PermissionError:
                 pass
         _bind_device(parent, name, dev)
     finally:
         os.close(parent)
+
+
+def _existing_matches(parent: int, name: str, dev: Device) -> bool:
+    """True if the node already exists as this device; an error if something else is
+    there (config-linux.md: "a file ... that does not match the requested device")."""
+    try:
+        st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    if (st.st_mode & 0o170000) == _TYPES[dev.type] and (
+            dev.type == "p" or st.st_rdev == os.makedev(dev.major, dev.minor)):
+        return True
+    raise OSError(errno.EEXIST, f"a different file already exists at {dev.path}")
 
 
 def _bind_device(parent: int, name: str, dev: Device) -> None:

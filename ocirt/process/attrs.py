@@ -123,6 +123,34 @@ def set_no_new_privs() -> None:
     libc.prctl(c.PR_SET_NO_NEW_PRIVS, 1)
 
 
+def own_bounding_set() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapBnd:"):
+                return int(line.split()[1], 16)
+    return (1 << (last_cap() + 1)) - 1
+
+
+def keep_grantable(proc: Process) -> None:
+    """Leave out capabilities the runtime itself does not have (so cannot grant), with a
+    warning: runtime-spec 1.1+ says runtimes SHOULD NOT fail for them (podman's
+    --privileged lists every capability; this host lacks CAP_SYS_RESOURCE)."""
+    if proc.caps is None:
+        return
+    from ocirt.spec.options import CAPABILITIES
+
+    have = own_bounding_set()
+    missing = 0
+    for mask in proc.caps.values():
+        missing |= mask & ~have
+    if not missing:
+        return
+    names = [name for name, num in CAPABILITIES.items() if missing & (1 << num)]
+    proc.caps = {kind: mask & have for kind, mask in proc.caps.items()}
+    proc.warnings.append(f"capabilities {', '.join(names)} cannot be granted (the runtime "
+                         "does not have them): left out")
+
+
 def set_identity(proc: Process, setgroups_allowed: bool = True, apply_caps: bool = True
                  ) -> None:
     """Bounding set, user and groups, then the capability sets, as runc orders them.

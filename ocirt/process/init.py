@@ -265,8 +265,12 @@ def init(ctx: InitContext) -> None:
         exec_process(ctx, exec_path, env, tramp, wait_fd=ctx.fifo_fd)
     wait_for_start(ctx)
     if plan.hooks.get("startContainer"):
-        ctx.hooks.run_hooks("startContainer", plan.hooks["startContainer"],
-                            hook_state(ctx, "created"))
+        try:
+            ctx.hooks.run_hooks("startContainer", plan.hooks["startContainer"],
+                                hook_state(ctx, "created"))
+        except OcirtError as exc:  # `start` fails, and the container stops (runtime-spec)
+            os.write(ctx.fifo_fd, ("E" + exc.message).encode())
+            os._exit(1)
     exec_process(ctx, exec_path, env, tramp)
 
 
@@ -278,8 +282,10 @@ def _make_cwd(cwd: str) -> None:
 
 
 def hook_state(ctx: InitContext, status: str) -> str:
+    """The state for hooks run in the container's namespaces: the pid "as seen by the
+    container" (runtime-spec runtime.md, State)."""
     p = ctx.plan
-    return ctx.hooks.hook_state(ctx.container_id, status, ctx.host_pid, p.bundle,
+    return ctx.hooks.hook_state(ctx.container_id, status, os.getpid(), p.bundle,
                                 p.annotations, p.oci_version)
 
 

@@ -69,6 +69,7 @@ def create(store: Store, cid: str, opts: CreateOptions,
     validate_id(cid)
     plan, spec = loaded or load_plan(opts.bundle, opts)
     check_terminal(plan, opts)
+    warn_and_keep_grantable(plan)
     seccomp = None
     if plan.seccomp is not None:
         from ocirt.seccomp import compile_filter
@@ -81,6 +82,16 @@ def create(store: Store, cid: str, opts: CreateOptions,
         hooks = hooks_module
     keep_fds, extra_env = inherited_fds(opts.preserve_fds)
     return Creation(store, cid, plan, spec, opts, seccomp, hooks, keep_fds, extra_env).run()
+
+
+def warn_and_keep_grantable(plan: Plan) -> None:
+    """Capabilities the runtime cannot grant are dropped; every config warning is logged
+    (as runc warns for unknown capability names)."""
+    from ocirt.process.attrs import keep_grantable
+
+    keep_grantable(plan.process)
+    for warning in plan.process.warnings:
+        log.warning(warning)
 
 
 def inherited_fds(preserve: int) -> tuple[int, list[str]]:
@@ -286,10 +297,10 @@ class Creation:
     def _poststop(self) -> None:
         if not self.hooks or not self.plan.hooks.get("poststop"):
             return
-        try:
-            self._run_hooks(("poststop",), "stopped")
-        except OcirtError as exc:
-            log.warning(str(exc))
+        plan = self.plan
+        state = self.hooks.hook_state(self.cid, "stopped", self.init_pid, plan.bundle,
+                                      plan.annotations, plan.oci_version)
+        self.hooks.run_hooks_warning("poststop", plan.hooks["poststop"], state)
 
     def _unmount_new_host_mounts(self) -> None:
         unmount_host_mounts([m for m in host_mounts_below(self.plan.rootfs)

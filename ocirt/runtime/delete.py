@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import select
 
-from ocirt import log
 from ocirt.errors import ContainerNotExist, OcirtError
 from ocirt.state import CREATING, PAUSED, STOPPED, Container, Store, check_transition
 
@@ -105,12 +104,9 @@ def run_poststop(container: Container) -> None:
     hooks = (container.data.get("hooks") or {}).get("poststop")
     if not hooks:
         return
-    from ocirt.hooks import HookError, hook_state, run_hooks
+    from ocirt.hooks import hook_state, run_hooks_warning
 
     state = hook_state(container.id, "stopped", container.pid, container.bundle,
                        container.data.get("annotations") or {},
                        container.data.get("ociVersion", ""))
-    try:
-        run_hooks("poststop", hooks, state)
-    except HookError as exc:
-        log.warning(str(exc))
+    run_hooks_warning("poststop", hooks, state)

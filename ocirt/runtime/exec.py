@@ -61,6 +61,9 @@ def exec_process(store: Store, cid: str, opts: ExecOptions) -> int:
         check_transition("exec", status, cid)
     plan = container_plan(container)
     plan.process = exec_spec(container, plan, opts)
+    from ocirt.runtime.create import warn_and_keep_grantable
+
+    warn_and_keep_grantable(plan)
     terminal = plan.process.terminal
     if terminal and opts.detach and not opts.console_socket:
         raise OcirtError("cannot allocate tty if ocirt will detach without setting console "
@@ -118,9 +121,8 @@ def exec_spec(container: Container, plan: Plan, opts: ExecOptions) -> Process:
             _int(g, "--additional-gids") for g in opts.additional_gids]
     raw["user"] = user
     raw["capabilities"] = _with_caps(raw.get("capabilities"), opts.caps)
-    proc = build_process(raw, "process")
-    build_caps(raw["capabilities"], "--cap")
-    return proc
+    build_caps({"bounding": opts.caps}, "--cap")  # a typo on the command line: an error
+    return build_process(raw, "process")
 
 
 def _int(text: str, what: str) -> int:

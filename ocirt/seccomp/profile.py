@@ -175,6 +175,11 @@ def action_value(name: Any, errno_ret: int | None, where: str) -> int:
     value = ACTIONS[name]
     if value in (ACT_ERRNO, ACT_TRACE):
         value |= EPERM if errno_ret is None else errno_ret
+    elif errno_ret is not None:
+        # config-linux.md: errnoRet goes with the errno-returning actions only (runc
+        # silently ignores it elsewhere)
+        raise ConfigError(f"{where}: errnoRet is only valid with SCMP_ACT_ERRNO or "
+                          f"SCMP_ACT_TRACE, not {name}")
     return value
 
 

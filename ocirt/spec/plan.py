@@ -71,7 +71,8 @@ class Process:
 
     __slots__ = ("args", "env", "cwd", "uid", "gid", "additional_gids", "umask", "caps",
                  "no_new_privs", "rlimits", "oom_score_adj", "terminal", "console_size",
-                 "apparmor", "selinux_label", "io_priority", "scheduler", "cpu_affinity")
+                 "apparmor", "selinux_label", "io_priority", "scheduler", "cpu_affinity",
+                 "warnings")
 
     def __init__(self) -> None:
         self.args: list[str] = []
@@ -93,6 +94,7 @@ class Process:
         self.io_priority: tuple[int, int] | None = None  # (class, level)
         self.scheduler: dict[str, int] | None = None
         self.cpu_affinity: tuple[str, str] | None = None  # (initial, final)
+        self.warnings: list[str] = []  # what the runtime logs before it starts the process
 
     def env_value(self, name: str) -> str | None:
         prefix = name + "="
@@ -313,7 +315,8 @@ def build_process(proc: dict[str, Any], where: str) -> Process:
         pr.umask = _uint(user["umask"], f"{where}.user.umask")
         if pr.umask > 0o777:
             raise ConfigError(f"{where}.user.umask: {pr.umask:#o} is not a valid umask")
-    pr.caps = build_caps(_get(proc, "capabilities", dict, where), f"{where}.capabilities")
+    pr.caps = build_caps(_get(proc, "capabilities", dict, where), f"{where}.capabilities",
+                         pr.warnings)
     pr.no_new_privs = bool(_get(proc, "noNewPrivileges", bool, where, False))
     pr.rlimits = _rlimits(proc, where)
     if proc.get("oomScoreAdj") is not None:
@@ -343,9 +346,11 @@ def build_process(proc: dict[str, Any], where: str) -> Process:
     return pr
 
 
-def build_caps(caps: dict[str, Any] | None, where: str) -> dict[str, int] | None:
-    """Capability names -> a bit mask per set. Unknown names are an error (the spec says a
-    value that cannot be mapped to the kernel MUST fail; runc only warns)."""
+def build_caps(caps: dict[str, Any] | None, where: str,
+               warnings: list[str] | None = None) -> dict[str, int] | None:
+    """Capability names -> a bit mask per set. An unknown name is left out with a warning
+    in `warnings` (runtime-spec 1.1+: "MUST be logged as a warning", runc does the same);
+    without a `warnings` list it is an error (a typo in `exec --cap`)."""
     if caps is None:
         return None
     out: dict[str, int] = {}
@@ -356,7 +361,11 @@ def build_caps(caps: dict[str, Any] | None, where: str) -> dict[str, int] | None
             num = opt.CAPABILITIES.get(cap.upper() if cap.upper().startswith("CAP_")
                                        else "CAP_" + cap.upper())
             if num is None:
-                raise ConfigError(f"{where}.{name}[{i}]: unknown capability {cap!r}")
+                message = f"{where}.{name}[{i}]: unknown capability {cap!r}"
+                if warnings is None:
+                    raise ConfigError(message)
+                warnings.append(message + " ignored")
+                continue
             mask |= 1 << num
         out[name] = mask
     return out

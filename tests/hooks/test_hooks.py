@@ -58,7 +58,9 @@ def test_all_hooks_in_order_with_state_and_namespaces(ocirt, bundle, tmp_path):
         assert state["annotations"] == {"org.example.key": "value"}, name
         assert (log / f"{name}.args").read_text().strip() == "a1 a2", name
         assert (log / f"{name}.env").read_text().strip() == f"{name}-env", name
-        assert state["pid"] == pid, name  # as the host sees it, also from inside
+        # as the runtime sees it, or as the container does for hooks run inside it
+        inside = name in ("createContainer", "startContainer")
+        assert state["pid"] == (1 if inside else pid), name
     for name in ("prestart", "createRuntime", "poststart", "poststop"):
         assert (log / f"{name}.mnt").read_text().strip() == HOST_MNT, name
     for name in ("createContainer", "startContainer"):
@@ -97,3 +99,21 @@ def test_failing_create_container_hook(ocirt, bundle):
     r = ocirt("create", "--bundle", b, "c1")
     assert r.rc == 1 and "createContainer hook #0" in r.err and "exit status 9" in r.err
     assert_nothing_left(ocirt.root, "c1", b)
+
+
+def test_failing_start_container_hook_fails_start(ocirt, bundle):
+    hook = {"path": "/bin/false", "args": ["false"]}
+    b = bundle(["sleep", "100"], edit=lambda c: c.update(hooks={"startContainer": [hook]}))
+    ocirt("create", "--bundle", b, "c1", check=True)
+    r = ocirt("start", "c1")
+    assert r.rc == 1 and "startContainer hook #0" in r.err
+    assert ocirt.wait_status("c1", "stopped")
+
+
+def test_every_poststop_hook_runs_even_after_a_failure(ocirt, bundle, tmp_path):
+    marker = tmp_path / "second"
+    hooks = [{"path": "/bin/false", "args": ["false"]},
+             {"path": "/bin/sh", "args": ["sh", "-c", f"touch {marker}"]}]
+    b = bundle(["true"], edit=lambda c: c.update(hooks={"poststop": hooks}))
+    assert ocirt("run", "--bundle", b, "c1").rc == 0
+    assert marker.exists()

@@ -88,7 +88,7 @@ def test_actions_and_errno_defaults_follow_runc():
         {"names": ["a7"], "action": "SCMP_ACT_KILL_THREAD"},
         {"names": ["a8"], "action": "SCMP_ACT_TRAP"},
         {"names": ["a9"], "action": "SCMP_ACT_LOG"},
-        {"names": ["a10"], "action": "SCMP_ACT_ALLOW", "errnoRet": 5},
+        {"names": ["a10"], "action": "SCMP_ACT_ALLOW"},
     ])
     assert p.default_action == 0x00050001 and p.default_errno == 1
     assert [r.action for r in p.rules] == [
@@ -96,6 +96,14 @@ def test_actions_and_errno_defaults_follow_runc():
         0x7FFC0000, 0x7FFF0000]
     p = parsed(defaultAction="SCMP_ACT_ERRNO", defaultErrnoRet=38)
     assert p.default_action == 0x00050026 and p.default_errno == 38
+
+
+@pytest.mark.parametrize("action", ["SCMP_ACT_ALLOW", "SCMP_ACT_KILL", "SCMP_ACT_LOG"])
+def test_errno_ret_needs_an_errno_action(action):
+    """config-linux.md: errnoRet only with SCMP_ACT_ERRNO/TRACE (runc ignores it)."""
+    with pytest.raises(OcirtError, match=r"syscalls\[0\].action: errnoRet is only valid"):
+        parsed(defaultAction="SCMP_ACT_ERRNO",
+               syscalls=[{"names": ["a"], "action": action, "errnoRet": 5}])
 
 
 def test_names_flatten_into_rules_with_shared_conditions():
