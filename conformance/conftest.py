@@ -24,11 +24,12 @@ import pytest
 from conformance import cases
 from conformance.bundle import make_rootfs
 from conformance.harness import Harness, RuntimeInfo, identify, remove_session_cgroups
-from conformance.sandbox import Sandbox
+from conformance.sandbox import Sandbox, in_chroot
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 IS_ROOT = os.geteuid() == 0
+IN_CHROOT = in_chroot()
 
 AREAS = ("lifecycle", "kill", "delete", "process", "terminal", "namespaces", "mounts",
          "hooks", "cgroups", "seccomp", "errors", "security")
@@ -108,6 +109,9 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
         _META[item.nodeid] = meta
         if not IS_ROOT:
             item.add_marker(pytest.mark.skip(reason="conformance cases need root"))
+        elif "userns" in meta["needs"] and IN_CHROOT:
+            item.add_marker(pytest.mark.skip(reason="the kernel refuses new user namespaces "
+                                             "to a process in a chroot"))
         elif meta["deviation"]:
             item.add_marker(pytest.mark.xfail(
                 reason=f"documented {family} deviation: {meta['deviation']}", strict=True))

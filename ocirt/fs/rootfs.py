@@ -64,6 +64,7 @@ def _prepare_root_in_chroot(plan: Plan) -> int:
         raise RootfsError("ocirt runs in a chroot whose root mount " + why + ": the "
                           "container's mounts could propagate out of it; run ocirt in a "
                           "private mount namespace (unshare --mount --propagation private)")
+    _make_parent_private(plan.rootfs)  # MS_MOVE, like pivot_root, refuses a shared parent
     libc.mount(plan.rootfs, plan.rootfs, None, c.MS_BIND | c.MS_REC)
     libc.mount(None, plan.rootfs, None, c.MS_SLAVE | c.MS_REC)
     plan.no_pivot = True
