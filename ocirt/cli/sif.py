@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING
 
 from ocirt.cli.parser import BOOL, INT, LIST, STR, Command, Flag, check_arg_count, parse
 from ocirt.cli.parser import command_help as _command_help
 from ocirt.errors import OcirtError, UnknownCommand, UsageError
+
+TYPE_CHECKING = False  # importing typing costs ~2 ms (and pulls in re); annotations only
 
 if TYPE_CHECKING:
     from ocirt.cli import Globals

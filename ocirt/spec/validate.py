@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import TYPE_CHECKING, Any
 
 from ocirt.errors import OcirtError
+
+TYPE_CHECKING = False  # importing typing costs ~2 ms (and pulls in re); annotations only
+if TYPE_CHECKING:
+    from typing import Any
 
 if TYPE_CHECKING:
     from jsonschema.exceptions import ValidationError
