@@ -166,6 +166,9 @@ class Creation:
             "creator": [me, proc.start_time(me)],
         })
         self.container = container
+        from ocirt.runtime import notify
+
+        container.data["notify_socket"] = notify.prepare(plan, container.dir)
         self.store.save(container)
         write_atomic(container.path(CONFIG_FILE), _dump(self.spec))
         if not plan.has("mount"):

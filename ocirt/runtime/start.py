@@ -20,11 +20,16 @@ from ocirt.state import FIFO_FILE, Container, Store, check_transition
 
 
 def start(store: Store, cid: str) -> Container:
+    from ocirt.runtime import notify
+
     with store.lock(cid):
         container = store.load(cid)
         check_transition("start", container.status(), cid)
+        sd_notify = notify.listen(container)
         release_init(container)
     run_poststart(container)
+    if sd_notify is not None:
+        notify.relay_ready(container, sd_notify)
     return container
 
 
