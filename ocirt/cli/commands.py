@@ -43,19 +43,31 @@ def _add(cmd: Command) -> None:
         COMMANDS[alias] = cmd
 
 
+_IMAGE = (
+    Flag("image", STR, "run a SIF image: its bundle is made (verified, mounted in place) and "
+         "removed with the container; arguments after the id replace its command", "",
+         metavar="IMAGE.sif"),
+    Flag("key", LIST, "a trusted public key (PEM) the SIF image must be signed with",
+         metavar="PUBLIC.pem"),
+    Flag("pgp-key", LIST, "a trusted OpenPGP public key for the SIF image",
+         metavar="PUBLIC.asc"),
+)
+
 _add(Command(
-    "create", "ocirt.cli.lifecycle:create", "create a container", _ID,
-    (_BUNDLE, _CONSOLE, _PIDFILE, _NO_PIVOT, _NO_KEYRING, _PRESERVE), 1, 1,
+    "create", "ocirt.cli.lifecycle:create", "create a container",
+    f"{_ID}  |  --image IMAGE.sif {_ID} [-- args...]",
+    (_BUNDLE, _CONSOLE, _PIDFILE, _NO_PIVOT, _NO_KEYRING, _PRESERVE, *_IMAGE), 1, None,
     "The create command creates an instance of a container for a bundle. The bundle\n"
     "is a directory with a specification file named \"config.json\" and a root\n"
     "filesystem.",
 ))
 _add(Command(
-    "run", "ocirt.cli.lifecycle:run", "create and run a container", _ID,
+    "run", "ocirt.cli.lifecycle:run", "create and run a container",
+    f"{_ID}  |  --image IMAGE.sif {_ID} [-- args...]",
     (_BUNDLE, _CONSOLE, Flag("detach, d", BOOL, "detach from the container's process"),
      Flag("keep", BOOL, "do not delete the container after it exits"), _PIDFILE,
      Flag("no-subreaper", BOOL, "disable the use of the subreaper used to reap reparented "
-          "processes"), _NO_PIVOT, _NO_KEYRING, _PRESERVE), 1, 1,
+          "processes"), _NO_PIVOT, _NO_KEYRING, _PRESERVE, *_IMAGE), 1, None,
     "The run command creates an instance of a container for a bundle and starts it.",
 ))
 _add(Command("start", "ocirt.cli.lifecycle:start",

@@ -25,17 +25,56 @@ def _create_options(g: Globals, opts: Options):  # type: ignore[no-untyped-def]
     )
 
 
+def _image_bundle(g: Globals, opts: Options, args: list[str], copts) -> None:  # type: ignore[no-untyped-def]
+    """--image: the container's bundle, made from the SIF image (after verification)."""
+    from ocirt.errors import UsageError
+
+    if not opts.image:
+        if len(args) > 1:
+            raise UsageError("arguments after the container id need --image")
+        return
+    if opts.bundle:
+        raise UsageError("--image and --bundle exclude each other")
+    from ocirt.runtime import image
+
+    checked_by = image.policy(opts.key or [], opts.pgp_key or [])
+    copts.bundle = copts.sif_bundle = image.bundle_from_image(
+        Store(g.root), args[0], opts.image, args[1:], checked_by)
+
+
+class _owned_bundle:  # noqa: N801 - a context manager, named like a function
+    """A bundle made from --image goes again if the container could not be made."""
+
+    def __init__(self, copts) -> None:  # type: ignore[no-untyped-def]
+        self.copts = copts
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, *rest: object) -> None:
+        if kind is not None and self.copts.sif_bundle:
+            from ocirt.runtime.image import remove_bundle
+
+            remove_bundle(self.copts.sif_bundle)
+
+
 def create(g: Globals, opts: Options, args: list[str]) -> int:
     from ocirt.runtime.create import create as do_create
 
-    do_create(Store(g.root), args[0], _create_options(g, opts))
+    copts = _create_options(g, opts)
+    _image_bundle(g, opts, args, copts)
+    with _owned_bundle(copts):
+        do_create(Store(g.root), args[0], copts)
     return 0
 
 
 def run(g: Globals, opts: Options, args: list[str]) -> int:
     from ocirt.runtime.run import run as do_run
 
-    return do_run(Store(g.root), args[0], _create_options(g, opts), opts.detach, opts.keep)
+    copts = _create_options(g, opts)
+    _image_bundle(g, opts, args, copts)
+    with _owned_bundle(copts):
+        return do_run(Store(g.root), args[0], copts, opts.detach, opts.keep)
 
 
 def start(g: Globals, opts: Options, args: list[str]) -> int:

@@ -35,6 +35,7 @@ class CreateOptions:
         self.no_new_keyring = no_new_keyring  # --no-new-keyring
         self.preserve_fds = preserve_fds  # --preserve-fds
         self.console_fd = console_fd  # `run` in the foreground with a terminal: our own socket
+        self.sif_bundle = ""  # --image: the bundle made from the image, the container's
         self.systemd_cgroup = systemd_cgroup  # global --systemd-cgroup
         self.rootless = rootless  # global --rootless
 
@@ -47,7 +48,11 @@ def load_plan(bundle: str, opts: CreateOptions) -> tuple[Plan, dict[str, Any]]:
     spec = load_config(bundle)
     plan = build_plan(spec, bundle, no_pivot=opts.no_pivot, no_new_keyring=opts.no_new_keyring)
     if not os.path.isdir(plan.rootfs):
-        raise OcirtError(f"rootfs ({plan.rootfs}) does not exist")
+        from ocirt.runtime.image import is_sif
+
+        if not is_sif(plan.rootfs):
+            raise OcirtError(f"rootfs ({plan.rootfs}) does not exist")
+        plan.sif_root = True  # root.path names a SIF image: mounted by `create`
     return plan, spec
 
 
@@ -168,6 +173,7 @@ class Creation:
         self.container = container
         from ocirt.runtime import notify
 
+        self._sif(container)
         container.data["notify_socket"] = notify.prepare(plan, container.dir)
         self.store.save(container)
         write_atomic(container.path(CONFIG_FILE), _dump(self.spec))
@@ -208,6 +214,20 @@ class Creation:
         return container
 
     # -- steps ----------------------------------------------------------------------------
+
+    def _sif(self, container: Container) -> None:
+        """The container owns its SIF bundle (--image) or its mounted SIF root."""
+        from ocirt.runtime import image
+
+        if self.opts.sif_bundle:
+            container.data["sif_bundle"] = self.opts.sif_bundle
+            self.undo.push(image.remove_bundle, self.opts.sif_bundle, what="SIF bundle")
+        if self.plan.sif_root:
+            record = image.mount_root(self.plan, container.dir)
+            container.data["sif_mount"] = record
+            self.undo.push(image.release, {"sif_mount": record}, what="SIF mount")
+            container.data["rootfs"] = self.plan.rootfs
+        self.store.save(container)
 
     def _make_fifo(self, container: Container) -> int:
         path = container.path(FIFO_FILE)

@@ -129,6 +129,7 @@ class Plan:
         self.sysctl: dict[str, str] = {}
         self.process = Process()
         self.has_process = True  # False: config.json has no process; `start` must fail
+        self.sif_root = False  # root.path is a SIF image file (mounted by `create`)
         self.hooks: dict[str, list[dict[str, Any]]] = {}
         self.personality: int | None = None
         self.cgroups_path = ""
