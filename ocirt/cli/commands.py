@@ -11,7 +11,8 @@ GLOBAL_FLAGS = (
     Flag("debug", BOOL, "enable debug logging"),
     Flag("log", STR, "set the log file to write ocirt logs to (default is '/dev/stderr')", ""),
     Flag("log-format", STR, "set the log format ('text' (default), or 'json')", "text"),
-    Flag("root", STR, "root directory for storage of container state", "/run/ocirt"),
+    Flag("root", STR, "root directory for storage of container state (default: /run/ocirt, "
+         "or $XDG_RUNTIME_DIR/ocirt for an unprivileged user)", ""),
     Flag("criu", STR, "path to the criu binary used for checkpoint and restore", "criu"),
     Flag("systemd-cgroup", BOOL, "enable systemd cgroup support, expects cgroupsPath to be "
          "of form \"slice:prefix:name\" for e.g. \"system.slice:ocirt:434234\""),

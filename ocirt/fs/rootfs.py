@@ -320,7 +320,10 @@ def _mount_cgroup(root_fd: int, plan: Plan, m: Mount) -> None:
     """`type: cgroup` mounts the container's own cgroups: on a v2 host a cgroup2 mount
     (a bind of the container's cgroup without a cgroup namespace); on v1 a tmpfs with one
     entry per hierarchy, as runc lays it out."""
-    entries = mountinfo.mounts()
+    # The host's hierarchies only: a /sys bind-mounted into the rootfs (rootless configs
+    # do that) brings copies of them below the rootfs, which our tmpfs is about to cover.
+    inside = plan.rootfs.rstrip("/") + "/"
+    entries = [e for e in mountinfo.mounts() if not e.mountpoint.startswith(inside)]
     own = mountinfo.cgroup_membership()
     v1 = [e for e in entries if e.fstype == "cgroup"]
     cgroupns = plan.has("cgroup")
@@ -328,6 +331,8 @@ def _mount_cgroup(root_fd: int, plan: Plan, m: Mount) -> None:
         _mount_cgroup2(root_fd, m, entries, own, cgroupns)
         return
     ro = m.flags & c.MS_RDONLY
+    if ro:
+        _readonly_underneath(root_fd, m.destination)
     tmpfs = Mount("tmpfs", m.destination, "tmpfs", c.MS_NOSUID | c.MS_NODEV | c.MS_NOEXEC,
                   "mode=755", [], 0, 0, False, [])
     _mount_tmpfs(root_fd, plan, tmpfs)
@@ -365,6 +370,22 @@ def _mount_cgroup(root_fd: int, plan: Plan, m: Mount) -> None:
         with _Fd(resolve.open_in_root(root_fd, m.destination)) as mounted:
             remount(mounted, c.MS_BIND | c.MS_REMOUNT | c.MS_RDONLY | c.MS_NOSUID | c.MS_NODEV
                     | c.MS_NOEXEC, m.destination)
+
+
+def _readonly_underneath(root_fd: int, destination: str) -> None:
+    """Host cgroup mounts that an rbind of /sys brought along (rootless configs do that)
+    end up covered by our tmpfs; make them read-only too, since a user namespace cannot
+    unmount them (CVE-2023-25809: no writable host cgroupfs in the container)."""
+    try:
+        fd = resolve.open_in_root(root_fd, destination)
+    except OSError:
+        return
+    with _Fd(fd):
+        try:
+            libc.mount_setattr(fd, "", c.AT_EMPTY_PATH | c.AT_RECURSIVE, c.MOUNT_ATTR_RDONLY,
+                               0, what=destination)
+        except OSError:
+            pass  # not a mount point: nothing is there to protect
 
 
 def _mount_cgroup2(root_fd: int, m: Mount, entries: list, own: dict[str, str],

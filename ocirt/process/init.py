@@ -117,8 +117,16 @@ def intermediate(ctx: InitContext) -> None:
                 become_root_in_userns()
     if plan.creates("user"):
         libc.unshare(c.CLONE_NEWUSER)
+        # An unprivileged parent can only write our uid_map/gid_map/setgroups while they
+        # are its (a non-dumpable process's /proc files belong to root); nothing else is
+        # in the new namespace yet to take advantage.
+        unprivileged = os.geteuid() != 0
+        if unprivileged:
+            libc.prctl(c.PR_SET_DUMPABLE, 1)
         ctx.channel.send("idmap-request", pid=os.getpid())
         ctx.channel.expect("idmap-done")
+        if unprivileged:
+            libc.prctl(c.PR_SET_DUMPABLE, 0)
         ctx.in_userns = True
         become_root_in_userns()
     flags = 0

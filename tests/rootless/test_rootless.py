@@ -1,0 +1,140 @@
+"""Rootless: an unprivileged user runs containers in a user namespace (spec --rootless)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+from conformance.bundle import make_rootfs
+from tests.conftest import IN_CHROOT
+from tests.leaks import mounts_under
+
+USER = "ocirt-test"
+
+pytestmark = [pytest.mark.root,
+              pytest.mark.skipif(IN_CHROOT, reason="the kernel refuses user namespaces to "
+                                                   "a process in a chroot")]
+
+
+def _user() -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(USER)
+    except KeyError:
+        pytest.skip(f"no {USER} user (.ci/run creates it)")
+
+
+@pytest.fixture
+def rootless(ocirt_bin):
+    """(run(*args) as the user, its home for bundles, the user's entry)."""
+    entry = _user()
+    if subprocess.run(["runuser", "-u", USER, "--", "test", "-x", ocirt_bin]).returncode:
+        pytest.skip(f"{USER} cannot run {ocirt_bin} (checkout in a root-only directory)")
+    home = tempfile.mkdtemp(prefix="ocirt-rootless-")
+    os.chown(home, entry.pw_uid, entry.pw_gid)
+    runtime_dir = os.path.join(home, "run")
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "XDG_RUNTIME_DIR": runtime_dir,
+           "HOME": home}
+
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+        # files, not pipes: a created container keeps the runtime's stdio open
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            r = subprocess.run(["runuser", "-u", USER, "--", "env",
+                                *(f"{k}={v}" for k, v in env.items()), ocirt_bin, *args],
+                               stdout=out, stderr=err, text=True, timeout=60, cwd=home,
+                               stdin=subprocess.DEVNULL)
+            out.seek(0)
+            err.seek(0)
+            r.stdout, r.stderr = out.read(), err.read()
+        if check:
+            assert r.returncode == 0, r.stderr
+        return r
+
+    try:
+        yield run, home, entry
+    finally:
+        ids = run("list", "-q", check=False).stdout.split()
+        for cid in ids:
+            run("delete", "--force", cid, check=False)
+        leftovers = mounts_under(home)
+        shutil.rmtree(home, ignore_errors=True)
+        assert not ids, f"containers left: {ids}"
+        assert not leftovers
+
+
+def make_user_bundle(run, home: str, entry: pwd.struct_passwd, args: list[str],
+                     edit=None) -> str:
+    bundle = os.path.join(home, f"bundle{len(os.listdir(home))}")
+    os.mkdir(bundle)
+    make_rootfs(os.path.join(bundle, "rootfs"))
+    subprocess.run(["chown", "-R", f"{entry.pw_uid}:{entry.pw_gid}", bundle], check=True)
+    run("spec", "--rootless", "--bundle", bundle)
+    path = os.path.join(bundle, "config.json")
+    with open(path) as f:
+        config = json.load(f)
+    config["process"].update(terminal=False, args=args)
+    if edit:
+        edit(config)
+    with open(path, "w") as f:
+        json.dump(config, f)
+    return bundle
+
+
+def test_rootless_run_maps_the_user_to_root(rootless):
+    run, home, entry = rootless
+    b = make_user_bundle(run, home, entry, ["sh", "-c", "id -u; cat /proc/self/uid_map"])
+    r = run("run", "--bundle", b, "r1")
+    lines = r.stdout.split("\n")
+    assert lines[0] == "0"
+    assert lines[1].split() == ["0", str(entry.pw_uid), "1"]
+    assert os.path.isdir(os.path.join(home, "run", "ocirt"))  # state in XDG_RUNTIME_DIR
+
+
+def test_rootless_cgroupfs_is_read_only(rootless):
+    """CVE-2023-25809: no writable cgroupfs in a rootless container."""
+    run, home, entry = rootless
+    b = make_user_bundle(run, home, entry, ["sh", "-c", "grep ' /sys/fs/cgroup' /proc/mounts"])
+    out = run("run", "--bundle", b, "r1").stdout
+    options = [line.split()[3] for line in out.splitlines()]
+    assert options and all(o.split(",")[0] == "ro" for o in options), out
+
+
+def test_rootless_lifecycle(rootless):
+    run, home, entry = rootless
+    b = make_user_bundle(run, home, entry, ["sleep", "100"])
+    run("create", "--bundle", b, "r1")
+    state = json.loads(run("state", "r1").stdout)
+    assert state["status"] == "created"
+    with open(f"/proc/{state['pid']}/status") as f:
+        uids = next(line for line in f if line.startswith("Uid:")).split()[1:]
+    assert set(uids) == {str(entry.pw_uid)}  # as the host sees it
+    run("start", "r1")
+    run("kill", "r1", "KILL")
+    run("delete", "--force", "r1")
+    assert run("list", "-q").stdout == ""
+
+
+def test_rootless_subordinate_ids(rootless):
+    """More than one id mapped: newuidmap/newgidmap from the uidmap package."""
+    run, home, entry = rootless
+    ranges = {}
+    for name in ("subuid", "subgid"):
+        with open(f"/etc/{name}") as f:
+            line = next((x for x in f if x.startswith(f"{USER}:")), None)
+        if line is None or shutil.which("newuidmap") is None:
+            pytest.skip("no subordinate ids for the test user")
+        ranges[name] = line.strip().split(":")[1]
+
+    def edit(config):
+        for key, name in (("uidMappings", "subuid"), ("gidMappings", "subgid")):
+            config["linux"][key].append({"containerID": 1, "hostID": int(ranges[name]),
+                                         "size": 1000})
+        config["process"]["user"] = {"uid": 1000, "gid": 1000}
+    b = make_user_bundle(run, home, entry, ["sh", "-c", "id -u; wc -l < /proc/self/uid_map"],
+                         edit)
+    assert run("run", "--bundle", b, "r1").stdout.split() == ["1000", "2"]
