@@ -138,3 +138,18 @@ def test_rootless_subordinate_ids(rootless):
     b = make_user_bundle(run, home, entry, ["sh", "-c", "id -u; wc -l < /proc/self/uid_map"],
                          edit)
     assert run("run", "--bundle", b, "r1").stdout.split() == ["1000", "2"]
+
+
+def test_rootless_sif_image_through_squashfuse(rootless):
+    """The seed's point: an unprivileged user runs a SIF image, mounted with squashfuse."""
+    from tests.sif.helpers import fixture
+
+    run, home, entry = rootless
+    if shutil.which("squashfuse") is None or not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        pytest.skip("squashfuse or /dev/fuse unavailable")
+    image = os.path.join(home, "a.sif")
+    shutil.copyfile(fixture("a-minimal-busybox.sif"), image)
+    os.chown(image, entry.pw_uid, entry.pw_gid)
+    r = run("run", "--image", image, "s1")
+    assert "runscript: hello from SIF" in r.stdout
+    assert mounts_under(home) == []
