@@ -158,6 +158,7 @@ class Mount:
     fstype: str
     source: str
     super_options: set[str]
+    major_minor: str = ""
 
     @property
     def propagation(self) -> str:
@@ -185,7 +186,7 @@ def parse_mountinfo(text: str) -> list[Mount]:
             continue  # not a mountinfo line (other output around it)
         mounts.append(Mount(int(f[0]), int(f[1]), _unescape(f[3]), _unescape(f[4]),
                             set(f[5].split(",")), f[6:], p[0], _unescape(p[1]),
-                            set(p[2].split(",")) if len(p) > 2 else set()))
+                            set(p[2].split(",")) if len(p) > 2 else set(), f[2]))
     return mounts
 
 
