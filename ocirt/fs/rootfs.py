@@ -17,7 +17,7 @@ from ocirt.errors import OcirtError, errno_text, os_error_text
 from ocirt.fs import resolve
 from ocirt.fs.resolve import fd_path
 from ocirt.linux import consts as c
-from ocirt.linux import libc, mountinfo
+from ocirt.linux import libc, lsm, mountinfo
 from ocirt.spec import options as opt
 from ocirt.spec.plan import Mount, Plan
 
@@ -98,6 +98,8 @@ def mount_all(root_fd: int, plan: Plan) -> None:
 
 
 def mount_one(root_fd: int, plan: Plan, m: Mount) -> None:
+    if plan.mount_label and not m.is_bind:
+        m = _labelled(m, plan.mount_label)
     if m.fstype in ("proc", "sysfs"):
         _check_plain_directory(root_fd, m)
         target = resolve.mkdir_all(root_fd, m.destination)
@@ -118,6 +120,13 @@ def mount_one(root_fd: int, plan: Plan, m: Mount) -> None:
             libc.mount(m.source or m.fstype, fd_path(target), m.fstype, m.flags,
                        m.data or None, what=m.destination)
     _apply_propagation_and_attrs(root_fd, m)
+
+
+def _labelled(m: Mount, label: str) -> Mount:
+    """`m` carrying the SELinux mount label (create dropped the label without SELinux)."""
+    data = lsm.mount_data(m.fstype, m.data, label)
+    return Mount(m.source, m.destination, m.fstype, m.flags, data, m.propagation,
+                 m.rec_set, m.rec_clr, m.tmpcopyup, m.options)
 
 
 class _Fd:

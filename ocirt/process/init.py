@@ -24,7 +24,7 @@ import sys
 from ocirt.errors import OcirtError, errno_text, os_error_text
 from ocirt.fs import console, devices, resolve, rootfs
 from ocirt.linux import consts as c
-from ocirt.linux import libc
+from ocirt.linux import libc, lsm
 from ocirt.process import attrs, trampoline
 from ocirt.process.protocol import Channel
 from ocirt.spec.plan import Plan
@@ -213,8 +213,7 @@ def init(ctx: InitContext) -> None:
     os.setsid()
     if plan.creates("network"):
         loopback_up()
-    if not plan.no_new_keyring:
-        attrs.join_session_keyring(f"_ses.{ctx.container_id}", ctx.in_userns)
+    join_session_keyring(ctx)
     if plan.has("mount"):
         root_fd = rootfs.prepare_root(plan)
     else:
@@ -335,34 +334,19 @@ def setup_terminal(ctx: InitContext, dev_console: bool = True) -> None:
 
 
 def apply_lsm(plan: Plan) -> None:
-    """The AppArmor profile the process will run under (applied at its execve)."""
-    if plan.process.apparmor:
-        if not _apparmor_enabled():
-            raise OcirtError(f"apparmor profile {plan.process.apparmor!r} is set in config, "
-                             "but AppArmor is not enabled on this host")
-        _write_attr("exec", f"exec {plan.process.apparmor}")
+    """The AppArmor profile and SELinux label the process runs under (applied by the
+    kernel at its execve; create and exec checked beforehand that the host has them)."""
+    lsm.apply_exec_labels(plan.process.apparmor, plan.process.selinux_label)
 
 
-def _apparmor_enabled() -> bool:
-    try:
-        with open("/sys/module/apparmor/parameters/enabled") as f:
-            return f.read().strip() == "Y"
-    except OSError:
-        return False
-
-
-def _write_attr(name: str, value: str) -> None:
-    """Write an LSM attribute through a procfs file verified to be on procfs."""
-    fd = os.open(f"/proc/thread-self/attr/{name}", os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        if libc.fstatfs_type(fd) != c.PROC_SUPER_MAGIC:
-            raise OcirtError(f"/proc/thread-self/attr/{name} is not on procfs")
-        os.write(fd, value.encode())
-    except OSError as exc:
-        raise OcirtError(f"write /proc/thread-self/attr/{name}: "
-                         f"{errno_text(exc.errno or 0)}") from None
-    finally:
-        os.close(fd)
+def join_session_keyring(ctx: InitContext) -> None:
+    """A fresh session keyring (labelled with the process's SELinux label, as runc does),
+    unless --no-new-keyring."""
+    if ctx.plan.no_new_keyring:
+        return
+    if ctx.plan.process.selinux_label:
+        lsm.write_attr("keycreate", ctx.plan.process.selinux_label)
+    attrs.join_session_keyring(f"_ses.{ctx.container_id}", ctx.in_userns)
 
 
 def write_sysctls(sysctl: dict[str, str]) -> None:

@@ -21,7 +21,7 @@ import os
 from ocirt.errors import OcirtError, errno_text
 from ocirt.linux import consts as c
 from ocirt.linux import libc
-from ocirt.process import attrs, trampoline
+from ocirt.process import trampoline
 from ocirt.process.init import (
     InitContext,
     apply_lsm,
@@ -29,6 +29,7 @@ from ocirt.process.init import (
     close_other_fds,
     exec_process,
     fork_after_report,
+    join_session_keyring,
     prepare_process,
     setup_terminal,
 )
@@ -64,8 +65,7 @@ def process(ctx: InitContext) -> None:
     if plan.process.terminal:
         os.setsid()
         setup_terminal(ctx, dev_console=False)
-    if not plan.no_new_keyring:
-        attrs.join_session_keyring(f"_ses.{ctx.container_id}", ctx.in_userns)
+    join_session_keyring(ctx)
     apply_lsm(plan)
     ctx.channel.send("ready")
     msg, _ = ctx.channel.expect("ready-ack")

@@ -65,6 +65,18 @@ def check_terminal(plan: Plan, opts: CreateOptions) -> None:
         raise OcirtError("cannot use console socket if ocirt will not detach or allocate tty")
 
 
+def check_security_labels(plan: Plan) -> None:
+    """Refuse AppArmor profiles and SELinux labels the host cannot apply, before anything
+    exists; a mount label is dropped without SELinux (runc ignores it then too)."""
+    if not (plan.process.apparmor or plan.process.selinux_label or plan.mount_label):
+        return
+    from ocirt.linux import lsm
+
+    lsm.check_available(plan.process.apparmor, plan.process.selinux_label)
+    if plan.mount_label and not lsm.selinux_enabled():
+        plan.mount_label = ""
+
+
 def create(store: Store, cid: str, opts: CreateOptions,
            loaded: tuple[Plan, dict[str, Any]] | None = None) -> Container:
     """Create container `cid`; returns its recorded state (status `created`).
@@ -75,6 +87,7 @@ def create(store: Store, cid: str, opts: CreateOptions,
     plan, spec = loaded or load_plan(opts.bundle, opts)
     check_terminal(plan, opts)
     warn_and_keep_grantable(plan)
+    check_security_labels(plan)
     seccomp = None
     if plan.seccomp is not None:
         from ocirt.seccomp import compile_filter

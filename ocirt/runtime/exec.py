@@ -61,9 +61,10 @@ def exec_process(store: Store, cid: str, opts: ExecOptions) -> int:
         check_transition("exec", status, cid)
     plan = container_plan(container)
     plan.process = exec_spec(container, plan, opts)
-    from ocirt.runtime.create import warn_and_keep_grantable
+    from ocirt.runtime.create import check_security_labels, warn_and_keep_grantable
 
     warn_and_keep_grantable(plan)
+    check_security_labels(plan)
     terminal = plan.process.terminal
     if terminal and opts.detach and not opts.console_socket:
         raise OcirtError("cannot allocate tty if ocirt will detach without setting console "

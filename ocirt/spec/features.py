@@ -23,7 +23,7 @@ def features() -> dict[str, Any]:
                                                      "rdma": False}),
         "seccomp": _module_features("ocirt.seccomp", {"enabled": False}),
         "apparmor": {"enabled": True},
-        "selinux": {"enabled": False},
+        "selinux": {"enabled": True},
         "intelRdt": {"enabled": False},
         "mountExtensions": {"idmap": {"enabled": False}},
         "netDevices": {"enabled": False},

@@ -1,0 +1,92 @@
+"""Linux security modules: whether SELinux or AppArmor is on, and the labels a container
+process execs with.
+
+The runtime asks before anything is created (so a label the host cannot apply is a clear
+error, as in runc, not a half-built container) and writes the labels in the init just
+before the final execve, through /proc/thread-self/attr files verified to be on procfs.
+SELinux mount labels become a `context="..."` mount option, and only when SELinux is on:
+runc ignores `linux.mountLabel` on hosts without it, and engines rely on that.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ocirt.errors import OcirtError, errno_text
+from ocirt.linux import consts as c
+from ocirt.linux import libc
+
+SELINUX_MAGIC = 0xF97CFF8C
+SELINUXFS = "/sys/fs/selinux"
+# Filesystems that take no context= option (runc mounts them unlabelled as well).
+UNLABELLED = frozenset({"proc", "sysfs", "mqueue", "cgroup", "cgroup2", "bind"})
+
+
+def selinux_enabled() -> bool:
+    """SELinux is on when selinuxfs is mounted where libselinux looks for it."""
+    try:
+        fd = os.open(SELINUXFS, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return libc.fstatfs_type(fd) == SELINUX_MAGIC
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def apparmor_enabled() -> bool:
+    try:
+        with open("/sys/module/apparmor/parameters/enabled") as f:
+            return f.read().strip() == "Y"
+    except OSError:
+        return False
+
+
+def check_available(apparmor: str, selinux_label: str) -> None:
+    """Refuse labels this host cannot apply (runc's wording for SELinux)."""
+    if apparmor and not apparmor_enabled():
+        raise OcirtError(f"apparmor profile {apparmor!r} is set in config, but AppArmor is "
+                         "not enabled on this host")
+    if selinux_label and not selinux_enabled():
+        raise OcirtError("selinux label is specified in config, but selinux is disabled or "
+                         "not supported")
+
+
+def mount_data(fstype: str, data: str, label: str) -> str:
+    """`data` with the SELinux mount label added where the filesystem takes one."""
+    if not label or fstype in UNLABELLED or "context=" in data:
+        return data
+    option = f'context="{label}"'
+    return f"{data},{option}" if data else option
+
+
+def apply_exec_labels(apparmor: str, selinux_label: str) -> None:
+    """Labels the kernel applies at this thread's next execve."""
+    if apparmor:
+        write_attr("apparmor/exec", f"exec {apparmor}", fallback="exec")
+    if selinux_label:
+        write_attr("exec", selinux_label)
+
+
+def write_attr(name: str, value: str, fallback: str = "") -> None:
+    """Write an LSM attribute through a procfs file verified to be on procfs."""
+    path = f"/proc/thread-self/attr/{name}"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if not fallback:
+            raise OcirtError(f"{path} does not exist") from None
+        write_attr(fallback, value)
+        return
+    except OSError as exc:
+        raise OcirtError(f"open {path}: {errno_text(exc.errno or 0)}") from None
+    try:
+        if libc.fstatfs_type(fd) != c.PROC_SUPER_MAGIC:
+            raise OcirtError(f"{path} is not on procfs")
+        os.write(fd, value.encode())
+    except OSError as exc:
+        raise OcirtError(f"write {path}: {errno_text(exc.errno or 0)}") from None
+    finally:
+        os.close(fd)
