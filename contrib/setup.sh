@@ -30,6 +30,8 @@ packages=(
     busybox-static uidmap squashfs-tools squashfuse fuse3 fuse-overlayfs
     # the tests: runc as the reference runtime, and the tools they drive
     runc procps util-linux iproute2 gnupg golang-go golang-github-sylabs-sif-dev
+    # podman runs ocirt through contrib/podman/ocirt.conf in tests/engines
+    podman
     # --systemd-cgroup tests talk to a private bus
     dbus-daemon
 )

@@ -1,0 +1,113 @@
+"""contrib/ engine snippets: they parse, name ocirt where the engines look, and (where podman
+is installed) podman runs a container through ocirt with the snippet as its configuration
+and gets ocirt's errors as JSON."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import tomllib
+
+import pytest
+
+from tests.conftest import IN_CHROOT, REPO
+from tests.leaks import mounts_under
+
+CONTRIB = os.path.join(REPO, "contrib")
+PODMAN_DEFAULT_JSON = {"crun", "runc", "kata", "runsc", "youki", "krun"}
+
+
+def load(*path: str) -> dict:
+    with open(os.path.join(CONTRIB, *path), "rb") as f:
+        return tomllib.load(f)
+
+
+def test_podman_snippet():
+    engine = load("podman", "ocirt.conf")["engine"]
+    assert set(engine["runtime_supports_json"]) == PODMAN_DEFAULT_JSON | {"ocirt"}
+    assert "/usr/local/bin/ocirt" in engine["runtimes"]["ocirt"]
+
+
+def test_containerd_snippet():
+    config = load("containerd", "config.toml")
+    assert config["version"] == 2
+    runtime = config["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["ocirt"]
+    assert runtime["runtime_type"] == "io.containerd.runc.v2"
+    assert runtime["options"]["BinaryName"] == "/usr/local/bin/ocirt"
+
+
+def test_crio_snippet():
+    runtime = load("cri-o", "10-ocirt.conf")["crio"]["runtime"]["runtimes"]["ocirt"]
+    assert runtime["runtime_path"] == "/usr/local/bin/ocirt"
+    assert runtime["runtime_type"] == "oci"
+    assert runtime["runtime_root"] == "/run/ocirt"  # ocirt's default --root as root
+
+
+def test_runtimeclass_names_the_handler():
+    with open(os.path.join(CONTRIB, "kubernetes", "runtimeclass.yaml")) as f:
+        lines = [line.strip() for line in f if not line.startswith("#")]
+    assert "handler: ocirt" in lines and "kind: RuntimeClass" in lines
+
+
+@pytest.mark.skipif(shutil.which("containerd") is None, reason="containerd not installed")
+def test_containerd_accepts_the_snippet():
+    r = subprocess.run(["containerd", "--config", os.path.join(CONTRIB, "containerd",
+                                                                "config.toml"), "config", "dump"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert 'BinaryName = "/usr/local/bin/ocirt"' in r.stdout
+
+
+@pytest.fixture
+def podman(tmp_path, ocirt_bin):
+    """podman with the contrib snippet as its containers.conf (the binary path pointed at
+    the ocirt under test), private storage, cgroupfs, no network."""
+    if shutil.which("podman") is None:
+        pytest.skip("podman not installed")
+    if IN_CHROOT:
+        pytest.skip("podman needs a real root, not a chroot")
+    with open(os.path.join(CONTRIB, "podman", "ocirt.conf")) as f:
+        text = f.read()
+    text = text.replace('["/usr/local/bin/ocirt", "/usr/bin/ocirt"]', f'["{ocirt_bin}"]')
+    assert ocirt_bin in text
+    # podman refuses a runroot longer than 50 characters: pytest's tmp_path is too long.
+    short = tempfile.mkdtemp(prefix="ocirt-podman-")
+    conf = tmp_path / "containers.conf"
+    conf.write_text(text)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CONTAINERS_CONF": str(conf),
+           "HOME": str(tmp_path)}
+    base = ["podman", "--root", str(tmp_path / "storage"), "--runroot", os.path.join(short, "run"),
+            "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs",
+            "--events-backend", "file", "--runtime", "ocirt"]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        # This host's hard RLIMIT_NOFILE is 20000: podman's default ulimits cannot be set.
+        return subprocess.run([*base, "run", "--rm", "--network", "none",
+                               "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096",
+                               *args], capture_output=True, text=True, env=env, timeout=120,
+                              stdin=subprocess.DEVNULL)
+    yield run
+    assert mounts_under(str(tmp_path)) == [] and mounts_under(short) == []
+    shutil.rmtree(short, ignore_errors=True)
+
+
+
+@pytest.mark.root
+def test_podman_runs_ocirt_from_the_snippet(podman, bundle):
+    rootfs = os.path.join(bundle(["true"]), "rootfs")
+    r = podman("--rootfs", rootfs, "sh", "-c", "echo inside; id -u; cat /proc/1/cmdline")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[:2] == ["inside", "0"]
+
+
+@pytest.mark.root
+def test_podman_gets_ocirt_errors_as_json(podman, bundle):
+    """runtime_supports_json at work: podman reads ocirt's JSON log and shows the bare
+    message (without it, podman shows the raw text log line)."""
+    rootfs = os.path.join(bundle(["true"]), "rootfs")
+    r = podman("--rootfs", rootfs, "/no/such/program")
+    assert r.returncode == 127
+    assert 'exec: "/no/such/program"' in r.stderr and "no such file or directory" in r.stderr
+    assert "level=error" not in r.stderr, r.stderr
