@@ -3,7 +3,7 @@
 mounted in place versus unpacked.
 
     sudo .venv/bin/python bench/sif/mount_vs_unpack.py [--size-mb 500] [--runs 3]
-        [--drop-caches] [--workdir DIR] [--json]
+        [--drop-caches] [--workdir DIR] [--ocirt BINARY] [--json]
 
 Builds a SIF image holding busybox plus SIZE MB of incompressible data (so the squashfs
 partition really is that large), then, for each mode, repeatedly: `ocirt sif bundle`
@@ -29,7 +29,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
-OCIRT = [sys.executable, "-m", "ocirt"]
+OCIRT = [sys.executable, "-m", "ocirt"]  # --ocirt BINARY replaces it
 
 
 def build_image(work: str, size_mb: int) -> tuple[str, float]:
@@ -80,7 +80,11 @@ def main() -> int:
     ap.add_argument("--drop-caches", action="store_true")
     ap.add_argument("--workdir", default="/var/tmp")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    ap.add_argument("--ocirt", help="the ocirt binary to time (default: this checkout's "
+                    "module, run by this interpreter)")
     args = ap.parse_args()
+    if args.ocirt:
+        OCIRT[:] = [args.ocirt]
     if os.geteuid() != 0:
         raise SystemExit("run me as root (loop mounts and containers)")
     work = tempfile.mkdtemp(prefix="ocirt-sif-bench-", dir=args.workdir)
