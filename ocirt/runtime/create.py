@@ -292,6 +292,8 @@ class Creation:
             msg, _ = parent.expect("init-pid", on_log=on_log)
         self.init_pid = int(msg["pid"])
         self._reap_intermediate()
+        if plan.net_devices:
+            self._move_net_devices()
         container.data["pid"] = self.init_pid
         container.data["init_start"] = proc.start_time(self.init_pid)
         parent.expect("create-hooks", on_log=on_log)
@@ -319,6 +321,12 @@ class Creation:
         self.store.save(container)
         if self.opts.pid_file:
             write_pid_file(self.opts.pid_file, self.init_pid)
+
+    def _move_net_devices(self) -> None:
+        from ocirt.runtime import netdev
+
+        moved = netdev.move_devices(self.plan.net_devices, self.init_pid)
+        self.undo.push(netdev.move_back, moved, self.init_pid, what="network devices")
 
     def _run_hooks(self, kinds: tuple[str, ...], status: str) -> None:
         if not self.hooks:

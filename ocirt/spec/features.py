@@ -26,7 +26,7 @@ def features() -> dict[str, Any]:
         "selinux": {"enabled": True},
         "intelRdt": {"enabled": False},
         "mountExtensions": {"idmap": {"enabled": False}},
-        "netDevices": {"enabled": False},
+        "netDevices": {"enabled": True},
     }
     return {
         "ociVersionMin": "1.0.0",

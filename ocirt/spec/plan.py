@@ -245,8 +245,9 @@ def build_plan(spec: dict[str, Any], bundle: str, *, no_pivot: bool = False,
     p.resources = _get(linux, "resources", dict, "linux")
     p.seccomp = _get(linux, "seccomp", dict, "linux")
     p.net_devices = _get(linux, "netDevices", dict, "linux", {})
-    if p.net_devices and not p.creates("network"):
-        raise ConfigError("linux.netDevices: requires a new network namespace")
+    if p.net_devices and not p.has("network"):
+        raise ConfigError("linux.netDevices: unable to move network devices without a NET "
+                          "namespace")
     if _get(linux, "intelRdt", dict, "linux"):
         raise ConfigError("linux.intelRdt: Intel RDT is not supported by ocirt on this host")
     return p
