@@ -4,6 +4,9 @@
     sudo .venv/bin/python bench/run.py [--rounds 20] [--concurrent 100] [--sif]
          [--runtime NAME=PATH ...] [--out bench/results]
 
+`--runtime` adds a runtime or replaces a default one (ocirt is the repository's
+.venv/bin/ocirt, runc and crun are found on PATH).
+
 Operations, each timed as the whole command an engine would run:
   run          `run` of /bin/true in the foreground (create + start + wait + delete)
   lifecycle    `create` + `start` + `delete` of a /bin/true container (sum of the three)
@@ -230,7 +233,8 @@ def markdown(result: dict) -> str:
         ratios = [f"{result['median_ms'][n][op] / result['median_ms'][base][op]:.2f}"
                   for n in names if n != base]
         lines.append(f"| {op} | " + " | ".join(row + ratios) + " |")
-    rss = [f"{result['rss_kb'][n] / 1024:.1f} MB" for n in names]
+    rss = [f"{kb} kB" if kb < 1024 else f"{kb / 1024:.1f} MB"
+           for kb in (result["rss_kb"][n] for n in names)]
     rss_ratio = [f"{result['rss_kb'][n] / max(result['rss_kb'][base], 1):.2f}"
                  for n in names if n != base]
     lines.append("| waiting init RSS | " + " | ".join(rss + rss_ratio) + " |")
@@ -295,8 +299,8 @@ def main() -> int:
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     if not os.environ.get(INSIDE):
         return enter_sandbox(sys.argv[1:])
-    runtimes = dict(r.split("=", 1) for r in args.runtime) if args.runtime \
-        else default_runtimes()
+    # --runtime NAME=PATH adds a runtime or replaces the default one of that name.
+    runtimes = {**default_runtimes(), **dict(r.split("=", 1) for r in args.runtime)}
     result = measure(args, runtimes)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
