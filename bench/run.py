@@ -4,8 +4,9 @@
     sudo .venv/bin/python bench/run.py [--rounds 20] [--concurrent 100] [--sif]
          [--runtime NAME=PATH ...] [--out bench/results]
 
-`--runtime` adds a runtime or replaces a default one (ocirt is the repository's
-.venv/bin/ocirt, runc and crun are found on PATH).
+`--runtime` adds a runtime or replaces a default one (ocirt is /usr/local/bin/ocirt as
+contrib/setup.sh installs it, else the repository's .venv/bin/ocirt; runc and crun are
+found on PATH).
 
 Operations, each timed as the whole command an engine would run:
   run          `run` of /bin/true in the foreground (create + start + wait + delete)
@@ -45,7 +46,10 @@ INSIDE = "OCIRT_BENCH_INSIDE"
 
 
 def default_runtimes() -> dict[str, str]:
-    found = {"ocirt": os.path.join(REPO, ".venv", "bin", "ocirt")}
+    # What contrib/setup.sh installs for engines (the -I -S launcher), else the venv's.
+    installed = "/usr/local/bin/ocirt"
+    found = {"ocirt": installed if os.path.exists(installed)
+             else os.path.join(REPO, ".venv", "bin", "ocirt")}
     for name in ("runc", "crun"):
         path = shutil.which(name)
         if path:
