@@ -273,12 +273,17 @@ def chart(result: dict, path: str) -> bool:
     axes[0].set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(OPS))], OPS)
     axes[0].set_ylabel("median wall time (ms)")
     axes[0].legend()
-    axes[1].bar(names, [result["rss_kb"][n] / 1024 for n in names],
-                color=[f"C{i}" for i in range(len(names))])
+    # Labels on the small panels: a 12 kB bar next to a 9 MB one is invisible.
+    rss = axes[1].bar(names, [result["rss_kb"][n] / 1024 for n in names],
+                      color=[f"C{i}" for i in range(len(names))])
+    axes[1].bar_label(rss, labels=[f"{result['rss_kb'][n]} kB" if result["rss_kb"][n] < 1024
+                                   else f"{result['rss_kb'][n] / 1024:.1f} MB" for n in names],
+                      fontsize=8)
     axes[1].set_ylabel("waiting init RSS (MB)")
     count = result["concurrent"][names[0]]["count"]
-    axes[2].bar(names, [result["concurrent"][n]["wall_s"] for n in names],
-                color=[f"C{i}" for i in range(len(names))])
+    conc = axes[2].bar(names, [result["concurrent"][n]["wall_s"] for n in names],
+                       color=[f"C{i}" for i in range(len(names))])
+    axes[2].bar_label(conc, fmt="%.2f s", fontsize=8)
     axes[2].set_ylabel(f"{count} concurrent starts (s)")
     fig.suptitle(f"ocirt vs runc vs crun, {result['date']}")
     fig.tight_layout()
