@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import tomllib
 
 import pytest
@@ -60,6 +61,26 @@ def test_containerd_accepts_the_snippet():
     assert 'BinaryName = "/usr/local/bin/ocirt"' in r.stdout
 
 
+def wait_for_no_process_naming(text: str, timeout: float = 20.0) -> None:
+    """Wait until no process has `text` in its command line (podman's exit commands)."""
+    needle = text.encode()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = False
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    busy = needle in f.read()
+            except OSError:
+                continue
+            if busy:
+                break
+        if not busy:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"podman processes still name {text} after {timeout} s")
+
+
 @pytest.fixture
 def podman(tmp_path, ocirt_bin):
     """podman with the contrib snippet as its containers.conf (the binary path pointed at
@@ -89,6 +110,9 @@ def podman(tmp_path, ocirt_bin):
                                *args], capture_output=True, text=True, env=env, timeout=120,
                               stdin=subprocess.DEVNULL)
     yield run
+    # conmon runs `podman container cleanup --runroot SHORT` after `run --rm` returned;
+    # it would recreate the directory after we removed it.
+    wait_for_no_process_naming(short)
     leaked = mounts_under(str(tmp_path)) + mounts_under(short)
     if not leaked:
         shutil.rmtree(short, ignore_errors=True)
