@@ -4,11 +4,13 @@ and devices; seen from inside (/proc/self/mountinfo, stat) and from the host."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import pytest
 
 from conformance import procfs
-from conformance.cases import case, deviation
+from conformance.cases import case, deviation, needs
 from conformance.runner import wait_for
 
 pytestmark = pytest.mark.root
@@ -339,3 +341,114 @@ def test_mounts_stay_in_container(h):
     outside = procfs.mountinfo(h.info.sandbox.pid if h.info.sandbox else "self")
     assert not any(m.source == "conformance-tmpfs" for m in outside)
     assert not any(c.bundle in m.mountpoint for m in outside)
+
+
+# --- idmapped mounts ---------------------------------------------------------------------
+
+USERNS_MAP = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+STAT = "stat -c '%n %u:%g'"
+
+
+def _owned_volume(h, name):
+    """A directory with files owned by 0:0 and 5:6 on disk, where any uid can reach it
+    (a user-namespaced container's root must traverse the path to bind it)."""
+    parent = tempfile.mkdtemp(prefix=f"conf-{name}-")
+    os.chmod(parent, 0o755)
+    h.closers.append(lambda: shutil.rmtree(parent, ignore_errors=True))
+    src = os.path.join(parent, "volume")
+    os.mkdir(src, 0o755)
+    for fname, owner in (("root-file", (0, 0)), ("five-file", (5, 6))):
+        path = os.path.join(src, fname)
+        with open(path, "w") as f:
+            f.write(fname)
+        os.chown(path, *owner)
+    return src
+
+
+def _userns(cfg):
+    cfg["linux"]["namespaces"].append({"type": "user"})
+    cfg["linux"]["uidMappings"] = USERNS_MAP
+    cfg["linux"]["gidMappings"] = USERNS_MAP
+
+
+def _owners(out):
+    """{path: "uid:gid"} from `stat -c '%n %u:%g'` lines."""
+    return dict(line.split() for line in out.splitlines() if line.startswith("/"))
+
+
+@deviation("runc", "runc 1.1.5 predates idmapped mounts (runc 1.2): it ignores the mappings")
+@case("MT-25", "config.md#mounts uidMappings", "MUST")
+def test_idmapped_bind_mount(h):
+    """a bind mount's uidMappings/gidMappings shift its owners: inside, on-disk 0:0 is
+    1000:2000 and 5:6 is 1005:2006; a file the container's uid 1000 writes is 0:0 on disk"""
+    src = _owned_volume(h, "idmapped")
+    mount = _bind(src, "/m", "idmap")
+    mount["uidMappings"] = [{"containerID": 0, "hostID": 1000, "size": 10}]
+    mount["gidMappings"] = [{"containerID": 0, "hostID": 2000, "size": 10}]
+
+    def as_user(cfg):
+        cfg["process"]["user"] = {"uid": 1000, "gid": 2000}
+    out = h.output(h.bundle(["sh", "-c", f"{STAT} /m/root-file /m/five-file; "
+                                         f"touch /m/new && echo written; cat /proc/self/mountinfo"],
+                            edit=_with_mounts(mount, extra=as_user)))
+    assert _owners(out) == {"/m/root-file": "1000:2000", "/m/five-file": "1005:2006"}, out
+    assert "written" in out
+    assert "idmapped" in _mount(out, "/m").options
+    st = os.stat(os.path.join(src, "new"))
+    assert (st.st_uid, st.st_gid) == (0, 0)
+    st = os.stat(os.path.join(src, "five-file"))
+    assert (st.st_uid, st.st_gid) == (5, 6)  # the host's view is unchanged
+
+
+@needs("userns")
+@deviation("runc", "runc 1.1.5 predates idmapped mounts (runc 1.2): files show as nobody")
+@case("MT-26", "config.md#mounts idmap", "MAY")
+def test_idmap_takes_the_container_mapping(h):
+    """`idmap` without mappings in a user-namespaced container uses its mappings: files
+    show their on-disk owners inside (a plain bind shows them as nobody), and root's new
+    file is root's on disk"""
+    src = _owned_volume(h, "idmap-userns")
+    plain = _owned_volume(h, "plain-userns")
+    script = f"{STAT} /tmp/m/root-file /tmp/m/five-file /tmp/p/root-file; touch /tmp/m/new"
+    out = h.output(h.bundle(
+        ["sh", "-c", script],
+        edit=_with_mounts(_bind(src, "/tmp/m", "idmap"), _bind(plain, "/tmp/p"), extra=_userns),
+        public=True))
+    assert _owners(out) == {"/tmp/m/root-file": "0:0", "/tmp/m/five-file": "5:6",
+                            "/tmp/p/root-file": "65534:65534"}, out
+    st = os.stat(os.path.join(src, "new"))
+    assert (st.st_uid, st.st_gid) == (0, 0)
+
+
+@needs("userns")
+@deviation("runc", "runc 1.1.5 predates idmapped mounts (runc 1.2)")
+@deviation("crun", "crun 1.8.1 drops the submounts of an idmapped rbind: the files in them "
+                   "are missing inside")
+@case("MT-27", "config.md#mounts ridmap", "MUST")
+def test_ridmap_maps_submounts(h):
+    """`ridmap` idmaps the submounts of an rbind too; `idmap` only the mount itself"""
+    mounts = []
+    for name, option in (("r", "ridmap"), ("i", "idmap")):
+        src = _owned_volume(h, f"idmap-{name}")
+        sub = os.path.join(src, "sub")
+        os.makedirs(sub, exist_ok=True)
+        h.sandbox_mount(["mount", "-t", "tmpfs", "-o", "size=1m,mode=755", f"conf-{name}", sub],
+                        sub)
+        r = h.in_sandbox(["sh", "-c", f"echo in the submount > {sub}/sub-file"])
+        assert r.returncode == 0, r.stderr
+        mounts.append(_bind(src, f"/tmp/{name}", option))
+    out = h.output(h.bundle(["sh", "-c", f"{STAT} /tmp/r/sub/sub-file /tmp/i/sub/sub-file"],
+                            edit=_with_mounts(*mounts, extra=_userns), public=True))
+    assert _owners(out) == {"/tmp/r/sub/sub-file": "0:0",
+                            "/tmp/i/sub/sub-file": "65534:65534"}, out
+
+
+@deviation("runc", "runc 1.1.5 predates idmapped mounts (runc 1.2): it ignores the option")
+@case("MT-28", "config.md#mounts idmap", "MUST")
+def test_idmap_without_any_mapping_fails(h):
+    """`idmap` with no mappings in a container without a user namespace is an error"""
+    src = _owned_volume(h, "idmap-nomap")
+    c = h.create(h.bundle(["true"], edit=_with_mounts(_bind(src, "/m", "idmap"))),
+                 check=False)
+    assert c.result.rc != 0
+    assert h.rt.ids() == []

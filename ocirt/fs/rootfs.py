@@ -87,17 +87,19 @@ def _make_parent_private(rootfs: str) -> None:
 
 # --- the mounts ------------------------------------------------------------------------
 
-def mount_all(root_fd: int, plan: Plan) -> None:
-    for m in plan.mounts:
+def mount_all(root_fd: int, plan: Plan, idmapped: dict[int, int] | None = None) -> None:
+    """Every mount of the plan, in order; `idmapped` holds the detached mounts `create`
+    prepared for the idmapped ones (ocirt.fs.idmap), by index."""
+    for i, m in enumerate(plan.mounts):
         try:
-            mount_one(root_fd, plan, m)
+            mount_one(root_fd, plan, m, (idmapped or {}).get(i, -1))
         except RootfsError:
             raise
         except OSError as exc:
             raise _mount_error(m, exc) from None
 
 
-def mount_one(root_fd: int, plan: Plan, m: Mount) -> None:
+def mount_one(root_fd: int, plan: Plan, m: Mount, detached: int = -1) -> None:
     if plan.mount_label and not m.is_bind:
         m = _labelled(m, plan.mount_label)
     if m.fstype in ("proc", "sysfs"):
@@ -110,7 +112,7 @@ def mount_one(root_fd: int, plan: Plan, m: Mount) -> None:
         _mount_cgroup(root_fd, plan, m)
         return
     elif m.is_bind:
-        _mount_bind(root_fd, plan, m)
+        _mount_bind(root_fd, plan, m, detached)
     elif m.fstype == "tmpfs":
         _mount_tmpfs(root_fd, plan, m)
     else:
@@ -178,9 +180,11 @@ def _check_proc_destination(plan: Plan, m: Mount, target: int) -> None:
         raise _mount_error(m, f"{dest!r} cannot be mounted because it is inside /proc")
 
 
-def _mount_bind(root_fd: int, plan: Plan, m: Mount) -> None:
+def _mount_bind(root_fd: int, plan: Plan, m: Mount, detached: int = -1) -> None:
     try:
-        src_st = os.stat(m.source)
+        # An idmapped source was opened on the host side; in a user namespace the
+        # init may not even be able to reach its path.
+        src_st = os.fstat(detached) if detached >= 0 else os.stat(m.source)
     except OSError as exc:
         raise _mount_error(m, f"stat {m.source}: {errno_text(exc.errno or 0)}") from None
     if stat.S_ISDIR(src_st.st_mode):
@@ -189,8 +193,15 @@ def _mount_bind(root_fd: int, plan: Plan, m: Mount) -> None:
         target = resolve.create_file(root_fd, m.destination, 0o755)
     with _Fd(target):
         _check_proc_destination(plan, m, target)
-        libc.mount(m.source, fd_path(target), None, c.MS_BIND | (m.flags & c.MS_REC),
-                   what=m.destination)
+        if m.idmapped:
+            if detached < 0:
+                raise _mount_error(m, "idmapped mount was not prepared")
+            from ocirt.fs import idmap
+
+            idmap.attach(detached, target, m.destination)
+        else:
+            libc.mount(m.source, fd_path(target), None, c.MS_BIND | (m.flags & c.MS_REC),
+                       what=m.destination)
     if m.flags & ~(c.MS_REC | c.MS_REMOUNT | c.MS_BIND):
         with _Fd(resolve.open_in_root(root_fd, m.destination)) as mounted:
             remount(mounted, m.flags | c.MS_REMOUNT | c.MS_BIND, m.destination)

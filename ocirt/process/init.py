@@ -59,6 +59,7 @@ class InitContext:
         self.host_pid = 0  # our PID as the host sees it (for hooks' state), from the parent
         self.root_fd = -1  # `exec`: the container's root directory (/proc/<init>/root)
         self.exec_pid = 0  # `exec`: the new process's PID as the host sees it
+        self.idmapped: dict[int, int] = {}  # mount index -> detached idmapped mount fd
 
 
 def run_child(stage: Any, ctx: InitContext) -> NoReturn:
@@ -196,6 +197,7 @@ def close_other_fds(ctx: InitContext) -> None:
     keep.update(fd for fd in (ctx.channel.fileno(), ctx.fifo_fd, ctx.console_fd, ctx.root_fd)
                 if fd >= 0)
     keep.update(ctx.ns_fds.values())
+    keep.update(ctx.idmapped.values())
     if ctx.seccomp is not None:
         keep.update(ctx.seccomp.fds())  # the seccomp notify agent's socket
     low = 3
@@ -220,7 +222,10 @@ def init(ctx: InitContext) -> None:
         # No mount namespace: the mounts land in the runtime's namespace, below the
         # rootfs (runc does the same); `create` records them and `delete` removes them.
         root_fd = os.open(plan.rootfs, resolve._O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    rootfs.mount_all(root_fd, plan)
+    rootfs.mount_all(root_fd, plan, ctx.idmapped)
+    for fd in ctx.idmapped.values():
+        os.close(fd)
+    ctx.idmapped = {}
     if plan.setup_dev:
         devices.setup_dev(root_fd, plan, ctx.in_userns)
     ctx.channel.send("create-hooks")

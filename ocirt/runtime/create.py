@@ -196,6 +196,7 @@ class Creation:
         fifo_fd = self._make_fifo(container)
         console_fd = self._console_fd()
         ns_fds = self._open_namespaces()
+        idmapped = self._idmapped_mounts()
         cg = manager_for_plan(plan, self.cid, systemd=self.opts.systemd_cgroup,
                               rootless=self.opts.rootless)
         cg.create()
@@ -204,6 +205,7 @@ class Creation:
         self.undo.push(parent.close, what="sync socket")
         ctx = InitContext(plan, self.cid, child, fifo_fd, console_fd, ns_fds, self.keep_fds,
                           self.extra_env, self.seccomp, self.hooks)
+        ctx.idmapped = idmapped
         from ocirt.linux import consts, libc
 
         libc.prctl(consts.PR_SET_CHILD_SUBREAPER, 1)  # the init is ours to reap on failure
@@ -214,7 +216,7 @@ class Creation:
         self.intermediate = pid
         self.undo.push(self._kill_children, what="container processes")
         child.close()
-        for fd in (fifo_fd, *ns_fds.values()):
+        for fd in (fifo_fd, *ns_fds.values(), *idmapped.values()):
             os.close(fd)
         if console_fd >= 0 and console_fd != self.opts.console_fd:
             os.close(console_fd)
@@ -278,6 +280,14 @@ class Creation:
             raise OcirtError(f"open namespace {kind} at {path}: "
                              f"{errno_text(exc.errno or 0)}") from None
         return fds
+
+    def _idmapped_mounts(self) -> dict[int, int]:
+        """Idmapped mounts are made here, on the host side (ocirt.fs.idmap)."""
+        if not any(m.idmapped for m in self.plan.mounts):
+            return {}
+        from ocirt.fs import idmap
+
+        return idmap.prepare(self.plan)
 
     def _handshake(self, parent: Any, container: Container) -> None:
         from ocirt.process import attrs

@@ -25,7 +25,7 @@ def features() -> dict[str, Any]:
         "apparmor": {"enabled": True},
         "selinux": {"enabled": True},
         "intelRdt": {"enabled": False},
-        "mountExtensions": {"idmap": {"enabled": False}},
+        "mountExtensions": {"idmap": {"enabled": True}},
         "netDevices": {"enabled": True},
     }
     return {

@@ -23,7 +23,8 @@ class Mount:
     """One entry of `mounts`, with its options decoded."""
 
     __slots__ = ("source", "destination", "fstype", "flags", "data", "propagation",
-                 "rec_set", "rec_clr", "tmpcopyup", "options")
+                 "rec_set", "rec_clr", "tmpcopyup", "options", "uid_map", "gid_map",
+                 "idmap_recursive")
 
     def __init__(self, source: str, destination: str, fstype: str, flags: int, data: str,
                  propagation: list[int], rec_set: int, rec_clr: int, tmpcopyup: bool,
@@ -38,6 +39,15 @@ class Mount:
         self.rec_clr = rec_clr
         self.tmpcopyup = tmpcopyup
         self.options = options
+        # An idmapped bind mount (`idmap`/`ridmap`, or uidMappings/gidMappings): the
+        # (containerID, hostID, size) maps its user namespace gets; None for plain mounts.
+        self.uid_map: list[tuple[int, int, int]] | None = None
+        self.gid_map: list[tuple[int, int, int]] | None = None
+        self.idmap_recursive = False
+
+    @property
+    def idmapped(self) -> bool:
+        return self.uid_map is not None
 
     @property
     def is_bind(self) -> bool:
@@ -238,6 +248,7 @@ def build_plan(spec: dict[str, Any], bundle: str, *, no_pivot: bool = False,
     p.mount_label = _get(linux, "mountLabel", str, "linux", "")
     _sysctl(p, linux)
     _id_mappings(p, linux)
+    _idmapped_mounts(p)
     _time_offsets(p, linux)
     p.hooks = _hooks(spec)
     _personality(p, linux)
@@ -471,7 +482,9 @@ def _mounts(p: Plan, spec: dict[str, Any]) -> None:
         if dest.startswith("//"):
             dest = "/" + dest.lstrip("/")
         options = _str_list(m, "options", where)
-        flags, data, propagation, rec_set, rec_clr, tmpcopyup = parse_mount_options(options)
+        idmap_opts = [o for o in options if o in ("idmap", "ridmap")]
+        flags, data, propagation, rec_set, rec_clr, tmpcopyup = parse_mount_options(
+            [o for o in options if o not in ("idmap", "ridmap")] if idmap_opts else options)
         source = _get(m, "source", str, where, "")
         fstype = _get(m, "type", str, where, "")
         if flags & c.MS_BIND:
@@ -484,8 +497,6 @@ def _mounts(p: Plan, spec: dict[str, Any]) -> None:
                 source = os.path.join(p.bundle, source)
         if not fstype:
             raise ConfigError(f"{where}.type: must be set for a mount that is not a bind mount")
-        if m.get("uidMappings") or m.get("gidMappings"):
-            raise ConfigError(f"{where}: idmapped mounts are not supported by ocirt")
         for name, value in (("source", source), ("destination", dest), ("type", fstype)):
             if "\0" in value:
                 raise ConfigError(f"{where}.{name}: contains a nul byte")
@@ -493,8 +504,54 @@ def _mounts(p: Plan, spec: dict[str, Any]) -> None:
             raise ConfigError(f"{where}.source: a bind mount needs a source")
         if dest == "/dev" and fstype == "bind":
             p.setup_dev = False
-        p.mounts.append(Mount(source, dest, fstype, flags, data, propagation, rec_set, rec_clr,
-                              tmpcopyup, options))
+        mount = Mount(source, dest, fstype, flags, data, propagation, rec_set, rec_clr,
+                      tmpcopyup, options)
+        _mount_idmap(mount, m, idmap_opts, where)
+        p.mounts.append(mount)
+
+
+def _mount_idmap(mount: Mount, m: dict[str, Any], idmap_opts: list[str], where: str) -> None:
+    """A mount's own uidMappings/gidMappings and its idmap/ridmap option. Mappings without
+    an option mean `idmap` (the spec asks for the option only so that older runtimes do
+    not ignore the mappings silently). `_idmapped_mounts` fills in the container's
+    mappings for an option without mappings, once those are parsed."""
+    maps = {}
+    for key in ("uidMappings", "gidMappings"):
+        given = _get(m, key, list, where, [])
+        maps[key] = [_id_mapping(e, f"{where}.{key}[{i}]") for i, e in enumerate(given)]
+    if not (idmap_opts or maps["uidMappings"] or maps["gidMappings"]):
+        return
+    if not mount.is_bind:
+        raise ConfigError(f"{where}: idmapped mounts are only supported for bind mounts, "
+                          f"not type {mount.fstype!r}")
+    if bool(maps["uidMappings"]) != bool(maps["gidMappings"]):
+        raise ConfigError(f"{where}: uidMappings and gidMappings must be given together")
+    if maps["uidMappings"]:
+        mount.uid_map, mount.gid_map = maps["uidMappings"], maps["gidMappings"]
+    else:
+        mount.uid_map, mount.gid_map = [], []  # the container's, filled in later
+    mount.idmap_recursive = "ridmap" in idmap_opts
+
+
+def _id_mapping(e: Any, where: str) -> tuple[int, int, int]:
+    _check(e, dict, where)
+    size = _uint(e.get("size", 0), f"{where}.size")
+    if size == 0:
+        raise ConfigError(f"{where}.size: must be greater than zero")
+    return (_uint(e.get("containerID", 0), f"{where}.containerID"),
+            _uint(e.get("hostID", 0), f"{where}.hostID"), size)
+
+
+def _idmapped_mounts(p: Plan) -> None:
+    """`idmap`/`ridmap` without mappings take the container's user namespace mappings;
+    without a user namespace there is nothing to take, and the spec requires an error."""
+    for i, m in enumerate(p.mounts):
+        if m.idmapped and not m.uid_map:
+            if not (p.has("user") and p.uid_mappings and p.gid_mappings):
+                raise ConfigError(f"mounts[{i}]: idmap without uidMappings/gidMappings needs "
+                                  f"the container's user namespace mappings "
+                                  f"(linux.uidMappings/gidMappings)")
+            m.uid_map, m.gid_map = list(p.uid_mappings), list(p.gid_mappings)
 
 
 def _devices(p: Plan, linux: dict[str, Any]) -> None:
@@ -569,13 +626,7 @@ def _sysctl(p: Plan, linux: dict[str, Any]) -> None:
 def _id_mappings(p: Plan, linux: dict[str, Any]) -> None:
     for key, target in (("uidMappings", p.uid_mappings), ("gidMappings", p.gid_mappings)):
         for i, m in enumerate(_get(linux, key, list, "linux", [])):
-            where = f"linux.{key}[{i}]"
-            _check(m, dict, where)
-            size = _uint(m.get("size", 0), f"{where}.size")
-            if size == 0:
-                raise ConfigError(f"{where}.size: must be greater than zero")
-            target.append((_uint(m.get("containerID", 0), f"{where}.containerID"),
-                           _uint(m.get("hostID", 0), f"{where}.hostID"), size))
+            target.append(_id_mapping(m, f"linux.{key}[{i}]"))
     if p.creates("user"):
         if not p.uid_mappings:
             raise ConfigError("linux.uidMappings: user namespaces enabled, but no uid mappings "

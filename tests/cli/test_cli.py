@@ -97,6 +97,7 @@ def test_features_match_the_tables(ocirt_bin):
     assert set(features["linux"]["namespaces"]) == {
         "cgroup", "ipc", "mount", "network", "pid", "time", "user", "uts"}
     assert "CAP_SYS_ADMIN" in features["linux"]["capabilities"]
+    assert features["linux"]["mountExtensions"]["idmap"]["enabled"] is True
     assert features["hooks"] == ["prestart", "createRuntime", "createContainer",
                                  "startContainer", "poststart", "poststop"]
 

@@ -154,3 +154,56 @@ def test_unknown_capabilities_are_warnings():
     assert p.process.warnings == [
         "process.capabilities.bounding[3]: unknown capability 'CAP_TEST' ignored"]
     assert p.process.caps["bounding"] == (1 << 29) | (1 << 5) | (1 << 10)
+
+
+# --- idmapped mounts ---------------------------------------------------------------------
+
+MAP = [{"containerID": 0, "hostID": 1000, "size": 10}]
+
+
+def _idmapped(options, uid=MAP, gid=MAP, kind="bind", userns=False):
+    def edit(cfg):
+        m = {"destination": "/m", "type": kind, "source": "/src", "options": options}
+        if uid is not None:
+            m["uidMappings"] = uid
+        if gid is not None:
+            m["gidMappings"] = gid
+        cfg["mounts"].append(m)
+        if userns:
+            cfg["linux"]["namespaces"].append({"type": "user"})
+            cfg["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+            cfg["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 200000, "size": 65536}]
+    return edit
+
+
+def test_idmapped_mount_keeps_its_mappings_and_drops_the_option():
+    m = plan_of(_idmapped(["rbind", "idmap"])).mounts[-1]
+    assert m.idmapped and not m.idmap_recursive
+    assert m.uid_map == m.gid_map == [(0, 1000, 10)]
+    assert m.data == ""  # idmap is not a mount(2) option
+    plain = plan_of().mounts[0]
+    assert not plain.idmapped
+
+
+def test_mappings_without_option_mean_idmap_and_ridmap_is_recursive():
+    assert plan_of(_idmapped(["bind"])).mounts[-1].idmapped
+    assert plan_of(_idmapped(["rbind", "ridmap"])).mounts[-1].idmap_recursive
+
+
+def test_idmap_without_mappings_takes_the_container_maps():
+    m = plan_of(_idmapped(["rbind", "idmap"], uid=None, gid=None, userns=True)).mounts[-1]
+    assert m.uid_map == [(0, 100000, 65536)] and m.gid_map == [(0, 200000, 65536)]
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (_idmapped(["idmap"], uid=None, gid=None),
+     "mounts[6]: idmap without uidMappings/gidMappings needs the container's user namespace"),
+    (_idmapped(["idmap"], gid=None), "mounts[6]: uidMappings and gidMappings must be given "
+                                     "together"),
+    (_idmapped(["idmap"], kind="tmpfs"), "mounts[6]: idmapped mounts are only supported for "
+                                         "bind mounts, not type 'tmpfs'"),
+    (_idmapped(["bind"], uid=[{"containerID": 0, "hostID": 1, "size": 0}]),
+     "mounts[6].uidMappings[0].size: must be greater than zero"),
+])
+def test_idmapped_mount_errors(edit, needle):
+    assert needle in error_of(edit)
