@@ -22,6 +22,20 @@ def processes_rooted_in(path: str) -> list[int]:
     return found
 
 
+def processes_naming(text: str) -> list[int]:
+    """PIDs whose command line mentions `text` (a helper outliving its command)."""
+    needle = text.encode()
+    found = []
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                if needle in f.read():
+                    found.append(int(name))
+        except OSError:
+            continue
+    return found
+
+
 def mounts_under(path: str) -> list[str]:
     prefix = path.rstrip("/")
     with open("/proc/self/mountinfo") as f:

@@ -14,7 +14,7 @@ import tomllib
 import pytest
 
 from tests.conftest import IN_CHROOT, REPO
-from tests.leaks import mounts_under
+from tests.leaks import mounts_under, processes_naming
 
 CONTRIB = os.path.join(REPO, "contrib")
 PODMAN_DEFAULT_JSON = {"crun", "runc", "kata", "runsc", "youki", "krun"}
@@ -63,22 +63,11 @@ def test_containerd_accepts_the_snippet():
 
 def wait_for_no_process_naming(text: str, timeout: float = 20.0) -> None:
     """Wait until no process has `text` in its command line (podman's exit commands)."""
-    needle = text.encode()
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        busy = False
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    busy = needle in f.read()
-            except OSError:
-                continue
-            if busy:
-                break
-        if not busy:
-            return
+    while processes_naming(text):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"podman processes still name {text} after {timeout} s")
         time.sleep(0.1)
-    raise AssertionError(f"podman processes still name {text} after {timeout} s")
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from tests.leaks import assert_nothing_left
+from tests.leaks import assert_nothing_left, processes_naming
 
 pytestmark = pytest.mark.root
 
@@ -56,7 +56,7 @@ def test_unsupported_filesystem_fails_cleanly(ocirt, bundle, state_root):
     assert "mounts[" in r.err and "(/m)" in r.err and "idmapped" in r.err, r.err
     assert len(r.err.strip().splitlines()) == 1, r.err
     assert_nothing_left(state_root, "i2", b)
-    assert _processes_naming(b) == []
+    assert processes_naming(b) == []
 
 
 def test_missing_source_fails_cleanly(ocirt, bundle, state_root, tmp_path):
@@ -64,16 +64,3 @@ def test_missing_source_fails_cleanly(ocirt, bundle, state_root, tmp_path):
     r = ocirt("create", "--bundle", b, "i3")
     assert r.rc == 1 and "no-such-dir" in r.err and "no such file" in r.err.lower(), r.err
     assert_nothing_left(state_root, "i3", b)
-
-
-def _processes_naming(text: str) -> list[int]:
-    """PIDs whose command line mentions `text` (an ocirt helper outliving its command)."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if text.encode() in f.read():
-                    found.append(int(pid))
-        except OSError:
-            continue
-    return found
