@@ -482,9 +482,9 @@ def _mounts(p: Plan, spec: dict[str, Any]) -> None:
         if dest.startswith("//"):
             dest = "/" + dest.lstrip("/")
         options = _str_list(m, "options", where)
-        idmap_opts = [o for o in options if o in ("idmap", "ridmap")]
+        idmap_opts = [o for o in options if _is_idmap_option(o)]
         flags, data, propagation, rec_set, rec_clr, tmpcopyup = parse_mount_options(
-            [o for o in options if o not in ("idmap", "ridmap")] if idmap_opts else options)
+            [o for o in options if not _is_idmap_option(o)] if idmap_opts else options)
         source = _get(m, "source", str, where, "")
         fstype = _get(m, "type", str, where, "")
         if flags & c.MS_BIND:
@@ -510,6 +510,10 @@ def _mounts(p: Plan, spec: dict[str, Any]) -> None:
         p.mounts.append(mount)
 
 
+def _is_idmap_option(o: str) -> bool:
+    return o in ("idmap", "ridmap") or o.startswith(("idmap=", "ridmap="))
+
+
 def _mount_idmap(mount: Mount, m: dict[str, Any], idmap_opts: list[str], where: str) -> None:
     """A mount's own uidMappings/gidMappings and its idmap/ridmap option. Mappings without
     an option mean `idmap` (the spec asks for the option only so that older runtimes do
@@ -519,6 +523,12 @@ def _mount_idmap(mount: Mount, m: dict[str, Any], idmap_opts: list[str], where: 
     for key in ("uidMappings", "gidMappings"):
         given = _get(m, key, list, where, [])
         maps[key] = [_id_mapping(e, f"{where}.{key}[{i}]") for i, e in enumerate(given)]
+    for o in idmap_opts:
+        if "=" in o:
+            if maps["uidMappings"] or maps["gidMappings"]:
+                raise ConfigError(f"{where}.options: {o!r} and uidMappings/gidMappings "
+                                  f"both give the mapping")
+            maps["uidMappings"], maps["gidMappings"] = _crun_idmap(o, f"{where}.options")
     if not (idmap_opts or maps["uidMappings"] or maps["gidMappings"]):
         return
     if not mount.is_bind:
@@ -530,7 +540,32 @@ def _mount_idmap(mount: Mount, m: dict[str, Any], idmap_opts: list[str], where: 
         mount.uid_map, mount.gid_map = maps["uidMappings"], maps["gidMappings"]
     else:
         mount.uid_map, mount.gid_map = [], []  # the container's, filled in later
-    mount.idmap_recursive = "ridmap" in idmap_opts
+    mount.idmap_recursive = any(o.startswith("ridmap") for o in idmap_opts)
+
+
+def _crun_idmap(option: str, where: str) -> tuple[list[tuple[int, int, int]],
+                                                  list[tuple[int, int, int]]]:
+    """crun's inline form, which podman passes through from `-v SRC:DST:idmap=...`:
+    `idmap=uids=0-1000-10#10-2000-5;gids=0-1000-10`, each triplet the on-disk id, the
+    host id and the length (the same order as containerID, hostID, size)."""
+    maps: dict[str, list[tuple[int, int, int]]] = {"uids": [], "gids": []}
+    value = option.split("=", 1)[1]
+    for part in filter(None, value.split(";")):
+        kind, eq, triplets = part.partition("=")
+        if kind not in maps or not eq:
+            raise ConfigError(f"{where}: {option!r}: expected uids=...;gids=...")
+        for triplet in triplets.split("#"):
+            fields = triplet.split("-")
+            if len(fields) != 3 or not all(f.isdigit() for f in fields):
+                raise ConfigError(f"{where}: {option!r}: {triplet!r} is not "
+                                  f"FSID-HOSTID-LENGTH")
+            fs_id, host_id, size = (int(f) for f in fields)
+            if size == 0:
+                raise ConfigError(f"{where}: {option!r}: a mapping's length must be > 0")
+            maps[kind].append((fs_id, host_id, size))
+    if not maps["uids"] or not maps["gids"]:
+        raise ConfigError(f"{where}: {option!r}: both uids= and gids= are needed")
+    return maps["uids"], maps["gids"]
 
 
 def _id_mapping(e: Any, where: str) -> tuple[int, int, int]:

@@ -64,3 +64,16 @@ def test_missing_source_fails_cleanly(ocirt, bundle, state_root, tmp_path):
     r = ocirt("create", "--bundle", b, "i3")
     assert r.rc == 1 and "no-such-dir" in r.err and "no such file" in r.err.lower(), r.err
     assert_nothing_left(state_root, "i3", b)
+
+
+def test_crun_inline_option_as_podman_passes_it(ocirt, bundle, tmp_path):
+    """`podman run -v SRC:DST:idmap=uids=...;gids=...` reaches the runtime as this option."""
+    src = owned(tmp_path)
+
+    def edit(cfg):
+        cfg["mounts"].append({"destination": "/m", "type": "bind", "source": str(src),
+                              "options": ["rbind", "idmap=uids=0-1000-1#5-1005-1;gids=0-2000-10"]})
+    r = ocirt("run", "--bundle", bundle(["stat", "-c", "%n %u:%g", "/m/root-file",
+                                         "/m/five-file"], edit=edit), "i4")
+    assert r.rc == 0, r
+    assert r.out.splitlines() == ["/m/root-file 1000:2000", "/m/five-file 1005:2006"], r.out

@@ -207,3 +207,21 @@ def test_idmap_without_mappings_takes_the_container_maps():
 ])
 def test_idmapped_mount_errors(edit, needle):
     assert needle in error_of(edit)
+
+
+def test_crun_inline_idmap_option():
+    """podman passes `-v SRC:DST:idmap=uids=...;gids=...` through as crun spells it."""
+    m = plan_of(_idmapped(["rbind", "ridmap=uids=0-1000-10#10-3000-5;gids=0-2000-10"],
+                          uid=None, gid=None)).mounts[-1]
+    assert m.uid_map == [(0, 1000, 10), (10, 3000, 5)] and m.gid_map == [(0, 2000, 10)]
+    assert m.idmap_recursive and m.data == ""
+
+
+@pytest.mark.parametrize("option, needle", [
+    ("idmap=uids=0-1000-10", "both uids= and gids= are needed"),
+    ("idmap=uids=0-1000;gids=0-1-1", "'0-1000' is not FSID-HOSTID-LENGTH"),
+    ("idmap=users=0-1-1", "expected uids=...;gids=..."),
+    ("idmap=uids=0-1-0;gids=0-1-1", "length must be > 0"),
+])
+def test_crun_inline_idmap_errors(option, needle):
+    assert needle in error_of(_idmapped(["bind", option], uid=None, gid=None))
