@@ -376,6 +376,7 @@ def _owners(out):
     return dict(line.split() for line in out.splitlines() if line.startswith("/"))
 
 
+@needs("userns")
 @deviation("runc", "runc 1.1.5 predates idmapped mounts (runc 1.2): it ignores the mappings")
 @case("MT-25", "config.md#mounts uidMappings", "MUST")
 def test_idmapped_bind_mount(h):

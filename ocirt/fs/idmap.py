@@ -89,8 +89,12 @@ def user_namespace(uid_map: list[tuple[int, int, int]],
         try:
             os.close(ready_r)
             os.close(done_w)
-            libc.unshare(c.CLONE_NEWUSER)
-            os.write(ready_w, b"1")
+            try:
+                libc.unshare(c.CLONE_NEWUSER)
+            except OSError as exc:
+                os.write(ready_w, str(exc.errno or 0).encode())
+                raise
+            os.write(ready_w, b"ok")
             os.read(done_r, 1)  # until the parent has what it needs
             code = 0
         finally:
@@ -98,8 +102,10 @@ def user_namespace(uid_map: list[tuple[int, int, int]],
     os.close(ready_w)
     os.close(done_r)
     try:
-        if os.read(ready_r, 1) != b"1":
-            raise OcirtError("idmapped mount: cannot create a user namespace")
+        answer = os.read(ready_r, 16)
+        if answer != b"ok":
+            why = errno_text(int(answer)) if answer.isdigit() else "the helper process died"
+            raise OcirtError(f"idmapped mount: cannot create a user namespace: {why}")
         for name, entries in (("uid_map", uid_map), ("gid_map", gid_map)):
             _write_map(pid, name, entries)
         return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)

@@ -8,9 +8,12 @@ import os
 
 import pytest
 
+from tests.conftest import IN_CHROOT
 from tests.leaks import assert_nothing_left, processes_naming
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root,
+              pytest.mark.skipif(IN_CHROOT, reason="idmapped mounts need a user namespace, "
+                                 "which the kernel refuses to a process in a chroot")]
 
 MAP = [{"containerID": 0, "hostID": 1000, "size": 1}]
 
