@@ -36,9 +36,10 @@ def processes_naming(text: str) -> list[int]:
     return found
 
 
-def mounts_under(path: str) -> list[str]:
+def mounts_under(path: str, pid: int | str = "self") -> list[str]:
+    """Mount points at or below `path` in the mount namespace of `pid`."""
     prefix = path.rstrip("/")
-    with open("/proc/self/mountinfo") as f:
+    with open(f"/proc/{pid}/mountinfo") as f:
         points = [line.split()[4] for line in f]
     return [p for p in points if p == prefix or p.startswith(prefix + "/")]
 

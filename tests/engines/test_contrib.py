@@ -13,6 +13,7 @@ import tomllib
 
 import pytest
 
+from conformance.sandbox import Sandbox
 from tests.conftest import IN_CHROOT, REPO
 from tests.leaks import mounts_under, processes_naming
 
@@ -70,10 +71,17 @@ def wait_for_no_process_naming(text: str, timeout: float = 20.0) -> None:
         time.sleep(0.1)
 
 
+# podman's cgroupfs manager makes these below the root of every hierarchy and never
+# removes them; in the sandbox "root" is our own cgroup.
+PODMAN_CGROUPS = ("libpod_parent/conmon", "libpod_parent")
+
+
 @pytest.fixture
 def podman(tmp_path, ocirt_bin):
     """podman with the contrib snippet as its containers.conf (the binary path pointed at
-    the ocirt under test), private storage, cgroupfs, no network."""
+    the ocirt under test), private storage, cgroupfs, no network; run in the conformance
+    sandbox (a private cgroup namespace whose root is our own cgroup), so that nothing
+    podman creates lands outside our cgroups, and what it leaves is removed."""
     if shutil.which("podman") is None:
         pytest.skip("podman not installed")
     if IN_CHROOT:
@@ -91,22 +99,41 @@ def podman(tmp_path, ocirt_bin):
     base = ["podman", "--root", str(tmp_path / "storage"), "--runroot", os.path.join(short, "run"),
             "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs",
             "--events-backend", "file", "--runtime", "ocirt"]
+    sandbox = Sandbox()
+    sandbox.start()
+    existing = _podman_cgroups(sandbox)
 
     def run(*args: str) -> subprocess.CompletedProcess:
         # This host's hard RLIMIT_NOFILE is 20000: podman's default ulimits cannot be set.
-        return subprocess.run([*base, "run", "--rm", "--network", "none",
+        return subprocess.run([*sandbox.prefix(), *base, "run", "--rm", "--network", "none",
                                "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096",
                                *args], capture_output=True, text=True, env=env, timeout=120,
                               stdin=subprocess.DEVNULL)
-    yield run
-    # conmon runs `podman container cleanup --runroot SHORT` after `run --rm` returned;
-    # it would recreate the directory after we removed it.
-    wait_for_no_process_naming(short)
-    leaked = mounts_under(str(tmp_path)) + mounts_under(short)
-    if not leaked:
-        shutil.rmtree(short, ignore_errors=True)
-    assert leaked == []
+    try:
+        yield run
+        # conmon runs `podman container cleanup --runroot SHORT` after `run --rm`
+        # returned; it would recreate the directory after we removed it.
+        wait_for_no_process_naming(short)
+        leaked = (mounts_under(str(tmp_path), sandbox.pid) + mounts_under(short, sandbox.pid)
+                  + mounts_under(str(tmp_path)) + mounts_under(short))
+        if not leaked:
+            shutil.rmtree(short, ignore_errors=True)
+        assert leaked == []
+    finally:
+        created = [d for d in _podman_cgroups(sandbox) if d not in existing]
+        if created:
+            sandbox.run(["rmdir", *created])
+        left = [d for d in _podman_cgroups(sandbox) if d not in existing]
+        sandbox.close()
+    assert left == [], f"cgroups left by podman: {left}"
 
+
+def _podman_cgroups(sandbox: Sandbox) -> list[str]:
+    """The podman cgroup directories in the sandbox's hierarchies, deepest first."""
+    r = sandbox.run(["sh", "-c", "for d in " + " ".join(
+        f"/sys/fs/cgroup/*/{name}" for name in PODMAN_CGROUPS) +
+        '; do [ -d "$d" ] && echo "$d"; done; true'])
+    return r.stdout.split()
 
 
 @pytest.mark.root
