@@ -65,6 +65,12 @@ def emit(level: str, msg: str) -> None:
     _write(int(_state["fd"]), format_line(level, msg))
 
 
+def emit_from_child(level: str, msg: str) -> None:
+    """A log message the container's init or exec process sent over the sync socket
+    (`on_log` of ocirt.process.protocol); an unknown level is logged as info."""
+    emit(level if level in LEVELS else "info", msg)
+
+
 def _write(fd: int, text: str) -> None:
     data = text.encode("utf-8", "replace")
     try:

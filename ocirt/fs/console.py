@@ -16,7 +16,7 @@ import os
 import stat
 import struct
 
-from ocirt.errors import OcirtError
+from ocirt.errors import OcirtError, errno_text
 from ocirt.fs import resolve
 from ocirt.fs.resolve import fd_path
 from ocirt.linux import consts as c
@@ -78,3 +78,16 @@ def make_controlling(slave: int) -> None:
     fcntl.ioctl(0, c.TIOCSCTTY, 0)
     if slave > 2:
         os.close(slave)
+
+
+def connect_socket(path: str) -> int:
+    """An fd connected to the engine's console socket (`--console-socket`), for `create`
+    and `exec` alike; the error is runc's."""
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        sock.close()
+        raise OcirtError(f"failed to connect to console socket {path}: "
+                         f"{errno_text(exc.errno or 0)}") from None
+    return int(sock.detach())

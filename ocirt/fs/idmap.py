@@ -20,7 +20,7 @@ import os
 
 from ocirt.errors import OcirtError, errno_text
 from ocirt.linux import consts as c
-from ocirt.linux import libc
+from ocirt.linux import libc, proc
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -107,25 +107,12 @@ def user_namespace(uid_map: list[tuple[int, int, int]],
             why = errno_text(int(answer)) if answer.isdigit() else "the helper process died"
             raise OcirtError(f"idmapped mount: cannot create a user namespace: {why}")
         for name, entries in (("uid_map", uid_map), ("gid_map", gid_map)):
-            _write_map(pid, name, entries)
+            proc.write_id_map(pid, name, entries)
         return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
     finally:
         os.close(ready_r)
         os.close(done_w)  # the child's read returns: it exits
         os.waitpid(pid, 0)
-
-
-def _write_map(pid: int, name: str, entries: list[tuple[int, int, int]]) -> None:
-    text = "".join(f"{inside} {outside} {size}\n" for inside, outside, size in entries)
-    try:
-        fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.write(fd, text.encode())
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        raise OcirtError(f"idmapped mount: write {name} {text.strip()!r}: "
-                         f"{errno_text(exc.errno or 0)}") from None
 
 
 def attach(detached: int, target: int, destination: str) -> None:

@@ -1,8 +1,11 @@
-"""Small /proc readers: process identity (start time), liveness, and id lookups."""
+"""Small /proc readers and writers: process identity (start time), liveness, namespace
+lookups, and the id maps of a user namespace."""
 
 from __future__ import annotations
 
 import os
+
+from ocirt.errors import OcirtError, errno_text
 
 
 def stat_fields(pid: int) -> list[str] | None:
@@ -54,3 +57,22 @@ def pids_in_pid_namespace(ns_link: str) -> list[int]:
         if name.isdigit() and ns_inode(name, "pid") == ns_link:
             found.append(int(name))
     return found
+
+
+def write_file(pid: int, name: str, text: str) -> None:
+    """One write(2) to /proc/<pid>/<name> (uid_map, gid_map and setgroups take exactly
+    one), with an error that names the file."""
+    try:
+        fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise OcirtError(f"write /proc/{pid}/{name}: {errno_text(exc.errno or 0)}") from None
+
+
+def write_id_map(pid: int, name: str, entries: list[tuple[int, int, int]]) -> None:
+    """uid_map or gid_map of the user namespace of `pid`: (inside, outside, size) lines."""
+    write_file(pid, name, "".join(f"{inside} {outside} {size}\n"
+                                  for inside, outside, size in entries))

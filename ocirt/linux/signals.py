@@ -6,6 +6,8 @@ stop. runc accepts `KILL`, `SIGKILL`, `kill` and `9`; so do we, plus `RTMIN+n`/`
 
 from __future__ import annotations
 
+import os
+
 from ocirt.errors import OcirtError
 
 SIGNALS = {
@@ -18,6 +20,23 @@ SIGNALS = {
 SIGRTMIN = 34
 SIGRTMAX = 64
 SIGKILL, SIGTERM, SIGCHLD, SIGWINCH, SIGURG, SIGCONT = 9, 15, 17, 28, 23, 18
+
+
+def kill_and_reap(*pids: int) -> None:
+    """SIGKILL our children `pids` (0 for none), then reap them in reverse order: the
+    undo step of a failed create or exec."""
+    for pid in pids:
+        if pid > 0:
+            try:
+                os.kill(pid, SIGKILL)
+            except ProcessLookupError:
+                pass
+    for pid in reversed(pids):
+        if pid > 0:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
 
 
 def parse_signal(text: str) -> int:

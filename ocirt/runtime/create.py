@@ -256,17 +256,9 @@ class Creation:
             return self.opts.console_fd
         if not self.opts.console_socket:
             return -1
-        import _socket
+        from ocirt.fs.console import connect_socket
 
-        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-        try:
-            sock.connect(self.opts.console_socket)
-        except OSError as exc:
-            sock.close()
-            raise OcirtError(f"failed to connect to console socket "
-                             f"{self.opts.console_socket}: {errno_text(exc.errno or 0)}") \
-                from None
-        return int(sock.detach())
+        return connect_socket(self.opts.console_socket)
 
     def _open_namespaces(self) -> dict[str, int]:
         fds = {}
@@ -293,7 +285,7 @@ class Creation:
         from ocirt.process import attrs
 
         plan = self.plan
-        on_log = _child_log
+        on_log = log.emit_from_child
         parent.send("go")
         msg, _ = parent.expect("idmap-request", "init-pid", on_log=on_log)
         if msg["type"] == "idmap-request":
@@ -367,22 +359,9 @@ class Creation:
             raise OcirtError(f"container intermediate process failed (wait status {status})")
 
     def _kill_children(self) -> None:
-        for pid in (self.init_pid, self.intermediate):
-            if pid > 0:
-                try:
-                    os.kill(pid, 9)
-                except ProcessLookupError:
-                    pass
-        for pid in (self.intermediate, self.init_pid):
-            if pid > 0:
-                try:
-                    os.waitpid(pid, 0)
-                except ChildProcessError:
-                    pass
+        from ocirt.linux.signals import kill_and_reap
 
-
-def _child_log(level: str, msg: str) -> None:
-    log.emit(level if level in log.LEVELS else "info", msg)
+        kill_and_reap(self.init_pid, self.intermediate)
 
 
 def _now_ns() -> int:
@@ -412,14 +391,11 @@ def write_id_maps(pid: int, plan: Plan) -> None:
     (setuid helpers from the uidmap package) grant its subordinate ids."""
     maps = (("uid_map", plan.uid_mappings, "newuidmap"), ("gid_map", plan.gid_mappings,
                                                           "newgidmap"))
-    if os.geteuid() == 0:
+    if os.geteuid() == 0 or _maps_only_self(plan):
+        if os.geteuid() != 0:
+            proc.write_file(pid, "setgroups", "deny")
         for name, entries, _ in maps:
-            _write_proc(pid, name, "".join(f"{c} {h} {s}\n" for c, h, s in entries))
-        return
-    if _maps_only_self(plan):
-        _write_proc(pid, "setgroups", "deny")
-        for name, entries, _ in maps:
-            _write_proc(pid, name, "".join(f"{c} {h} {s}\n" for c, h, s in entries))
+            proc.write_id_map(pid, name, entries)
         return
     import subprocess
 
@@ -437,14 +413,6 @@ def write_id_maps(pid: int, plan: Plan) -> None:
 def _maps_only_self(plan: Plan) -> bool:
     return (len(plan.uid_mappings) == 1 and plan.uid_mappings[0][1:] == (os.geteuid(), 1)
             and len(plan.gid_mappings) == 1 and plan.gid_mappings[0][1:] == (os.getegid(), 1))
-
-
-def _write_proc(pid: int, name: str, text: str) -> None:
-    try:
-        with open(f"/proc/{pid}/{name}", "w") as f:
-            f.write(text)
-    except OSError as exc:
-        raise OcirtError(f"write /proc/{pid}/{name}: {errno_text(exc.errno or 0)}") from None
 
 
 def host_mounts_below(rootfs: str) -> list[list[Any]]:

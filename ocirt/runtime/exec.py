@@ -193,7 +193,9 @@ class Execution:
         console_fd = -1
         if plan.process.terminal:
             if self.opts.console_socket:
-                console_fd = _connect(self.opts.console_socket)
+                from ocirt.fs.console import connect_socket
+
+                console_fd = connect_socket(self.opts.console_socket)
             else:
                 relay_end, console_fd = _socketpair()
                 self.undo.push(os.close, relay_end, what="terminal socket")
@@ -262,7 +264,7 @@ class Execution:
 
         proc = self.plan.process
         parent.send("go")
-        msg, _ = parent.expect("exec-pid", on_log=_child_log)
+        msg, _ = parent.expect("exec-pid", on_log=log.emit_from_child)
         self.pid = int(msg["pid"])
         if not self.opts.detach:  # from here on, our signals are the process's
             from ocirt.runtime.run import SignalForwarder
@@ -272,7 +274,7 @@ class Execution:
         self.intermediate = 0
         if status != 0:
             raise OcirtError(f"exec intermediate process failed (wait status {status})")
-        parent.expect("ready", on_log=_child_log)
+        parent.expect("ready", on_log=log.emit_from_child)
         if proc.rlimits:
             attrs.set_rlimits(self.pid, proc.rlimits)
         if proc.oom_score_adj is not None:
@@ -280,7 +282,7 @@ class Execution:
         parent.send("ready-ack", pid=self.pid)
         from ocirt.process.protocol import wait_closed
 
-        wait_closed(parent, on_log=_child_log)
+        wait_closed(parent, on_log=log.emit_from_child)
         parent.close()
 
     def _foreground(self, relay_end: int) -> int:
@@ -297,35 +299,9 @@ class Execution:
                 os.close(relay_end)
 
     def _kill_children(self) -> None:
-        for pid in (self.pid, self.intermediate):
-            if pid > 0:
-                try:
-                    os.kill(pid, 9)
-                except ProcessLookupError:
-                    pass
-        for pid in (self.intermediate, self.pid):
-            if pid > 0:
-                try:
-                    os.waitpid(pid, 0)
-                except ChildProcessError:
-                    pass
+        from ocirt.linux.signals import kill_and_reap
 
-
-def _child_log(level: str, msg: str) -> None:
-    log.emit(level if level in log.LEVELS else "info", msg)
-
-
-def _connect(path: str) -> int:
-    import _socket
-
-    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    try:
-        sock.connect(path)
-    except OSError as exc:
-        sock.close()
-        raise OcirtError(f"failed to connect to console socket {path}: "
-                         f"{errno_text(exc.errno or 0)}") from None
-    return int(sock.detach())
+        kill_and_reap(self.pid, self.intermediate)
 
 
 def _socketpair() -> tuple[int, int]:
