@@ -73,7 +73,8 @@ def read_in_root(rootfs: str, path: str, limit: int = 1 << 20) -> bytes | None:
         os.close(fd)
 
 
-def exists_in_root(rootfs: str, path: str) -> bool:
+def _stat_in_root(rootfs: str, path: str) -> os.stat_result | None:
+    """stat of `path` resolved inside `rootfs` (symlinks cannot leave it), or None."""
     from ocirt.fs.resolve import open_in_root
     from ocirt.linux import consts as c
 
@@ -81,31 +82,24 @@ def exists_in_root(rootfs: str, path: str) -> bool:
     try:
         fd = open_in_root(root, path, getattr(os, "O_PATH", c.O_PATH))
     except OSError:
-        return False
+        return None
     finally:
         os.close(root)
-    os.close(fd)
-    return True
+    try:
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+def exists_in_root(rootfs: str, path: str) -> bool:
+    return _stat_in_root(rootfs, path) is not None
 
 
 def _executable_in_root(rootfs: str, path: str) -> bool:
-    from ocirt.fs.resolve import open_in_root
-    from ocirt.linux import consts as c
-
-    root = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fd = open_in_root(root, path, getattr(os, "O_PATH", c.O_PATH))
-    except OSError:
-        return False
-    finally:
-        os.close(root)
-    try:
-        st = os.fstat(fd)
-    finally:
-        os.close(fd)
     import stat
 
-    return stat.S_ISREG(st.st_mode) and bool(st.st_mode & 0o111)
+    st = _stat_in_root(rootfs, path)
+    return st is not None and stat.S_ISREG(st.st_mode) and bool(st.st_mode & 0o111)
 
 
 def build_config(rootfs: str, meta: ImageMetadata, opts: RunOptions) -> dict[str, Any]:
