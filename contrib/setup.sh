@@ -7,7 +7,8 @@
 # Installs the Debian packages ocirt and its tests need, creates a virtual environment
 # in .venv (from Debian's /usr/bin/python3, independent of any pyenv or user site),
 # installs ocirt into it, links /usr/local/bin/ocirt, builds a demo bundle from
-# busybox-static and runs it.
+# busybox-static and runs it. ocirt is installed editable: the venv and the launcher run the
+# code of this checkout, so a change to ocirt/ needs no reinstall.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -57,7 +58,7 @@ if [ ! -x "$venv/bin/python" ] ||
     /usr/bin/python3 -m venv --system-site-packages "$venv"
 fi
 "$venv/bin/pip" install -q --disable-pip-version-check --no-deps --no-build-isolation \
-    --no-index "$repo"
+    --no-index --editable "$repo"
 # /usr/local/bin/ocirt: the same ocirt, started with `python -I -S` and its site
 # directories written in (see ocirt/launcher.py): ~5 ms less for every engine call.
 "$venv/bin/python" -I -m ocirt.launcher /usr/local/bin/ocirt
