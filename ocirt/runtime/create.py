@@ -220,10 +220,7 @@ class Creation:
             os.close(fd)
         if console_fd >= 0 and console_fd != self.opts.console_fd:
             os.close(console_fd)
-        cg.add(pid)
-        cg.apply(plan.resources)
-        container.data["cgroup"] = cg.state()
-        self._handshake(parent, container)
+        self._handshake(parent, container, cg)
         parent.close()
         self.undo.clear()
         return container
@@ -281,7 +278,7 @@ class Creation:
 
         return idmap.prepare(self.plan)
 
-    def _handshake(self, parent: Any, container: Container) -> None:
+    def _handshake(self, parent: Any, container: Container, cg: Any) -> None:
         from ocirt.process import attrs
 
         plan = self.plan
@@ -293,12 +290,19 @@ class Creation:
             parent.send("idmap-done")
             msg, _ = parent.expect("init-pid", on_log=on_log)
         self.init_pid = int(msg["pid"])
+        # The init makes its mounts while we move it (ocirt.process.protocol says why).
+        cg.add(self.init_pid)
+        cg.apply(plan.resources)
+        container.data["cgroup"] = cg.state()
         self._reap_intermediate()
         if plan.net_devices:
             self._move_net_devices()
         container.data["pid"] = self.init_pid
         container.data["init_start"] = proc.start_time(self.init_pid)
-        parent.expect("create-hooks", on_log=on_log)
+        msg, _ = parent.expect("cgroup-join", "create-hooks", on_log=on_log)
+        if msg["type"] == "cgroup-join":
+            parent.send("cgroup-joined")
+            parent.expect("create-hooks", on_log=on_log)
         # The state prestart hooks read says "created" (runtime-tools checks it, crun does
         # it); createRuntime hooks see "creating", as runc passes them.
         self._run_hooks(("prestart",), "created")

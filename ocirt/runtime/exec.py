@@ -218,7 +218,6 @@ class Execution:
         for fd in (*ns_fds.values(), console_fd):
             if fd >= 0:
                 os.close(fd)
-        self._join_cgroup(pid)
         self._handshake(parent)
         self.undo.clear()
         os.close(root_fd)
@@ -266,6 +265,7 @@ class Execution:
         parent.send("go")
         msg, _ = parent.expect("exec-pid", on_log=log.emit_from_child)
         self.pid = int(msg["pid"])
+        self._join_cgroup(self.pid)  # nothing of the process's runs before "ready-ack"
         if not self.opts.detach:  # from here on, our signals are the process's
             from ocirt.runtime.run import SignalForwarder
 
