@@ -52,8 +52,10 @@ class JSONError(ValueError):
 def loads(text: str | bytes) -> Any:
     """Parse one JSON document; raises JSONError (a ValueError) with line and column."""
     if isinstance(text, bytes | bytearray):
+        if text[:3] == b"\xef\xbb\xbf":  # a BOM; "utf-8-sig" would cost a module import
+            text = text[3:]
         try:
-            text = text.decode("utf-8-sig")
+            text = text.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise JSONError("invalid UTF-8", "", 0) from exc
     if _json is None:  # pragma: no cover

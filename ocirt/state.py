@@ -136,9 +136,9 @@ class Container:
         cg = self.data.get("cgroup")
         if not cg:
             return False
-        from ocirt.cgroups import manager_from_state
+        from ocirt.cgroups import frozen_from_state
 
-        return manager_from_state(cg).is_frozen()
+        return frozen_from_state(cg)
 
     def oci_state(self, status: str | None = None) -> dict[str, Any]:
         """The runtime-spec state, with runc's extra fields, in runc's key order."""

@@ -123,6 +123,13 @@ def remove_tree(path: str, timeout: float = REMOVE_TIMEOUT) -> None:
 
 
 def _remove_once(path: str) -> OSError | None:
+    try:  # the usual case, an empty leaf: one rmdir instead of listing it first
+        os.rmdir(path)
+        return None
+    except FileNotFoundError:
+        return None
+    except OSError:
+        pass  # cgroups below it, or tasks still exiting: the walk below says which
     if not os.path.isdir(path):
         return None
     for top, dirs, _ in os.walk(path, topdown=False):

@@ -15,7 +15,7 @@ import os
 import time
 
 from ocirt import log
-from ocirt.cgroups import fs
+from ocirt.cgroups import fs, v1_frozen, v2_frozen
 from ocirt.cgroups.base import PREFIX, FsManager
 from ocirt.errors import OcirtError, errno_text
 
@@ -158,26 +158,8 @@ class V1Manager(FsManager):
     def is_frozen(self) -> bool:
         directory = self._paths.get("freezer")
         if directory is None:
-            return self._unified_frozen()
-        try:
-            state = fs.read(directory, "freezer.state").strip()
-        except OSError:
-            return False
-        if state == "THAWED":
-            return False
-        try:  # frozen because an ancestor is: not paused by us
-            return fs.read(directory, "freezer.self_freezing").strip() == "1"
-        except OSError:
-            return True
-
-    def _unified_frozen(self) -> bool:
-        unified = self._paths.get("")
-        if unified is None:
-            return False
-        try:
-            return fs.read(unified, "cgroup.freeze").strip() == "1"
-        except OSError:
-            return False
+            return v2_frozen(self._paths.get("") or "")
+        return v1_frozen(directory)
 
     def freeze(self) -> None:
         directory = self._paths.get("freezer")

@@ -18,7 +18,7 @@ import os
 import time
 
 from ocirt import log
-from ocirt.cgroups import fs
+from ocirt.cgroups import fs, v2_frozen
 from ocirt.cgroups.base import PREFIX, FsManager
 from ocirt.errors import OcirtError
 
@@ -139,12 +139,7 @@ class V2Manager(FsManager):
     # -- freezer, kill -------------------------------------------------------------------
 
     def is_frozen(self) -> bool:
-        if self._skipped:
-            return False
-        try:
-            return fs.read(self.path, "cgroup.freeze").strip() == "1"
-        except OSError:
-            return False
+        return not self._skipped and v2_frozen(self.path)
 
     def freeze(self) -> None:
         if self._skipped:

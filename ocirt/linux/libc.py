@@ -25,7 +25,7 @@ _NR = {
                 "sched_setattr": 274, "seccomp": 277, "bpf": 280},
 }.get(os.uname().machine, {})
 _NR.update({
-    "pidfd_send_signal": 424, "open_tree": 428, "move_mount": 429, "fsopen": 430,
+    "open_tree": 428, "move_mount": 429, "fsopen": 430,
     "fsconfig": 431, "fsmount": 432, "pidfd_open": 434, "close_range": 436, "openat2": 437,
     "mount_setattr": 442,
 })
@@ -234,13 +234,6 @@ def sched_setattr(pid: int, policy: int, flags: int, nice: int, priority: int,
 def keyctl(op: int, arg2: int | bytes | None = 0, arg3: int = 0) -> int:
     a2 = ctypes.c_char_p(arg2) if isinstance(arg2, bytes | type(None)) else ctypes.c_ulong(arg2)
     return sys_call("keyctl", ctypes.c_int(op), a2, ctypes.c_ulong(arg3))
-
-
-def pidfd_send_signal(pidfd: int, sig: int) -> None:
-    ret = _syscall(ctypes.c_long(_NR["pidfd_send_signal"]), ctypes.c_int(pidfd),
-                   ctypes.c_int(sig), None, ctypes.c_uint(0))
-    if ret < 0:
-        raise _fail("pidfd_send_signal")
 
 
 def fstatfs_type(fd: int) -> int:

@@ -22,6 +22,14 @@ SIGRTMAX = 64
 SIGKILL, SIGTERM, SIGCHLD, SIGWINCH, SIGURG, SIGCONT = 9, 15, 17, 28, 23, 18
 
 
+def pidfd_send_signal(pidfd: int, sig: int) -> None:
+    """pidfd_send_signal(2) through the interpreter's own built-in _signal (no ctypes on
+    the `kill` path); OSError as the kernel reports it."""
+    import _signal
+
+    _signal.pidfd_send_signal(pidfd, sig)
+
+
 def kill_and_reap(*pids: int) -> None:
     """SIGKILL our children `pids` (0 for none), then reap them in reverse order: the
     undo step of a failed create or exec."""
