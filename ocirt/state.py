@@ -188,9 +188,15 @@ class Store:
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
 
+    def private_dir(self, name: str) -> str:
+        """A directory of the runtime's own under the state root. Its name starts with
+        `@`, which no container ID may hold, so no container can be named like it (a
+        container called `.cache` once shared the seccomp cache's directory)."""
+        return os.path.join(self.root, "@" + name)
+
     def cache_dir(self, name: str) -> str:
         """A cache under the state root (not a container: no state.json in it)."""
-        return os.path.join(self.root, ".cache", name)
+        return os.path.join(self.private_dir("cache"), name)
 
     def dir(self, cid: str) -> str:
         return os.path.join(self.root, validate_id(cid))

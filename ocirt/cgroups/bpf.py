@@ -1,5 +1,5 @@
 """The cgroup v2 device filter: a small eBPF assembler, the program that enforces a
-`DeviceState`, an interpreter for it, and loading/attaching it through bpf(2).
+`DeviceState`, and loading/attaching it through bpf(2).
 
 Cgroup v2 has no devices.allow/deny; the kernel instead runs a BPF_PROG_TYPE_CGROUP_DEVICE
 program on every device access (open, mknod) with a context of three u32s:
@@ -11,9 +11,9 @@ first match, else the default. An allow exception matches when it grants every
 requested access bit; a deny exception (allow-all mode) matches when it shares any bit,
 which is what v1 does (runc's filter lets `rw` through a `deny w` rule).
 
-`run` interprets the same bytes the kernel gets, so unit tests check the rule logic
-without root; `attach` loads the program and attaches it to a cgroup directory,
-replacing the programs attached there before.
+The tests interpret the same bytes the kernel gets (tests/cgroups/bpf_interp.py), so
+the rule logic is checked without root; `attach` loads the program and attaches it to a
+cgroup directory, replacing the programs attached there before.
 """
 
 from __future__ import annotations
@@ -140,100 +140,6 @@ def device_program(state: DeviceState) -> list[Insn]:
 
 def compile_state(state: DeviceState) -> bytes:
     return assemble(device_program(state))
-
-
-# --- the interpreter -------------------------------------------------------------------
-
-class BPFFault(Exception):
-    """The program did something the kernel's verifier would have refused."""
-
-
-def run(code: bytes, ctx: bytes, max_steps: int = 100_000) -> int:
-    """Execute `code` with r1 pointing at `ctx`; returns r0 (the subset of eBPF that
-    filters use: 32/64-bit ALU with K/X sources, loads from the context, jumps)."""
-    if len(code) % 8:
-        raise BPFFault("code length is not a multiple of 8")
-    insns = [struct.unpack_from("<BBhi", code, i) for i in range(0, len(code), 8)]
-    regs = [0] * 11
-    regs[1] = -1  # the context pointer: only loads relative to it are allowed
-    pc = 0
-    for _ in range(max_steps):
-        if not 0 <= pc < len(insns):
-            raise BPFFault(f"pc {pc} out of range")
-        op, reg, off, imm = insns[pc]
-        dst, src = reg & 0x0F, reg >> 4
-        cls = op & 0x07
-        pc += 1
-        if cls == LDX:
-            if op != LDX | MEM | W or regs[src] != -1:
-                raise BPFFault(f"unsupported load {op:#x}")
-            if not 0 <= off <= len(ctx) - 4:
-                raise BPFFault(f"context read at {off} out of bounds")
-            regs[dst] = struct.unpack_from("<I", ctx, off)[0]
-        elif cls in (ALU, ALU64):
-            regs[dst] = _alu(op, regs[dst], regs[src] if op & X else imm, cls == ALU)
-        elif cls in (JMP, JMP32):
-            if op == JMP | EXIT:
-                return regs[0] & 0xFFFFFFFF
-            if _taken(op, regs[dst], regs[src] if op & X else imm, cls == JMP32):
-                pc += off
-        else:
-            raise BPFFault(f"unsupported instruction class {cls:#x}")
-    raise BPFFault("program did not finish")
-
-
-def _alu(op: int, a: int, b: int, is32: bool) -> int:
-    mask = 0xFFFFFFFF if is32 else 0xFFFFFFFFFFFFFFFF
-    a &= mask
-    b &= mask
-    kind = op & 0xF0
-    if kind == MOV:
-        result = b
-    elif kind == ADD:
-        result = a + b
-    elif kind == SUB:
-        result = a - b
-    elif kind == AND:
-        result = a & b
-    elif kind == OR:
-        result = a | b
-    elif kind == LSH:
-        result = a << (b & (31 if is32 else 63))
-    elif kind == RSH:
-        result = a >> (b & (31 if is32 else 63))
-    else:
-        raise BPFFault(f"unsupported ALU operation {op:#x}")
-    return result & mask
-
-
-def _taken(op: int, a: int, b: int, is32: bool) -> bool:
-    mask = 0xFFFFFFFF if is32 else 0xFFFFFFFFFFFFFFFF
-    a &= mask
-    b &= mask
-    kind = op & 0xF0
-    if kind == JA:
-        return True
-    if kind == JEQ:
-        return a == b
-    if kind == JNE:
-        return a != b
-    if kind == JGT:
-        return a > b
-    if kind == JGE:
-        return a >= b
-    if kind == JSET:
-        return bool(a & b)
-    raise BPFFault(f"unsupported jump {op:#x}")
-
-
-def context(kind: str, major: int, minor: int, access: str) -> bytes:
-    """The kernel's struct bpf_cgroup_dev_ctx for one access."""
-    bits = sum(ACCESS_BITS[ch] for ch in access)
-    return struct.pack("<III", TYPE_BITS[kind] | (bits << 16), major, minor)
-
-
-def decide(code: bytes, kind: str, major: int, minor: int, access: str) -> bool:
-    return run(code, context(kind, major, minor, access)) == 1
 
 
 # --- the kernel side -------------------------------------------------------------------

@@ -165,12 +165,11 @@ def version_text() -> str:
 
 
 def _libseccomp_version() -> str:
-    try:
-        import ctypes
+    """The library's own version, through the one loader (empty when not installed)."""
+    from ocirt.errors import OcirtError
+    from ocirt.seccomp import libseccomp
 
-        lib = ctypes.CDLL("libseccomp.so.2")
-        lib.seccomp_version.restype = ctypes.POINTER(ctypes.c_uint * 3)
-        v = lib.seccomp_version().contents
-        return f"{v[0]}.{v[1]}.{v[2]}"
-    except (OSError, AttributeError):
+    try:
+        return libseccomp.version()
+    except (OcirtError, AttributeError):
         return ""

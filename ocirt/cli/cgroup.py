@@ -1,6 +1,6 @@
 """Handlers for the commands that work through the container's cgroup: update, pause,
 resume, events, ps. Each turns flags into arguments and makes one call into
-`ocirt.cgroups.ops`."""
+`ocirt.runtime` (control, events, ps)."""
 
 from __future__ import annotations
 
@@ -19,21 +19,22 @@ if TYPE_CHECKING:
 
 
 def pause(g: Globals, opts: Options, args: list[str]) -> int:
-    from ocirt.cgroups.ops import pause as do_pause
+    from ocirt.runtime.control import pause as do_pause
 
     do_pause(Store(g.root), args[0])
     return 0
 
 
 def resume(g: Globals, opts: Options, args: list[str]) -> int:
-    from ocirt.cgroups.ops import resume as do_resume
+    from ocirt.runtime.control import resume as do_resume
 
     do_resume(Store(g.root), args[0])
     return 0
 
 
 def ps(g: Globals, opts: Options, args: list[str]) -> int:
-    from ocirt.cgroups.ops import processes, ps_table
+    from ocirt.runtime.control import processes
+    from ocirt.runtime.ps import ps_table
 
     if opts.format not in ("table", "json"):
         raise OcirtError("invalid format option")
@@ -48,8 +49,8 @@ def ps(g: Globals, opts: Options, args: list[str]) -> int:
 
 
 def events(g: Globals, opts: Options, args: list[str]) -> int:
-    from ocirt.cgroups.ops import events as do_events
     from ocirt.jsonio import dumps
+    from ocirt.runtime.events import events as do_events
 
     interval = parse_duration(opts.interval, "interval")
     if interval <= 0:
@@ -64,7 +65,7 @@ def events(g: Globals, opts: Options, args: list[str]) -> int:
 
 
 def update(g: Globals, opts: Options, args: list[str]) -> int:
-    from ocirt.cgroups.ops import update as do_update
+    from ocirt.runtime.control import update as do_update
 
     if opts.l3_cache_schema:
         raise OcirtError("Intel RDT/CAT: l3 cache schema is not enabled")

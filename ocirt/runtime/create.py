@@ -12,9 +12,9 @@ import os
 from ocirt import log
 from ocirt.errors import OcirtError, errno_text
 from ocirt.linux import proc
-from ocirt.runtime.undo import Undo
 from ocirt.spec.plan import Plan
 from ocirt.state import CONFIG_FILE, FIFO_FILE, Container, Store, rfc3339_nano, write_atomic
+from ocirt.undo import Undo
 
 TYPE_CHECKING = False  # importing typing costs ~2 ms; only annotations need it
 if TYPE_CHECKING:

@@ -15,9 +15,9 @@ import os
 from ocirt import log
 from ocirt.errors import OcirtError, errno_text
 from ocirt.linux import consts
-from ocirt.runtime.undo import Undo
 from ocirt.spec.plan import Plan, Process
 from ocirt.state import PAUSED, Container, Store, check_transition
+from ocirt.undo import Undo
 
 TYPE_CHECKING = False  # importing typing costs ~2 ms; only annotations need it
 if TYPE_CHECKING:

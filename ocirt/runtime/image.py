@@ -52,7 +52,7 @@ def is_sif(path: str) -> bool:
 
 
 def bundle_dir(store: Store, cid: str) -> str:
-    return os.path.join(store.root, ".sif-bundles", cid)
+    return os.path.join(store.private_dir("sif-bundles"), cid)
 
 
 def bundle_from_image(store: Store, cid: str, image: str, args: list[str],

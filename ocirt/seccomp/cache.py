@@ -3,7 +3,7 @@
 Compiling podman's default profile (434 syscalls in 19 rules) costs libseccomp 15-30 ms,
 and engines send the same profile with every container. The program depends only on the
 profile's JSON, the libseccomp version and the kernel (flags, architecture), so it is
-cached as a file under `<root>/.cache/seccomp`, which only the runtime's user can write
+cached as a file under `<root>/@cache/seccomp`, which only the runtime's user can write
 (the state root is mode 0700): a cached program is as trusted as the runtime itself.
 """
 

@@ -17,8 +17,8 @@ from typing import Any
 
 from ocirt import jsonio
 from ocirt.errors import OcirtError, os_error_text
-from ocirt.runtime.undo import Undo
 from ocirt.sif.image import Image, SIFError
+from ocirt.undo import Undo
 
 RECORD = ".ocirt-sif.json"
 WORKDIR = ".ocirt-sif"

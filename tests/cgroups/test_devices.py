@@ -24,6 +24,7 @@ from ocirt.cgroups.devices import (
 from ocirt.cgroups.resources import DeviceRule
 from ocirt.errors import ConfigError
 from ocirt.spec.plan import Device
+from tests.cgroups import bpf_interp
 
 
 def allow(kind="a", major=-1, minor=-1, access="rwm"):
@@ -111,12 +112,12 @@ def test_assembler_encoding():
 
 
 def test_interpreter_refuses_what_the_verifier_would():
-    with pytest.raises(bpf.BPFFault):
-        bpf.run(bpf.assemble([bpf.load_word(2, 1, 12), bpf.exit_()]), bytes(12))
-    with pytest.raises(bpf.BPFFault):
-        bpf.run(bpf.assemble([bpf.alu32(bpf.MOV, 0, 1)]), bytes(12))  # runs off the end
-    with pytest.raises(bpf.BPFFault):
-        bpf.run(b"\x00" * 7, bytes(12))
+    with pytest.raises(bpf_interp.BPFFault):
+        bpf_interp.run(bpf.assemble([bpf.load_word(2, 1, 12), bpf.exit_()]), bytes(12))
+    with pytest.raises(bpf_interp.BPFFault):
+        bpf_interp.run(bpf.assemble([bpf.alu32(bpf.MOV, 0, 1)]), bytes(12))  # runs off the end
+    with pytest.raises(bpf_interp.BPFFault):
+        bpf_interp.run(b"\x00" * 7, bytes(12))
 
 
 ACCESSES = ["r", "w", "m", "rw", "rm", "wm", "rwm"]
@@ -127,7 +128,7 @@ PROBES = [(kind, major, minor) for kind in "bc" for major in (1, 5, 8, 136)
 def _check_program(state: DeviceState) -> None:
     code = bpf.compile_state(state)
     for (kind, major, minor), access in itertools.product(PROBES, ACCESSES):
-        assert bpf.decide(code, kind, major, minor, access) == \
+        assert bpf_interp.decide(code, kind, major, minor, access) == \
             state.allows(kind, major, minor, access), (state.exceptions, kind, major, minor,
                                                        access)
 

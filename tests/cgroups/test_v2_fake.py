@@ -15,6 +15,7 @@ from ocirt.cgroups import bpf, fs
 from ocirt.cgroups.resources import DeviceRule
 from ocirt.cgroups.v2 import V2Manager, shares_to_weight, swap_to_v2
 from ocirt.errors import OcirtError
+from tests.cgroups import bpf_interp
 from tests.cgroups.helpers import FakeTree
 
 
@@ -88,8 +89,8 @@ def test_every_resource_lands_in_its_v2_file(tree, attached):
         "+cpu", "+cpuset", "+hugetlb", "+io", "+memory", "+pids", "+rdma"]
     [(where, code)] = attached
     assert where == leaf
-    assert bpf.decide(code, "c", 1, 3, "rw")
-    assert not bpf.decide(code, "c", 1, 5, "r")
+    assert bpf_interp.decide(code, "c", 1, 3, "rw")
+    assert not bpf_interp.decide(code, "c", 1, 5, "r")
     assert mgr.state()["resources"]["pids"] == {"limit": 10}
 
 
@@ -224,7 +225,7 @@ def test_stats_from_v2_files(tree):
 
 
 def test_oom_watch_on_v2_memory_events(tree):
-    from ocirt.cgroups.ops import OOMWatch
+    from ocirt.cgroups.oom import OOMWatch
 
     leaf = tree.make_cgroup("c1", files=("cgroup.procs", "memory.events"))
     events = os.path.join(leaf, "memory.events")

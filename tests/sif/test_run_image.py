@@ -30,7 +30,7 @@ def test_run_image_prints_the_runscript(ocirt):
     assert "runscript: hello from SIF" in r.out
     assert ocirt.ids() == []
     assert mounts_under(ocirt.root) == [] and loop_devices() == before
-    assert os.listdir(os.path.join(ocirt.root, ".sif-bundles")) == []
+    assert os.listdir(os.path.join(ocirt.root, "@sif-bundles")) == []
 
 
 def test_arguments_after_the_id_go_to_the_runscript(ocirt):
