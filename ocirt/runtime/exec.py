@@ -90,7 +90,7 @@ def exec_spec(container: Container, plan: Plan, opts: ExecOptions) -> Process:
     if opts.process_file:
         from ocirt.spec.load import read_json_file
 
-        raw = read_json_file(opts.process_file)
+        raw = read_json_file(opts.process_file, regular_only=False)
         if not isinstance(raw, dict):
             raise OcirtError(f"{opts.process_file}: the process must be a JSON object")
         proc = build_process(raw, "process")
