@@ -72,6 +72,10 @@ def exec_process(store: Store, cid: str, opts: ExecOptions) -> int:
     if not terminal and opts.console_socket:
         raise OcirtError("cannot use console socket if ocirt will not detach or allocate tty")
     execution = Execution(container, plan, opts)
+    if terminal and not opts.console_socket:
+        from ocirt.runtime.tty import host_console
+
+        execution.console = host_console()
     execution.store_cache = store.cache_dir("seccomp")
     return execution.run()
 
@@ -164,6 +168,7 @@ class Execution:
         self.pid = 0
         self.forwarder: Any = None
         self.store_cache: str | None = None
+        self.console = -1  # our terminal, relayed to the process's pty (no console socket)
 
     def run(self) -> int:
         try:
@@ -292,7 +297,7 @@ class Execution:
         try:
             if relay_end >= 0:
                 master = _receive_master(relay_end)
-                self.forwarder.attach_terminal(master)
+                self.forwarder.attach_terminal(master, self.console)
             return wait_and_relay(self.pid, master, self.forwarder)
         finally:
             if relay_end >= 0:
