@@ -10,11 +10,14 @@ import os
 import sys
 
 from ocirt.cli.commands import COMMANDS, GLOBAL_FLAGS
-from ocirt.cli.parser import Options, check_arg_count, command_help, parse
+from ocirt.cli.parser import Command, Options, check_arg_count, command_help, parse
 from ocirt.errors import OcirtError, UnknownCommand, UsageError
 
 # Commands whose failures runc reports as "runc <cmd> failed: <reason>".
 _PREFIXED = {"create", "run", "exec", "start"}
+# runc's exit code when a command's action fails (usage errors keep theirs): `exec` exits
+# 255, so that engines can tell "could not start" from "the process exited 1".
+_FAILURE_CODES = {"exec": 255}
 
 
 class Globals:
@@ -61,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     cmd = None
+    acting = False  # the handler runs: its failures get the command's failure code
     try:
         gopts, rest = parse(GLOBAL_FLAGS, argv, stop_at_first=True)
         log.configure(gopts.log, gopts.log_format, gopts.debug)
@@ -80,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         check_arg_count(cmd, args)
         handler = _load(cmd.handler)
+        acting = True
         return int(handler(Globals(gopts), opts, args) or 0)
     except UsageError as exc:
         sys.stderr.write(f"Incorrect Usage: {exc.message}\n\n")
@@ -92,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         if cmd is not None and cmd.name in _PREFIXED:
             msg = f"ocirt {cmd.name} failed: {msg}"
         log.fatal(msg)
-        return exc.exit_code
+        return _failure_code(cmd, acting, exc.exit_code)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -103,7 +108,13 @@ def main(argv: list[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-        return 1
+        return _failure_code(cmd, acting, 1)
+
+
+def _failure_code(cmd: Command | None, acting: bool, code: int) -> int:
+    if acting and cmd is not None and code == 1:
+        return _FAILURE_CODES.get(cmd.name, code)
+    return code
 
 
 def _load(path: str):

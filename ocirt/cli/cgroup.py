@@ -188,10 +188,10 @@ def parse_duration(text: str, flag: str) -> float:
     total = 0.0
     while s:
         i = 0
-        while i < len(s) and (s[i].isdigit() or s[i] == "."):
+        while i < len(s) and s[i] in "0123456789.":
             i += 1
         j = i
-        while j < len(s) and not (s[j].isdigit() or s[j] == "."):
+        while j < len(s) and s[j] not in "0123456789.":
             j += 1
         number, unit = s[:i], s[i:j]
         if not number or unit not in _DURATION_UNITS or number.count(".") > 1:

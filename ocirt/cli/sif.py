@@ -354,11 +354,16 @@ def _create(opts: Options, args: list[str]) -> int:
 
 
 def _read_text(path: str) -> str:
+    from ocirt.errors import os_error_text
+    from ocirt.linux.files import read_regular
+
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise OcirtError(f"read {path}: {exc}") from None
+        return read_regular(path).decode("utf-8")
+    except OSError as exc:
+        raise OcirtError(f"read {os_error_text(exc)}") from None
+    except UnicodeDecodeError as exc:
+        raise OcirtError(f"read {path}: not UTF-8 text ({exc.reason} at byte "
+                         f"{exc.start})") from None
 
 
 def _datatype(text: str) -> int:

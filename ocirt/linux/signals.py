@@ -50,7 +50,8 @@ def kill_and_reap(*pids: int) -> None:
 def parse_signal(text: str) -> int:
     """Number for a signal given as a name (any case, with or without SIG) or a number."""
     raw = text.strip()
-    if raw.isdigit():  # any number: the kernel says whether it is valid, as with runc
+    # any number: the kernel says whether it is valid, as with runc
+    if raw.isascii() and raw.isdigit():
         return int(raw)
     name = raw.upper()
     if name.startswith("SIG"):
@@ -62,7 +63,7 @@ def parse_signal(text: str) -> int:
             return start
         if name.startswith(base) and name[len(base):len(base) + 1] in "+-":
             offset = name[len(base) + 1:]
-            if offset.isdigit():
+            if offset.isascii() and offset.isdigit():
                 num = start + sign * int(offset)
                 if SIGRTMIN <= num <= SIGRTMAX:
                     return num

@@ -72,6 +72,10 @@ def exec_process(store: Store, cid: str, opts: ExecOptions) -> int:
     if not terminal and opts.console_socket:
         raise OcirtError("cannot use console socket if ocirt will not detach or allocate tty")
     execution = Execution(container, plan, opts)
+    if terminal and not opts.console_socket:
+        from ocirt.runtime.tty import host_console
+
+        execution.console = host_console()
     execution.store_cache = store.cache_dir("seccomp")
     return execution.run()
 
@@ -90,7 +94,7 @@ def exec_spec(container: Container, plan: Plan, opts: ExecOptions) -> Process:
     if opts.process_file:
         from ocirt.spec.load import read_json_file
 
-        raw = read_json_file(opts.process_file)
+        raw = read_json_file(opts.process_file, regular_only=False)
         if not isinstance(raw, dict):
             raise OcirtError(f"{opts.process_file}: the process must be a JSON object")
         proc = build_process(raw, "process")
@@ -164,6 +168,7 @@ class Execution:
         self.pid = 0
         self.forwarder: Any = None
         self.store_cache: str | None = None
+        self.console = -1  # our terminal, relayed to the process's pty (no console socket)
 
     def run(self) -> int:
         try:
@@ -292,7 +297,7 @@ class Execution:
         try:
             if relay_end >= 0:
                 master = _receive_master(relay_end)
-                self.forwarder.attach_terminal(master)
+                self.forwarder.attach_terminal(master, self.console)
             return wait_and_relay(self.pid, master, self.forwarder)
         finally:
             if relay_end >= 0:

@@ -42,12 +42,24 @@ def policy(keys: list[str], pgp_keys: list[str]) -> Any:
 
 
 def is_sif(path: str) -> bool:
-    """A regular file with SIF's magic (at offset 32, after the launch script)."""
+    """A regular file with SIF's magic (at offset 32, after the launch script). A FIFO,
+    socket or device is refused here, before anything could block on opening it."""
+    from ocirt.linux.files import NotRegularFile, open_regular
+
     try:
-        with open(path, "rb") as f:
-            head = f.read(48)
-    except (IsADirectoryError, FileNotFoundError, PermissionError):
+        fd = open_regular(path)
+    except NotRegularFile as exc:
+        if "directory" in str(exc):
+            return False
+        raise OcirtError(f"{path}: {exc}") from None
+    except OSError:
         return False
+    try:
+        head = os.pread(fd, 48, 0)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
     return head[32:41] == SIF_MAGIC
 
 

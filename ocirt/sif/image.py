@@ -101,9 +101,10 @@ class Image:
 
     @classmethod
     def open(cls, path: str, writable: bool = False) -> Image:
-        flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC
+        from ocirt.linux.files import open_regular
+
         try:
-            fd = os.open(path, flags)
+            fd = open_regular(path, os.O_RDWR if writable else os.O_RDONLY)
         except OSError as exc:
             from ocirt.errors import os_error_text
 
@@ -301,8 +302,10 @@ class Image:
         if obj.path is None:
             raise SIFError("object has neither data nor a file")
         want_digest = obj.data_type in (DataType.OCI_ROOT_INDEX, DataType.OCI_BLOB)
+        from ocirt.linux.files import open_regular
+
         try:
-            src = os.open(obj.path, os.O_RDONLY | os.O_CLOEXEC)
+            src = open_regular(obj.path)
         except OSError as exc:
             from ocirt.errors import os_error_text
 

@@ -45,10 +45,11 @@ class Layout:
             raise LayoutError(f"{path}: not an OCI image layout (no oci-layout file)")
 
     def _json_file(self, name: str) -> Any:
+        from ocirt.linux.files import read_regular
+
         full = os.path.join(self.path, name)
         try:
-            with open(full, "rb") as f:
-                return jsonio.loads(f.read())
+            return jsonio.loads(read_regular(full))
         except FileNotFoundError:
             raise LayoutError(f"{self.path}: not an OCI image layout (no {name})") from None
         except (OSError, ValueError) as exc:
@@ -65,10 +66,12 @@ class Layout:
 
     def open_blob(self, desc: dict[str, Any]) -> _VerifiedReader:
         path = self.blob_path(desc)
+        from ocirt.linux.files import open_regular
+
         try:
-            f = open(path, "rb")  # noqa: SIM115 - closed by the reader
+            f = os.fdopen(open_regular(path), "rb")
         except OSError as exc:
-            raise LayoutError(f"blob {desc.get('digest')}: {exc.strerror}") from None
+            raise LayoutError(f"blob {desc.get('digest')}: {exc.strerror or exc}") from None
         return _VerifiedReader(f, desc)
 
     def read_json_blob(self, desc: dict[str, Any]) -> Any:

@@ -227,7 +227,7 @@ def _lookup_user(name: str, passwd: list[list[str]], user: str) -> tuple[int, in
                 return int(entry[2]), int(entry[3])
             except ValueError:
                 break
-    if name.isdigit():
+    if name.isascii() and name.isdigit():
         return int(name), 0
     raise SIFError(f"image config: User {user!r}: no such user in the image's /etc/passwd")
 
@@ -239,7 +239,7 @@ def _lookup_group(group: str, groups: list[list[str]], user: str) -> int:
                 return int(entry[2])
             except ValueError:
                 break
-    if group.isdigit():
+    if group.isascii() and group.isdigit():
         return int(group)
     raise SIFError(f"image config: User {user!r}: no such group in the image's /etc/group")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from ocirt import jsonio
 from ocirt.errors import ConfigError
 from ocirt.linux import consts as c
 from ocirt.spec import options as opt
@@ -157,6 +158,16 @@ class Plan:
         return ns in self.namespaces
 
 
+# The kernel's limits: setgroups(2) takes at most NGROUPS_MAX groups; mknod(2) takes a
+# 32-bit dev_t that holds a 12-bit major and a 20-bit minor (a larger number would be
+# cut to another device).
+NGROUPS_MAX = 65536
+MAX_MAJOR = (1 << 12) - 1
+MAX_MINOR = (1 << 20) - 1
+INT32_MAX = (1 << 31) - 1
+MAX_CPUS = 8192  # the largest CONFIG_NR_CPUS
+
+
 # --- small typed getters ---------------------------------------------------------------
 
 def _type_name(kind: Any) -> str:
@@ -192,6 +203,35 @@ def _uint(value: Any, where: str, bits: int = 32) -> int:
     return int(value)
 
 
+def _int_range(value: Any, where: str, lo: int, hi: int) -> int:
+    _check(value, int, where)
+    if not lo <= value <= hi:
+        raise ConfigError(f"{where}: {value} is outside [{lo}, {hi}]")
+    return int(value)
+
+
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes "²", which int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
+def check_strings(doc: Any, where: str) -> None:
+    """Before any field is used: no NUL byte or lone surrogate in any string (the kernel
+    would cut a path or argument at the NUL; a surrogate has no UTF-8 form), and no
+    nesting deeper than any runtime-spec document has. Annotations may hold NUL bytes, as
+    with runc: they are only stored and shown, and CRI-O copies them from Kubernetes
+    objects, where NUL is allowed."""
+    try:
+        if not where and isinstance(doc, dict) and "annotations" in doc:
+            jsonio.check_tree({k: v for k, v in doc.items() if k != "annotations"})
+            jsonio.check_tree({"annotations": doc["annotations"]}, allow_nul=True)
+        else:
+            jsonio.check_tree(doc)
+    except jsonio.JSONContentError as exc:
+        path = jsonio.path_text([where, *exc.path] if where else exc.path)
+        raise ConfigError(f"{path or 'config.json'}: {exc.problem}") from None
+
+
 def _str_list(obj: dict[str, Any], key: str, where: str) -> list[str]:
     items = _get(obj, key, list, where, [])
     for i, item in enumerate(items):
@@ -204,6 +244,7 @@ def _str_list(obj: dict[str, Any], key: str, where: str) -> list[str]:
 def build_plan(spec: dict[str, Any], bundle: str, *, no_pivot: bool = False,
                no_new_keyring: bool = False) -> Plan:
     """Validate `spec` (a parsed config.json) and convert it into a Plan."""
+    check_strings(spec, "")
     p = Plan()
     p.bundle = bundle
     p.no_pivot = no_pivot
@@ -291,6 +332,7 @@ def _namespaces(p: Plan, linux: dict[str, Any]) -> None:
 
 def build_process(proc: dict[str, Any], where: str) -> Process:
     """Decode a runtime-spec process object (config.json's, or exec's process.json)."""
+    check_strings(proc, where)
     pr = Process()
     pr.terminal = bool(_get(proc, "terminal", bool, where, False))
     size = _get(proc, "consoleSize", dict, where)
@@ -321,9 +363,12 @@ def build_process(proc: dict[str, Any], where: str) -> Process:
     user = _get(proc, "user", dict, where, {})
     pr.uid = _uint(user.get("uid", 0), f"{where}.user.uid")
     pr.gid = _uint(user.get("gid", 0), f"{where}.user.gid")
+    gids = _get(user, "additionalGids", list, f"{where}.user", [])
+    if len(gids) > NGROUPS_MAX:
+        raise ConfigError(f"{where}.user.additionalGids: {len(gids)} groups, more than the "
+                          f"kernel's limit of {NGROUPS_MAX}")
     pr.additional_gids = [_uint(g, f"{where}.user.additionalGids[{i}]")
-                          for i, g in enumerate(_get(user, "additionalGids", list,
-                                                     f"{where}.user", []))]
+                          for i, g in enumerate(gids)]
     if user.get("umask") is not None:
         pr.umask = _uint(user["umask"], f"{where}.user.umask")
         if pr.umask > 0o777:
@@ -430,11 +475,14 @@ def parse_cpu_list(text: str, where: str) -> set[int]:
     for part in text.split(","):
         part = part.strip()
         lo, dash, hi = part.partition("-")
-        if not lo.isdigit() or (dash and not hi.isdigit()):
+        if not _digits(lo) or (dash and not _digits(hi)):
             raise ConfigError(f"{where}: invalid CPU list {text!r}")
         first, last = int(lo), int(hi) if dash else int(lo)
         if last < first:
             raise ConfigError(f"{where}: invalid CPU range {part!r}")
+        if last >= MAX_CPUS:
+            raise ConfigError(f"{where}: CPU {last} is beyond the kernel's limit of "
+                              f"{MAX_CPUS} CPUs")
         cpus.update(range(first, last + 1))
     return cpus
 
@@ -556,7 +604,7 @@ def _crun_idmap(option: str, where: str) -> tuple[list[tuple[int, int, int]],
             raise ConfigError(f"{where}: {option!r}: expected uids=...;gids=...")
         for triplet in triplets.split("#"):
             fields = triplet.split("-")
-            if len(fields) != 3 or not all(f.isdigit() for f in fields):
+            if len(fields) != 3 or not all(_digits(f) for f in fields):
                 raise ConfigError(f"{where}: {option!r}: {triplet!r} is not "
                                   f"FSID-HOSTID-LENGTH")
             fs_id, host_id, size = (int(f) for f in fields)
@@ -605,8 +653,8 @@ def _devices(p: Plan, linux: dict[str, Any]) -> None:
         if kind != "p":
             if d.get("major") is None or d.get("minor") is None:
                 raise ConfigError(f"{where}: major and minor are required for type {kind!r}")
-            major = _check(d["major"], int, f"{where}.major")
-            minor = _check(d["minor"], int, f"{where}.minor")
+            major = _int_range(d["major"], f"{where}.major", 0, MAX_MAJOR)
+            minor = _int_range(d["minor"], f"{where}.minor", 0, MAX_MINOR)
         mode = d.get("fileMode")
         mode = 0o666 if mode is None else _uint(mode, f"{where}.fileMode") & 0o7777
         uid = _uint(d.get("uid", 0), f"{where}.uid")
@@ -681,7 +729,7 @@ def _time_offsets(p: Plan, linux: dict[str, Any]) -> None:
         if clock not in opt.TIME_CLOCKS:
             raise ConfigError(f"{where}: unknown clock (use monotonic or boottime)")
         _check(value, dict, where)
-        secs = _check(value.get("secs", 0), int, f"{where}.secs")
+        secs = _int_range(value.get("secs", 0), f"{where}.secs", -(1 << 63), (1 << 63) - 1)
         nanos = _uint(value.get("nanosecs", 0), f"{where}.nanosecs")
         if nanos >= 1_000_000_000:
             raise ConfigError(f"{where}.nanosecs: must be below 1000000000")
@@ -710,6 +758,7 @@ def _hooks(spec: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
                 timeout = _check(h["timeout"], int, f"{where}.timeout")
                 if timeout <= 0:
                     raise ConfigError(f"{where}.timeout: must be greater than zero")
+                timeout = _int_range(timeout, f"{where}.timeout", 1, INT32_MAX)
                 hook["timeout"] = timeout
             checked.append(hook)
         if checked:

@@ -178,17 +178,9 @@ def _required_alternatives(error: ValidationError) -> list[str]:
 def json_path(parts: Any) -> str:
     """`mounts[2].destination`; keys that are not plain words are quoted:
     `annotations["io.kubernetes.cri-o.TTY"]`."""
-    from ocirt.jsonio import dumps
+    from ocirt.jsonio import path_text
 
-    out: list[str] = []
-    for part in parts:
-        if isinstance(part, int):
-            out.append(f"[{part}]")
-        elif part and part.replace("_", "a").isalnum() and part.isascii():
-            out.append(f".{part}" if out else part)
-        else:
-            out.append(f"[{dumps(part)}]")
-    return "".join(out)
+    return path_text(parts)
 
 
 def _sort_key(parts: Any) -> tuple[tuple[int, int, str], ...]:
