@@ -15,6 +15,7 @@ import posixpath
 from ocirt.cgroups import Manager
 from ocirt.cgroups.detect import SYSTEMD_NAME, V1_CONTROLLERS, Hierarchy, Layout, detect
 from ocirt.errors import OcirtError
+from ocirt.linux.proc import in_user_namespace
 
 TYPE_CHECKING = False  # importing typing costs ~2 ms (and pulls in re); annotations only
 if TYPE_CHECKING:
@@ -49,15 +50,6 @@ def resolve_rootless(value: bool | str) -> bool:
     if value != "auto":
         raise OcirtError(f"invalid --rootless value {value!r} (true, false or auto)")
     return os.geteuid() != 0 or in_user_namespace()
-
-
-def in_user_namespace() -> bool:
-    try:
-        with open("/proc/self/uid_map") as f:
-            fields = f.read().split()
-    except OSError:
-        return False
-    return fields != ["0", "0", "4294967295"]
 
 
 def clean_path(path: str) -> tuple[str, bool]:

@@ -127,7 +127,7 @@ class V1Manager(FsManager):
             if not self.rootless:
                 log.warning("the devices cgroup is not mounted: device rules are not enforced")
             return
-        from ocirt.cgroups.factory import in_user_namespace
+        from ocirt.linux.proc import in_user_namespace
 
         if self.rootless or in_user_namespace():
             return  # the kernel refuses device rules from a user namespace (runc skips)

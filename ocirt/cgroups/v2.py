@@ -108,7 +108,7 @@ class V2Manager(FsManager):
     def _set_devices(self, res: Resources) -> None:
         from ocirt.cgroups import bpf
         from ocirt.cgroups import devices as dev
-        from ocirt.cgroups.factory import in_user_namespace
+        from ocirt.linux.proc import in_user_namespace
 
         state = dev.emulate((res.devices or []) + self.default_rules)
         if self.rootless or in_user_namespace():

@@ -21,12 +21,13 @@ _FAILURE_CODES = {"exec": 255}
 
 
 class Globals:
-    """Global flags, shared by every command."""
+    """Global flags, shared by every command. The state root is worked out only when a
+    command uses it, so `spec`, `features` and `--version` never need XDG_RUNTIME_DIR."""
 
-    __slots__ = ("root", "log", "log_format", "debug", "systemd_cgroup", "rootless", "criu")
+    __slots__ = ("_root", "log", "log_format", "debug", "systemd_cgroup", "rootless", "criu")
 
     def __init__(self, opts: Options) -> None:
-        self.root = opts.root or default_root(opts)
+        self._root = opts.root
         self.log = opts.log
         self.log_format = opts.log_format
         self.debug = opts.debug
@@ -34,14 +35,36 @@ class Globals:
         self.rootless = opts.rootless
         self.criu = opts.criu
 
+    @property
+    def root(self) -> str:
+        if not self._root:
+            self._root = default_root()
+        return self._root
 
-def default_root(opts: Options) -> str:
-    """/run/ocirt for root; $XDG_RUNTIME_DIR/ocirt for an unprivileged user (as runc)."""
+
+def default_root() -> str:
+    """runc's choice: /run/ocirt for the real root; $XDG_RUNTIME_DIR/ocirt for an
+    unprivileged user and for uid 0 inside a user namespace (rootless podman runs the
+    runtime so), unless $USER says root there (runc's shouldHonorXDGRuntimeDir)."""
+    if not _honors_xdg_runtime_dir():
+        return "/run/ocirt"
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if not xdg:
+        from ocirt.errors import OcirtError
+
+        raise OcirtError("XDG_RUNTIME_DIR is not set: a rootless ocirt keeps its state in "
+                         "$XDG_RUNTIME_DIR/ocirt (set it, or pass --root DIR)")
+    return os.path.join(xdg, "ocirt")
+
+
+def _honors_xdg_runtime_dir() -> bool:
     if os.geteuid() != 0:
-        xdg = os.environ.get("XDG_RUNTIME_DIR")
-        if xdg:
-            return os.path.join(xdg, "ocirt")
-    return "/run/ocirt"
+        return True
+    from ocirt.linux.proc import in_user_namespace
+
+    if not in_user_namespace():
+        return False
+    return os.environ.get("USER") != "root"
 
 
 def run_and_exit() -> None:

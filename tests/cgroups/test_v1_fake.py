@@ -26,6 +26,7 @@ def tree(tmp_path, monkeypatch):
     fake = FakeTree(str(tmp_path))
     monkeypatch.setattr(fs, "write_raw", fake.write_raw)
     monkeypatch.setattr("ocirt.cgroups.factory.in_user_namespace", lambda: False)
+    monkeypatch.setattr("ocirt.linux.proc.in_user_namespace", lambda: False)
     return fake
 
 
@@ -167,7 +168,7 @@ def test_rootless_skips_what_it_may_not_create(tree, monkeypatch, capfd):
              "pids": os.path.join(tree.root, "pids/c1")}
     mgr = V1Manager(paths, rootless=True)
     mgr.create()
-    assert "rootless: no cgroup for the container in" in capfd.readouterr().err
+    assert capfd.readouterr().err == ""  # runc prints nothing either
     assert mgr.state() is None  # nothing to remember: no cgroup at all
     mgr.apply({"devices": [{"allow": False}]})  # device rules alone are skipped (runc)
     with pytest.raises(OcirtError, match="linux.resources.pids: cannot set pids limit: "

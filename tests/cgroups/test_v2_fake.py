@@ -32,6 +32,7 @@ def attached(monkeypatch):
     programs: list[tuple[str, bytes]] = []
     monkeypatch.setattr(bpf, "attach", lambda d, code: programs.append((d, code)))
     monkeypatch.setattr("ocirt.cgroups.factory.in_user_namespace", lambda: False)
+    monkeypatch.setattr("ocirt.linux.proc.in_user_namespace", lambda: False)
     return programs
 
 
