@@ -103,6 +103,10 @@ def _image_metadata(image: Image) -> tuple[Any, Any]:
             raise SIFError(f"{image_path}: object {d.id} (oci-config.json) is too large")
         try:
             doc = jsonio.loads(image.read(d))
+            jsonio.check_tree(doc)
+        except jsonio.JSONContentError as exc:
+            raise SIFError(f"{image_path}: object {d.id} (oci-config.json): "
+                           f"{exc.path_text or 'JSON'}: {exc.problem}") from None
         except ValueError as exc:
             raise SIFError(f"{image_path}: object {d.id} (oci-config.json): {exc}") \
                 from None
@@ -113,7 +117,8 @@ def _image_metadata(image: Image) -> tuple[Any, Any]:
             continue
         try:
             doc = jsonio.loads(image.read(d))
-        except ValueError:
+            jsonio.check_tree(doc, allow_nul=True)  # labels become annotations
+        except ValueError:  # JSONError and JSONContentError: labels are optional
             continue
         if isinstance(doc, dict):
             meta.labels.update({str(k): v for k, v in doc.items() if isinstance(v, str)})

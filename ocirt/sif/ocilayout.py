@@ -61,7 +61,7 @@ class Layout:
             raise LayoutError(f"{self.path}: descriptor without a valid digest")
         algorithm, hexval = digest.split(":", 1)
         if algorithm not in ("sha256", "sha512") or not hexval.isalnum():
-            raise LayoutError(f"{self.path}: unsupported digest {digest}")
+            raise LayoutError(f"{self.path}: unsupported digest {digest!r}")
         return os.path.join(self.path, "blobs", algorithm, hexval)
 
     def open_blob(self, desc: dict[str, Any]) -> _VerifiedReader:
