@@ -81,9 +81,16 @@ class Layout:
             data = r.read()
             r.finish()
         try:
-            return jsonio.loads(data)
+            doc = jsonio.loads(data)
+            jsonio.check_tree(doc)
+        except jsonio.JSONContentError as exc:
+            raise LayoutError(f"blob {desc.get('digest')}: {exc.path_text or 'JSON'}: "
+                              f"{exc.problem}") from None
         except ValueError as exc:
             raise LayoutError(f"blob {desc.get('digest')}: {exc}") from None
+        if not isinstance(doc, dict):
+            raise LayoutError(f"blob {desc.get('digest')}: not a JSON object")
+        return doc
 
     def manifest(self, ref: str | None, arch: str) -> dict[str, Any]:
         """The image manifest named by `ref` (or the only one), descending into image
