@@ -26,7 +26,7 @@ packages=(
     # (no compiler, no PyPI access needed; the venv sees them as system site-packages)
     python3 python3-venv libseccomp2 ca-certificates
     python3-jsonschema python3-pyroute2 python3-prctl python3-cryptography
-    python3-setuptools python3-wheel python3-pytest
+    python3-setuptools python3-wheel python3-pytest python3-hypothesis
     # the demo image, user namespaces, SIF images
     busybox-static uidmap squashfs-tools squashfuse fuse3 fuse-overlayfs
     # the tests: runc as the reference runtime, and the tools they drive

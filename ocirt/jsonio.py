@@ -111,6 +111,10 @@ class JSONContentError(ValueError):
         super().__init__(f"{path_text(path)}: {problem}")
         self.path, self.problem = path, problem
 
+    @property
+    def path_text(self) -> str:
+        return path_text(self.path)
+
 
 def check_tree(obj: Any, max_depth: int = MAX_DEPTH, allow_nul: bool = False) -> None:
     """Refuse what no kernel interface and no consumer of ours can take: nesting deeper

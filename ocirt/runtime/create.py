@@ -53,7 +53,26 @@ def load_plan(bundle: str, opts: CreateOptions) -> tuple[Plan, dict[str, Any]]:
         if not is_sif(plan.rootfs):
             raise OcirtError(f"rootfs ({plan.rootfs}) does not exist")
         plan.sif_root = True  # root.path names a SIF image: mounted by `create`
+    else:
+        check_unpacked_devices(plan)
     return plan, spec
+
+
+def check_unpacked_devices(plan: Plan) -> None:
+    """A root that `ocirt sif bundle --unpack` extracted from an untrusted image holds no
+    device nodes (the unpack creates none); one there now was written later, e.g. by a
+    container with CAP_MKNOD into its writable root, and is refused, except below the
+    /dev mounts of the spec, which hide it. Ordinary bundles are not checked: runc
+    accepts a rootfs with a static /dev, and engines' rootfs are theirs to vouch for."""
+    from ocirt.sif.bundle import unpacked_rootfs_devices
+
+    hidden = tuple(m.destination for m in plan.mounts
+                   if m.destination == "/dev" or m.destination.startswith("/dev/"))
+    found = unpacked_rootfs_devices(plan.bundle, plan.rootfs, hidden)
+    if found:
+        raise OcirtError(f"rootfs ({plan.rootfs}) was unpacked from a SIF image and holds "
+                         f"device node {found[0]}: refusing it (device nodes belong in "
+                         "the container's /dev mount)")
 
 
 def check_terminal(plan: Plan, opts: CreateOptions) -> None:

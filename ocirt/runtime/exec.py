@@ -103,6 +103,7 @@ def exec_spec(container: Container, plan: Plan, opts: ExecOptions) -> Process:
         return proc
     if not opts.args:
         raise OcirtError("exec: no command given (and no --process file)")
+    _check_utf8(opts)
     raw = dict(container.config().get("process") or {"cwd": "/"})
     raw["args"] = list(opts.args)
     raw["env"] = list(raw.get("env") or []) + list(opts.env)
@@ -128,6 +129,19 @@ def exec_spec(container: Container, plan: Plan, opts: ExecOptions) -> Process:
     raw["capabilities"] = _with_caps(raw.get("capabilities"), opts.caps)
     build_caps({"bounding": opts.caps}, "--cap")  # a typo on the command line: an error
     return build_process(raw, "process")
+
+
+def _check_utf8(opts: ExecOptions) -> None:
+    """Command-line bytes that are not UTF-8 (Python holds them as lone surrogates) can
+    cross neither the JSON of the state nor the sync socket: refused, naming the flag."""
+    named = [(f"argument {i + 1}", a) for i, a in enumerate(opts.args)]
+    named += [("--env", e) for e in opts.env] + [("--cwd", opts.cwd), ("--user", opts.user)]
+    for what, value in named:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise OcirtError(f"exec: {what} {os.fsencode(value)!r} is not UTF-8 text") \
+                from None
 
 
 def _int(text: str, what: str) -> int:

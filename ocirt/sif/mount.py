@@ -384,7 +384,7 @@ def release(record: MountRecord) -> None:
 def _undo(step: dict[str, str]) -> None:
     kind, path = step.get("kind"), step["path"]
     if kind == "tree":
-        _remove_tree(path)
+        remove_tree(path)
     elif kind == "dir":
         try:
             os.rmdir(path)
@@ -400,7 +400,7 @@ def _undo(step: dict[str, str]) -> None:
         raise MountError(f"mount record: unknown step {kind!r}")
 
 
-def _remove_tree(path: str) -> None:
+def remove_tree(path: str) -> None:
     """Remove a scratch tree, never descending into a mount inside it."""
     real = os.path.realpath(path)
     if any(_is_mounted(p) for p in (real,)) or _mounts_below(real):

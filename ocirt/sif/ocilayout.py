@@ -61,7 +61,7 @@ class Layout:
             raise LayoutError(f"{self.path}: descriptor without a valid digest")
         algorithm, hexval = digest.split(":", 1)
         if algorithm not in ("sha256", "sha512") or not hexval.isalnum():
-            raise LayoutError(f"{self.path}: unsupported digest {digest}")
+            raise LayoutError(f"{self.path}: unsupported digest {digest!r}")
         return os.path.join(self.path, "blobs", algorithm, hexval)
 
     def open_blob(self, desc: dict[str, Any]) -> _VerifiedReader:
@@ -81,9 +81,16 @@ class Layout:
             data = r.read()
             r.finish()
         try:
-            return jsonio.loads(data)
+            doc = jsonio.loads(data)
+            jsonio.check_tree(doc)
+        except jsonio.JSONContentError as exc:
+            raise LayoutError(f"blob {desc.get('digest')}: {exc.path_text or 'JSON'}: "
+                              f"{exc.problem}") from None
         except ValueError as exc:
             raise LayoutError(f"blob {desc.get('digest')}: {exc}") from None
+        if not isinstance(doc, dict):
+            raise LayoutError(f"blob {desc.get('digest')}: not a JSON object")
+        return doc
 
     def manifest(self, ref: str | None, arch: str) -> dict[str, Any]:
         """The image manifest named by `ref` (or the only one), descending into image

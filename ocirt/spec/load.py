@@ -72,6 +72,11 @@ def _read_limited(fd: int, what: str, regular_only: bool) -> bytes:
 def resolve_bundle(bundle: str) -> str:
     """The absolute bundle directory (default: the current directory)."""
     path = os.path.abspath(bundle or ".")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:  # the state file and root.path are UTF-8 JSON
+        raise OcirtError(f"bundle {os.fsencode(path)!r}: the path is not UTF-8 text") \
+            from None
     if not os.path.isdir(path):
         reason = "no such file or directory" if not os.path.exists(path) else "not a directory"
         raise OcirtError(f"chdir {path}: {reason}")

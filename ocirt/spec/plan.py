@@ -244,6 +244,8 @@ def _str_list(obj: dict[str, Any], key: str, where: str) -> list[str]:
 def build_plan(spec: dict[str, Any], bundle: str, *, no_pivot: bool = False,
                no_new_keyring: bool = False) -> Plan:
     """Validate `spec` (a parsed config.json) and convert it into a Plan."""
+    if not isinstance(spec, dict):
+        raise ConfigError("config.json: the top level must be a JSON object")
     check_strings(spec, "")
     p = Plan()
     p.bundle = bundle
@@ -332,6 +334,7 @@ def _namespaces(p: Plan, linux: dict[str, Any]) -> None:
 
 def build_process(proc: dict[str, Any], where: str) -> Process:
     """Decode a runtime-spec process object (config.json's, or exec's process.json)."""
+    _check(proc, dict, where)
     check_strings(proc, where)
     pr = Process()
     pr.terminal = bool(_get(proc, "terminal", bool, where, False))

@@ -129,7 +129,19 @@ def validate_bundle(bundle: str) -> list[str]:
     from ocirt.spec.load import CONFIG_NAME, read_json_file, resolve_bundle
 
     path = os.path.join(resolve_bundle(bundle), CONFIG_NAME)
-    return problems(read_json_file(path, CONFIG_NAME), "config", CONFIG_NAME)
+    document = read_json_file(path, CONFIG_NAME)
+    return content_problems(document) + problems(document, "config", CONFIG_NAME)
+
+
+def content_problems(document: Any) -> list[str]:
+    """What `create` refuses before any schema: NUL bytes, lone surrogates, nesting."""
+    from ocirt.spec.plan import check_strings
+
+    try:
+        check_strings(document, "")
+    except OcirtError as exc:
+        return [exc.message]
+    return []
 
 
 def describe(error: ValidationError, top: str) -> str:

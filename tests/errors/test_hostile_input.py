@@ -161,3 +161,14 @@ def test_config_fifo_is_refused_without_blocking(ocirt, bundle):
         pytest.fail("ocirt create blocked on a FIFO config.json")
     assert r.rc == 1, r
     _one_line_error(r, "config.json is not a regular file")
+
+
+def test_non_utf8_bundle_path_is_refused_like_runc(ocirt, runc, bundle, tmp_path):
+    b = bundle(["true"])
+    odd = os.fsdecode(os.fsencode(str(tmp_path)) + b"/bundle\xff")
+    os.rename(b, odd)
+    r = ocirt("create", "--bundle", odd, "c1")
+    assert r.rc == 1, r
+    _one_line_error(r, "the path is not UTF-8 text")
+    if HAVE_RUNC:
+        assert runc("create", "--bundle", odd, "c1").rc == 1

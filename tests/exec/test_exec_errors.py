@@ -100,3 +100,12 @@ def test_process_json_from_a_pipe(ocirt_bin, state_root, runtimes):
     r = subprocess.run([ocirt_bin, "--root", state_root, "exec", "-p", "/dev/stdin", "c1"],
                        input=doc, capture_output=True, text=True, timeout=30)
     assert (r.returncode, r.stdout) == (0, "piped\n"), r
+
+
+def test_non_utf8_command_line_is_refused_in_one_line(ocirt, runtimes):
+    raw = os.fsdecode(b"\xff\xfe")  # the bytes as Python's argv holds them
+    for args, words in ((("c1", "echo", raw), "argument 2 b'\\\\xff\\\\xfe'"),
+                        (("--env", "A=" + raw, "c1", "true"), "--env b'A=\\\\xff")):
+        r = ocirt("exec", *args)
+        _check(ocirt, r, 255, words)
+        assert "is not UTF-8 text" in r.err

@@ -376,3 +376,17 @@ def test_schemas_found_in_a_non_editable_install(tmp_path):
         r = subprocess.run([str(prefix / "bin" / "ocirt"), "validate", "--bundle", directory],
                            capture_output=True, text=True, env=env, cwd=str(tmp_path))
         assert (r.returncode, r.stdout) == (rc, out), r.stderr
+
+
+def test_validate_reports_what_create_refuses_before_any_schema(ocirt, tmp_path):
+    """A NUL byte or nesting too deep passes the schema but not `create`: say so."""
+    cfg = default_config()
+    cfg["process"]["args"] = ["sh\0"]
+    cfg["x-vendor"] = {"deep": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[
+        [[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}
+    r = ocirt("validate", "--bundle", _config_dir(tmp_path, cfg))
+    assert r.rc == 1 and r.out == "process.args[0]: contains a NUL byte\n", r
+    cfg["process"]["args"] = ["sh"]
+    r = ocirt("validate", "--bundle", _config_dir(tmp_path, cfg))
+    assert r.rc == 1 and r.out.startswith('["x-vendor"].deep[0]') and \
+        r.out.endswith(": nested more than 64 levels deep\n"), r
