@@ -212,6 +212,9 @@ class Store:
             os.mkdir(directory, 0o711)
         except FileExistsError:
             raise OcirtError("container with given ID already exists") from None
+        except OSError as exc:  # e.g. the system's root seen from a user namespace
+            raise OcirtError(f"create state directory {directory}: "
+                             f"{os.strerror(exc.errno or 0).lower()} (is --root right?)") from None
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         fcntl.flock(fd, fcntl.LOCK_EX)
         return Lock(fd)
