@@ -25,7 +25,7 @@ packages=(
     # running ocirt: Python, libseccomp, and ocirt's Python dependencies from Debian
     # (no compiler, no PyPI access needed; the venv sees them as system site-packages)
     python3 python3-venv libseccomp2 ca-certificates
-    python3-jsonschema python3-pyroute2 python3-prctl python3-cryptography
+    python3-jsonschema python3-pyroute2 python3-cryptography
     python3-setuptools python3-wheel python3-pytest
     # the demo image, user namespaces, SIF images
     busybox-static uidmap squashfs-tools squashfuse fuse3 fuse-overlayfs
