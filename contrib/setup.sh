@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Set up ocirt on a fresh Debian 12 machine and run a demo container.
 #
-#   sudo ./contrib/setup.sh            install everything, then run the demo container
-#   sudo ./contrib/setup.sh --no-demo  install only (what .ci/run uses)
+#   ./contrib/setup.sh            as root: install everything, then run the demo container
+#   ./contrib/setup.sh --no-demo  as root: install only (what .ci/run uses)
 #
 # Installs the Debian packages ocirt and its tests need, creates a virtual environment
 # in .venv (from Debian's /usr/bin/python3, independent of any pyenv or user site),
@@ -16,7 +16,7 @@ demo=1
 [ "${1:-}" = --no-demo ] && demo=0
 
 if [ "$(id -u)" -ne 0 ]; then
-    echo "setup.sh: run me as root (containers need it): sudo $0" >&2
+    echo "setup.sh: run me as root: it installs Debian packages and /usr/local/bin/ocirt" >&2
     exit 1
 fi
 
