@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """ocirt against runc and crun on the same work, interleaved, with medians and ratios.
 
-    sudo .venv/bin/python bench/run.py [--rounds 20] [--concurrent 100] [--sif]
+    .venv/bin/python bench/run.py [--rounds 20] [--concurrent 100] [--sif]
          [--runtime NAME=PATH ...] [--out bench/results]
 
 Runtimes: `ocirt` is the launcher `python -m ocirt.launcher` writes (what contrib/setup.sh

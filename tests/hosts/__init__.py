@@ -39,7 +39,9 @@ KINDS = {
     "debian12-v2": Kind(
         name="debian12-v2", suite="bookworm",
         packages=("linux-image-amd64", "systemd", "systemd-sysv", "apparmor", "dbus", "udev",
-                  "kmod", "e2fsprogs", "passwd"),
+                  "kmod", "e2fsprogs", "passwd",
+                  # providers of virtual packages, which debootstrap does not resolve
+                  "python3-cffi-backend", "netavark", "aardvark-dns"),
         cmdline="systemd.unified_cgroup_hierarchy=1 apparmor=1 security=apparmor"),
 }
 
@@ -79,11 +81,25 @@ def checkout_packages() -> list[str]:
     for rel, array in (("contrib/setup.sh", "packages"), (".ci/run", "test_tools")):
         with open(os.path.join(REPO, rel)) as f:
             text = f.read()
-        match = re.search(rf"^{array}=\((.*?)\)", text, re.S | re.M)
-        if match:
-            for line in match.group(1).splitlines():
-                found += line.split("#")[0].split()
+        found += _bash_array(text, array)
     return found
+
+
+def _bash_array(text: str, name: str) -> list[str]:
+    """The words of `name=(...)` in a bash script, on one line or many (with comments)."""
+    words: list[str] = []
+    lines = iter(text.splitlines())
+    for line in lines:
+        if not line.startswith(f"{name}=("):
+            continue
+        rest = line[len(name) + 2:]
+        while True:
+            code = rest.split("#")[0]
+            if ")" in code:
+                return words + code[:code.index(")")].split()
+            words += code.split()
+            rest = next(lines, ")")
+    return words
 
 
 def all_packages(kind: Kind) -> list[str]:
@@ -126,7 +142,9 @@ def build(kind: Kind, log=print) -> str:
     os.makedirs(partial)
     started = time.monotonic()
     log(f"tests.hosts: debootstrap {kind.suite} with {len(all_packages(kind))} packages")
-    subprocess.run(["debootstrap", "--variant=minbase",
+    debs = os.path.join(CACHE, "debs")  # downloaded packages, kept for the next build
+    os.makedirs(debs, exist_ok=True)
+    subprocess.run(["debootstrap", "--variant=minbase", f"--cache-dir={debs}",
                     "--include=" + ",".join(all_packages(kind)), kind.suite, root,
                     host_mirror()], check=True, stdout=subprocess.DEVNULL)
     configure_guest(root)

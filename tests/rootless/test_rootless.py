@@ -26,7 +26,7 @@ def _user() -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(USER)
     except KeyError:
-        pytest.skip(f"no {USER} user (.ci/run creates it)")
+        pytest.skip(f"no {USER} user (contrib/setup.sh creates it)")
 
 
 @pytest.fixture

@@ -235,7 +235,7 @@ def _unprivileged_user() -> str:
     try:
         pwd.getpwnam("ocirt-test")
     except KeyError:
-        pytest.skip("no ocirt-test user (.ci/run creates it)")
+        pytest.skip("no ocirt-test user (contrib/setup.sh creates it)")
     if shutil.which("squashfuse") is None:
         pytest.skip("squashfuse is not installed")
     if os.stat("/dev/fuse").st_mode & 0o006 != 0o006:
