@@ -22,6 +22,7 @@ import pytest
 
 from conformance.bundle import default_config, write_config
 from ocirt.spec import validate as v
+from tests.packaging.helpers import install_copy
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCHEMAS = os.path.join(REPO, "schemas")
@@ -344,20 +345,7 @@ def test_jsonschema_stays_off_the_container_path():
 def test_schemas_found_in_a_non_editable_install(tmp_path):
     """A real (non-editable) install of a copy of the tree: the schemas come as data files
     under <prefix>/share/ocirt/schemas and `ocirt validate` finds them there."""
-    source, prefix = tmp_path / "src", tmp_path / "prefix"
-    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
-    for name in ("ocirt", "bin", "schemas"):
-        shutil.copytree(os.path.join(REPO, name), source / name, ignore=ignore)
-    for name in ("setup.cfg", "pyproject.toml", "README.md", "LICENSE"):
-        shutil.copy(os.path.join(REPO, name), source / name)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
-                    "--no-build-isolation", "--disable-pip-version-check",
-                    # --ignore-installed: without it pip would first uninstall the ocirt
-                    # that the suite itself is running from the virtualenv.
-                    "--ignore-installed", "--prefix", str(prefix), str(source)], check=True,
-                   capture_output=True)
-    shutil.rmtree(source)  # nothing may come from the copied tree
-    site = glob.glob(str(prefix / "lib" / "python3*" / "site-packages"))[0]
+    prefix, site = install_copy(tmp_path)
     env = dict(os.environ, PYTHONPATH=site)
     where = subprocess.run(
         [sys.executable, "-c", "import ocirt.spec.validate as v; print(v.__file__); "
