@@ -322,8 +322,6 @@ def build_plan(spec: dict[str, Any], bundle: str, *, no_pivot: bool = False,
                           "namespace")
     p.memory_policy = _memory_policy(linux)
     p.intel_rdt = _intel_rdt(linux)
-    if p.intel_rdt is not None:
-        raise ConfigError("linux.intelRdt: Intel RDT is not supported by ocirt on this host")
     return p
 
 
