@@ -59,6 +59,8 @@ _IMAGE = (
          metavar="PUBLIC.pem"),
     Flag("pgp-key", LIST, "a trusted OpenPGP public key for the SIF image",
          metavar="PUBLIC.asc"),
+    Flag("writable-tmpfs", BOOL, "with --image: a writable root, its changes in a tmpfs "
+         "(a scratch directory without root) that goes with the container"),
 )
 
 _add(Command(
