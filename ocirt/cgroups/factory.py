@@ -1,10 +1,13 @@
 """Choosing and configuring the manager for a new container.
 
 The cgroup path is runc's: `linux.cgroupsPath`, or the container ID when it is empty.
-A relative path nests below our own cgroup in each v1 hierarchy and, on a cgroup v2
-host, beside it (the spec leaves that to the runtime; runc does the same); an absolute
-one is taken from the hierarchy's root as seen from our cgroup namespace. `..` cannot
-climb out of either (the path is cleaned as if rooted, as runc's CleanPath does).
+A relative path nests below our own cgroup in each hierarchy (the spec leaves that to
+the runtime; runc does the same), except on a unified (v2-only) host, where it nests
+below our cgroup's parent, as runc's fs2 driver does: our own cgroup holds processes (us),
+and v2 passes memory, io, hugetlb or rdma down only from cgroups without processes, so
+a container below it could never have those limits. An absolute path is taken from the
+hierarchy's root as seen from our cgroup namespace. `..` cannot climb out of either (the
+path is cleaned as if rooted, as runc's CleanPath does).
 """
 
 from __future__ import annotations
@@ -59,27 +62,21 @@ def clean_path(path: str) -> tuple[str, bool]:
     return (cleaned if absolute else cleaned.lstrip("/")), absolute
 
 
-def cgroup_dir(h: Hierarchy, path: str, absolute: bool, unified_only: bool = False) -> str:
-    """The container's directory in hierarchy `h`."""
+def cgroup_dir(h: Hierarchy, path: str, absolute: bool, beside: bool = False) -> str:
+    """The container's directory in hierarchy `h`; `beside`: a relative path goes below
+    our cgroup's parent (unless we are at the top of what the mount shows)."""
     if absolute:
         found = h.dir_of(path)
         if found is None:
             raise OcirtError(f"cgroupsPath {path}: not reachable through the "
                              f"{h.mountpoint} mount (its root is {h.root})")
         return found
-    own = h.dir_of(_sibling_base(h) if h.key == "" and unified_only else h.own)
+    own = h.own_dir()
     if own is None:
         raise OcirtError(f"cannot find our own cgroup {h.own} below {h.mountpoint}")
+    if beside and own != h.mountpoint:
+        own = posixpath.dirname(own)
     return posixpath.join(own, path) if path else own
-
-
-def _sibling_base(h: Hierarchy) -> str:
-    """On a cgroup v2 host a relative path goes beside our own cgroup, below its parent,
-    as runc's fs2 does: cgroup v2 lets no cgroup with processes in it (ours: the caller,
-    e.g. a systemd service) enable controllers for its children, so below our own cgroup
-    the container would get no pids.max, memory.max, ... (v1 has no such rule, and runc
-    nests there)."""
-    return posixpath.dirname(h.own.rstrip("/")) or "/"
 
 
 def cgroupfs_manager(layout: Layout, cgroups_path: str, cid: str, rootless: bool) -> Manager:
@@ -94,7 +91,7 @@ def cgroupfs_manager(layout: Layout, cgroups_path: str, cid: str, rootless: bool
         from ocirt.cgroups.v2 import V2Manager
 
         assert layout.unified is not None
-        return V2Manager(cgroup_dir(layout.unified, path, absolute, unified_only=True),
+        return V2Manager(cgroup_dir(layout.unified, path, absolute, beside=True),
                          rootless=rootless,
                          explicit=explicit)
     from ocirt.cgroups.v1 import V1Manager

@@ -103,6 +103,11 @@ class FakeTree:
             self.writes.append((rel, f"REFUSED {value}"))
             raise OSError(self.fail_once.pop(rel), "refused", path)
         self.writes.append((os.path.relpath(path, self.root), value))
+        if path.endswith("cgroup.subtree_control"):  # +x enables, -x disables, as cgroupfs
+            with open(path) as f:
+                enabled = set(f.read().split())
+            enabled = (enabled | {value[1:]}) if value[0] == "+" else (enabled - {value[1:]})
+            value = " ".join(sorted(enabled))
         with open(path, "w") as f:
             f.write(value)
         if path.endswith("cgroup.freeze"):
