@@ -100,6 +100,13 @@ def destroy(store: Store, container: Container) -> None:
         from ocirt.runtime.create import unmount_host_mounts
 
         unmount_host_mounts(container.data["host_mounts"])
+    elif container.data.get("mounts_before") is not None and container.data.get("rootfs"):
+        # its create died: unmount what its init had mounted below the rootfs
+        from ocirt.runtime.create import host_mounts_below, unmount_host_mounts
+
+        before = container.data["mounts_before"]
+        unmount_host_mounts([m for m in host_mounts_below(container.data.get("rootfs", ""))
+                             if m not in before])
     store.remove(container.id)
     run_poststop(container)
 

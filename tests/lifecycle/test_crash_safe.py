@@ -1,0 +1,141 @@
+"""SIGKILL of `create` at any instant, then `delete --force`: nothing the container made
+is left (its cgroups in every hierarchy, mounts, state, processes)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conformance import cgroupfs
+from tests.leaks import mounts_under, processes_naming, processes_rooted_in
+
+pytestmark = pytest.mark.root
+
+
+def _cgroup_dirs(cgroups_path: str) -> list[str]:
+    """The directory `cgroups_path` (relative to our own cgroups) names in every
+    hierarchy, where it exists."""
+    own = cgroupfs.proc_cgroups()
+    found = []
+    for h in cgroupfs.hierarchies():
+        if h.key not in own:
+            continue
+        d = os.path.join(cgroupfs.host_dir(h, own[h.key]), cgroups_path)
+        if os.path.isdir(d):
+            found.append(d)
+    return found
+
+
+def _left(state_root: str, cid: str, bundle: str, cgroups_path: str) -> list[str]:
+    what = []
+    if os.path.exists(os.path.join(state_root, cid)):
+        what.append(f"state directory {os.listdir(os.path.join(state_root, cid))}")
+    what += [f"cgroup {d}" for d in _cgroup_dirs(cgroups_path)]
+    what += [f"mount {m}" for m in mounts_under(bundle) + mounts_under(state_root)]
+    procs = set(processes_rooted_in(os.path.join(bundle, "rootfs")))
+    procs.update(p for p in processes_naming(cid) if p != os.getpid())
+    what += [f"process {p} {_cmdline(p)}" for p in sorted(procs)]
+    return what
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")[:120]
+    except OSError:
+        return "?"
+
+
+def _settle(state_root: str, cid: str, bundle: str, cgroups_path: str) -> list[str]:
+    """What is left, allowing a moment for processes already SIGKILLed to be reaped."""
+    deadline = time.monotonic() + 3
+    while True:
+        left = _left(state_root, cid, bundle, cgroups_path)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+def _kill_create_and_delete(ocirt, b: str, cid: str, delay: float | None) -> bool:
+    """Start `create`; SIGKILL it after `delay` seconds (None: a hook does it), then
+    `delete --force`, which must succeed. True when the kill came mid-create (the state
+    directory existed and create had not finished)."""
+    proc = subprocess.Popen(ocirt.cmd("create", "--bundle", b, cid),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    if delay is not None:
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+    rc = proc.wait(timeout=60)
+    mid_create = rc == -signal.SIGKILL and os.path.isdir(os.path.join(ocirt.root, cid))
+    r = ocirt("delete", "--force", cid)
+    assert r.rc == 0, r
+    return mid_create
+
+
+@pytest.fixture
+def crash_bundle(bundle):
+    """bundle(...), and afterwards the removal of whatever cgroups a failing case left
+    (so that a failure here never leaves them on the test machine)."""
+    made: list[str] = []
+
+    def make(*args, **kw):
+        made.append(bundle(*args, **kw))
+        return made[-1]
+    yield make
+    for b in made:
+        for d in _cgroup_dirs(_cgroups_path(b)):
+            cgroupfs.remove_tree(d, timeout=2)
+
+
+def _cgroups_path(b: str) -> str:
+    import json
+
+    with open(os.path.join(b, "config.json")) as f:
+        return json.load(f)["linux"]["cgroupsPath"]
+
+
+@pytest.mark.parametrize("kind", ["prestart", "createRuntime"])
+def test_sigkill_from_a_hook_leaves_nothing(ocirt, crash_bundle, state_root, kind):
+    """A hook that SIGKILLs its parent `create` (the moment the issue reported: cgroup
+    directories were left in every hierarchy)."""
+    def edit(cfg):
+        cfg["hooks"] = {kind: [{"path": "/bin/sh",
+                                "args": ["sh", "-c", "kill -9 $PPID; sleep 0.2"]}]}
+    b = crash_bundle(["sleep", "100"], edit=edit)
+    assert _kill_create_and_delete(ocirt, b, "crash-hook", None)
+    assert _settle(state_root, "crash-hook", b, _cgroups_path(b)) == []
+
+
+def test_sigkill_at_random_points_leaves_nothing(ocirt, crash_bundle, state_root):
+    """SIGKILL after delays spread over a whole `create` (measured first; the first
+    third is the interpreter starting), plus random ones; after each, `delete --force`
+    leaves nothing."""
+    b = crash_bundle(["sleep", "100"], edit=lambda cfg: cfg["linux"].setdefault(
+        "resources", {}).update({"pids": {"limit": 100}}))
+    took = []
+    for _ in range(3):
+        start = time.monotonic()
+        r = ocirt("create", "--bundle", b, "crash-measure")
+        took.append(time.monotonic() - start)
+        assert r.rc == 0, r
+        assert ocirt("delete", "--force", "crash-measure").rc == 0
+    full = sorted(took)[1]
+    rng = random.Random(1234)
+    delays = [full * (0.3 + 0.75 * i / 20) for i in range(20)]
+    delays += [rng.uniform(0.3 * full, 1.1 * full) for _ in range(10)]
+    failures = []
+    mid_create = 0
+    for n, delay in enumerate(delays):
+        cid = f"crash-{n}"
+        mid_create += _kill_create_and_delete(ocirt, b, cid, delay)
+        left = _settle(state_root, cid, b, _cgroups_path(b))
+        if left:
+            failures.append((round(delay, 3), left))
+    assert failures == []
+    assert mid_create >= 5, f"only {mid_create} of {len(delays)} kills came mid-create"
