@@ -205,6 +205,7 @@ class Creation:
         self.container = container
         from ocirt.runtime import notify
 
+        self.store.save(container)  # from here on `delete --force` knows its creator
         self._sif(container)
         container.data["notify_socket"] = notify.prepare(plan, container.dir)
         self.store.save(container)

@@ -28,6 +28,7 @@ def delete(store: Store, cid: str, force: bool = False) -> None:
             container = store.load(cid)
         except ContainerNotExist:
             if force:  # a directory without state: a create that died very early
+                unmount_below(store.dir(cid))
                 store.remove(cid)
                 return
             raise
@@ -107,8 +108,18 @@ def destroy(store: Store, container: Container) -> None:
         before = container.data["mounts_before"]
         unmount_host_mounts([m for m in host_mounts_below(container.data.get("rootfs", ""))
                              if m not in before])
+    unmount_below(container.dir)
     store.remove(container.id)
     run_poststop(container)
+
+
+def unmount_below(directory: str) -> None:
+    """Detach whatever is still mounted below the container's state directory (a SIF
+    root whose `create` was killed before its mount record was saved): nothing but the
+    container's own mounts is ever made there."""
+    from ocirt.runtime.create import host_mounts_below, unmount_host_mounts
+
+    unmount_host_mounts(host_mounts_below(os.path.realpath(directory)))
 
 
 def run_poststop(container: Container) -> None:

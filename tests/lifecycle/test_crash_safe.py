@@ -139,3 +139,55 @@ def test_sigkill_at_random_points_leaves_nothing(ocirt, crash_bundle, state_root
             failures.append((round(delay, 3), left))
     assert failures == []
     assert mid_create >= 5, f"only {mid_create} of {len(delays)} kills came mid-create"
+
+
+def test_sigkill_at_random_delays_under_300ms_leaves_nothing(ocirt, crash_bundle, state_root):
+    """The brief's own schedule: SIGKILL after uniformly random delays of 0..300 ms (the
+    interpreter's start, the plan, the state directory, the cgroups, the fork)."""
+    b = crash_bundle(["sleep", "100"])
+    rng = random.Random(4321)
+    failures = []
+    for n in range(15):
+        delay = rng.uniform(0, 0.3)
+        cid = f"crash-r{n}"
+        _kill_create_and_delete(ocirt, b, cid, delay)
+        left = _settle(state_root, cid, b, _cgroups_path(b))
+        if left:
+            failures.append((round(delay, 3), left))
+    assert failures == []
+
+
+def test_sigkill_of_a_sif_root_create_leaves_no_mount_or_loop_device(
+        ocirt, crash_bundle, state_root, tmp_path):
+    """root.path naming a SIF image: create mounts it from a loop device under the state
+    directory. Killed at any point (measured over a whole create), `delete --force`
+    leaves no mount, no loop device backed by the image, no state, no cgroup."""
+    import shutil
+
+    from tests.sif.helpers import attached_loops, fixture, wait_detached
+
+    image = str(tmp_path / "img" / "root.sif")  # our own copy: its loops are ours alone
+    os.makedirs(os.path.dirname(image))
+    shutil.copyfile(fixture("a-minimal-busybox.sif"), image)
+    b = crash_bundle(["sleep", "100"], edit=lambda cfg: cfg.update(root={"path": image}))
+    start = time.monotonic()
+    r = ocirt("create", "--bundle", b, "sif-measure")
+    full = time.monotonic() - start
+    assert r.rc == 0, r
+    assert mounts_under(os.path.join(state_root, "sif-measure")) != []  # it does mount
+    assert attached_loops(os.path.dirname(image)) != {}  # from a loop device
+    assert ocirt("delete", "--force", "sif-measure").rc == 0
+    assert wait_detached(os.path.dirname(image))
+    rng = random.Random(99)
+    delays = [full * (0.2 + 0.9 * i / 12) for i in range(12)]
+    delays += [rng.uniform(0, 0.3) for _ in range(6)]
+    failures = []
+    for n, delay in enumerate(delays):
+        cid = f"sif-{n}"
+        _kill_create_and_delete(ocirt, b, cid, delay)
+        left = _settle(state_root, cid, b, _cgroups_path(b))
+        if not wait_detached(os.path.dirname(image)):
+            left.append(f"loop devices {attached_loops(os.path.dirname(image))}")
+        if left:
+            failures.append((round(delay, 3), left))
+    assert failures == []
