@@ -191,3 +191,72 @@ def test_sigkill_of_a_sif_root_create_leaves_no_mount_or_loop_device(
         if left:
             failures.append((round(delay, 3), left))
     assert failures == []
+
+
+# A createRuntime hook that starts a process in the container's cgroups (in every
+# hierarchy, as the init is), writes its pid to argv[1], then SIGKILLs its parent create.
+_HOOK_WITH_A_STRAY = r"""
+import json, os, subprocess, sys
+state = json.load(sys.stdin)
+stray = subprocess.Popen(["sleep", "1000"], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+mounts = {}
+for line in open("/proc/self/mountinfo"):
+    left, right = line.split(" - ")
+    fstype, opts = right.split()[0], right.split()[2]
+    if fstype == "cgroup2":
+        mounts[""] = left.split()[4]
+    elif fstype == "cgroup":
+        for o in opts.split(","):
+            mounts.setdefault(o, left.split()[4])
+for line in open(f"/proc/{state['pid']}/cgroup"):
+    _, controllers, path = line.rstrip("\n").split(":", 2)
+    key = controllers.split(",")[0]
+    if key in mounts:
+        with open(os.path.join(mounts[key] + path, "cgroup.procs"), "w") as f:
+            f.write(str(stray.pid))
+with open(sys.argv[1], "w") as f:
+    f.write(str(stray.pid))
+os.kill(os.getppid(), 9)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_sigkill_from_a_hook_kills_what_runs_in_the_cgroups(ocirt, crash_bundle, state_root,
+                                                          tmp_path):
+    """A process put into the container's cgroups before create died is killed by
+    `delete --force`, and the cgroups go with it."""
+    hook = tmp_path / "hook.py"
+    hook.write_text(_HOOK_WITH_A_STRAY)
+    pid_file = tmp_path / "stray.pid"
+
+    def edit(cfg):
+        cfg["hooks"] = {"createRuntime": [{"path": "/usr/bin/python3",
+                                           "args": ["python3", str(hook), str(pid_file)]}]}
+    b = crash_bundle(["sleep", "100"], edit=edit)
+    proc = subprocess.Popen(ocirt.cmd("create", "--bundle", b, "crash-stray"),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    stray = int(pid_file.read_text())
+    try:
+        assert _alive(stray)
+        assert _cgroup_dirs(_cgroups_path(b)) != []  # left by the killed create
+        r = ocirt("delete", "--force", "crash-stray")
+        assert r.rc == 0, r
+        assert _settle(state_root, "crash-stray", b, _cgroups_path(b)) == []
+        deadline = time.monotonic() + 3
+        while _alive(stray) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(stray), f"stray process {stray} still runs"
+    finally:
+        if _alive(stray):
+            os.kill(stray, signal.SIGKILL)
