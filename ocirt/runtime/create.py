@@ -251,6 +251,10 @@ class Creation:
         self._handshake(parent, container, cg)
         parent.close()
         self.undo.clear()
+        if self.opts.sif_bundle:
+            from ocirt.runtime.image import unmark_creator
+
+            unmark_creator(self.opts.sif_bundle)  # state.json names it now
         return container
 
     # -- steps ----------------------------------------------------------------------------

@@ -20,7 +20,8 @@ def delete(store: Store, cid: str, force: bool = False) -> None:
     try:
         lock = store.lock(cid)
     except ContainerNotExist:
-        if force:
+        if force:  # its `create --image` may have died before the state directory
+            _remove_orphan_bundle(store, cid)
             return
         raise
     with lock:
@@ -30,6 +31,7 @@ def delete(store: Store, cid: str, force: bool = False) -> None:
             if force:  # a directory without state: a create that died very early
                 unmount_below(store.dir(cid))
                 store.remove(cid)
+                _remove_orphan_bundle(store, cid)
                 return
             raise
         status = container.status()
@@ -110,7 +112,14 @@ def destroy(store: Store, container: Container) -> None:
                              if m not in before])
     unmount_below(container.dir)
     store.remove(container.id)
+    _remove_orphan_bundle(store, container.id)
     run_poststop(container)
+
+
+def _remove_orphan_bundle(store: Store, cid: str) -> None:
+    from ocirt.runtime.image import remove_orphan_bundle
+
+    remove_orphan_bundle(store, cid)
 
 
 def unmount_below(directory: str) -> None:

@@ -260,3 +260,50 @@ def test_sigkill_from_a_hook_kills_what_runs_in_the_cgroups(ocirt, crash_bundle,
     finally:
         if _alive(stray):
             os.kill(stray, signal.SIGKILL)
+
+
+def test_sigkill_of_create_image_leaves_no_bundle_mount_or_loop_device(
+        ocirt, state_root, tmp_path):
+    """`create --image`: the bundle is made (and its image mounted) before the container's
+    state exists. Killed at any point, `delete --force` leaves no bundle under the state
+    root, no mount, no loop device backed by the image, no state directory."""
+    import shutil
+
+    from tests.sif.helpers import attached_loops, fixture, wait_detached
+
+    image = str(tmp_path / "img" / "root.sif")  # our own copy: its loops are ours alone
+    os.makedirs(os.path.dirname(image))
+    shutil.copyfile(fixture("a-minimal-busybox.sif"), image)
+    bundles = os.path.join(state_root, "@sif-bundles")
+    start = time.monotonic()
+    r = ocirt("create", "--image", image, "img-measure")
+    full = time.monotonic() - start
+    assert r.rc == 0, r
+    assert os.listdir(bundles) == ["img-measure"]
+    assert attached_loops(os.path.dirname(image)) != {}
+    assert ocirt("delete", "--force", "img-measure").rc == 0
+    assert os.listdir(bundles) == [] and wait_detached(os.path.dirname(image))
+    rng = random.Random(7)
+    delays = [full * (0.1 + 1.0 * i / 12) for i in range(12)]
+    delays += [rng.uniform(0, 0.3) for _ in range(6)]
+    failures = []
+    for n, delay in enumerate(delays):
+        cid = f"img-{n}"
+        proc = subprocess.Popen(ocirt.cmd("create", "--image", image, cid),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        r = ocirt("delete", "--force", cid)
+        assert r.rc == 0, r
+        left = [f"mount {m}" for m in mounts_under(state_root)]
+        if os.path.exists(bundles):
+            left += [f"bundle {name}" for name in os.listdir(bundles)]
+        if os.path.exists(os.path.join(state_root, cid)):
+            left.append("state directory")
+        if not wait_detached(os.path.dirname(image)):
+            left.append(f"loop devices {attached_loops(os.path.dirname(image))}")
+        if left:
+            failures.append((round(delay, 3), left))
+    assert failures == []
