@@ -307,3 +307,36 @@ def test_sigkill_of_create_image_leaves_no_bundle_mount_or_loop_device(
         if left:
             failures.append((round(delay, 3), left))
     assert failures == []
+
+
+def test_sigkill_mid_create_keeps_a_parent_cgroup_it_did_not_make(ocirt, crash_bundle,
+                                                                 state_root):
+    """cgroupsPath PARENT/LEAF where PARENT existed before: after a create killed by its
+    hook and `delete --force`, LEAF is gone from every hierarchy and PARENT, not ours to
+    remove, is still there (the cgroup rule)."""
+    def edit(cfg):
+        cfg["linux"]["cgroupsPath"] += "/leaf"
+        cfg["hooks"] = {"createRuntime": [{"path": "/bin/sh",
+                                           "args": ["sh", "-c", "kill -9 $PPID; sleep 0.2"]}]}
+    b = crash_bundle(["sleep", "100"], edit=edit)
+    leaf = _cgroups_path(b)
+    parent = os.path.dirname(leaf)
+    own = cgroupfs.proc_cgroups()
+    made = []
+    try:
+        for h in cgroupfs.hierarchies():
+            if h.key in own:
+                d = os.path.join(cgroupfs.host_dir(h, own[h.key]), parent)
+                os.mkdir(d)
+                made.append(d)
+                for name in ("cpuset.cpus", "cpuset.mems"):  # v1 cpuset: empty at first
+                    if h.key == "cpuset" and os.path.exists(os.path.join(d, name)):
+                        with open(os.path.join(d, name), "w") as f:
+                            f.write(cgroupfs.read(os.path.dirname(d), name))
+        assert made
+        assert _kill_create_and_delete(ocirt, b, "crash-parent", None)
+        assert _settle(state_root, "crash-parent", b, leaf) == []
+        assert sorted(_cgroup_dirs(parent)) == sorted(made)
+    finally:
+        for d in made:
+            cgroupfs.remove_tree(d, timeout=2)
