@@ -340,3 +340,26 @@ def test_sigkill_mid_create_keeps_a_parent_cgroup_it_did_not_make(ocirt, crash_b
     finally:
         for d in made:
             cgroupfs.remove_tree(d, timeout=2)
+
+
+def test_sigkill_from_a_hook_without_a_mount_namespace_leaves_no_host_mount(
+        ocirt, crash_bundle, state_root):
+    """A container without a mount namespace of its own mounts below its rootfs in ours;
+    create killed by its createRuntime hook, `delete --force` detaches those mounts (and
+    only those: the ones below the rootfs before create are kept)."""
+    def edit(cfg):
+        cfg["linux"]["namespaces"] = [n for n in cfg["linux"]["namespaces"]
+                                      if n["type"] != "mount"]
+        cfg["linux"]["maskedPaths"] = cfg["linux"]["readonlyPaths"] = []  # need one
+        cfg["hooks"] = {"createRuntime": [{"path": "/bin/sh",
+                                           "args": ["sh", "-c", "kill -9 $PPID; sleep 0.2"]}]}
+    b = crash_bundle(["sleep", "100"], edit=edit)
+    proc = subprocess.Popen(ocirt.cmd("create", "--bundle", b, "crash-nomnt"),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, err
+    assert mounts_under(os.path.join(b, "rootfs")) != []  # the init's, in our namespace
+    r = ocirt("delete", "--force", "crash-nomnt")
+    assert r.rc == 0, r
+    assert _settle(state_root, "crash-nomnt", b, _cgroups_path(b)) == []
