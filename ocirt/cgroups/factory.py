@@ -1,10 +1,10 @@
 """Choosing and configuring the manager for a new container.
 
 The cgroup path is runc's: `linux.cgroupsPath`, or the container ID when it is empty.
-A relative path nests below our own cgroup in each hierarchy (the spec leaves that to
-the runtime; runc does the same); an absolute one is taken from the hierarchy's root as
-seen from our cgroup namespace. `..` cannot climb out of either (the path is cleaned as
-if rooted, as runc's CleanPath does).
+A relative path nests below our own cgroup in each v1 hierarchy and, on a cgroup v2
+host, beside it (the spec leaves that to the runtime; runc does the same); an absolute
+one is taken from the hierarchy's root as seen from our cgroup namespace. `..` cannot
+climb out of either (the path is cleaned as if rooted, as runc's CleanPath does).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def clean_path(path: str) -> tuple[str, bool]:
     return (cleaned if absolute else cleaned.lstrip("/")), absolute
 
 
-def cgroup_dir(h: Hierarchy, path: str, absolute: bool) -> str:
+def cgroup_dir(h: Hierarchy, path: str, absolute: bool, unified_only: bool = False) -> str:
     """The container's directory in hierarchy `h`."""
     if absolute:
         found = h.dir_of(path)
@@ -67,10 +67,19 @@ def cgroup_dir(h: Hierarchy, path: str, absolute: bool) -> str:
             raise OcirtError(f"cgroupsPath {path}: not reachable through the "
                              f"{h.mountpoint} mount (its root is {h.root})")
         return found
-    own = h.own_dir()
+    own = h.dir_of(_sibling_base(h) if h.key == "" and unified_only else h.own)
     if own is None:
         raise OcirtError(f"cannot find our own cgroup {h.own} below {h.mountpoint}")
     return posixpath.join(own, path) if path else own
+
+
+def _sibling_base(h: Hierarchy) -> str:
+    """On a cgroup v2 host a relative path goes beside our own cgroup, below its parent,
+    as runc's fs2 does: cgroup v2 lets no cgroup with processes in it (ours: the caller,
+    e.g. a systemd service) enable controllers for its children, so below our own cgroup
+    the container would get no pids.max, memory.max, ... (v1 has no such rule, and runc
+    nests there)."""
+    return posixpath.dirname(h.own.rstrip("/")) or "/"
 
 
 def cgroupfs_manager(layout: Layout, cgroups_path: str, cid: str, rootless: bool) -> Manager:
@@ -85,7 +94,8 @@ def cgroupfs_manager(layout: Layout, cgroups_path: str, cid: str, rootless: bool
         from ocirt.cgroups.v2 import V2Manager
 
         assert layout.unified is not None
-        return V2Manager(cgroup_dir(layout.unified, path, absolute), rootless=rootless,
+        return V2Manager(cgroup_dir(layout.unified, path, absolute, unified_only=True),
+                         rootless=rootless,
                          explicit=explicit)
     from ocirt.cgroups.v1 import V1Manager
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ocirt.cli.commands import COMMANDS, GLOBAL_FLAGS
+from ocirt.cli.commands import COMMANDS, DESCRIPTION, GLOBAL_FLAGS, SUMMARY
 from ocirt.cli.parser import Command, Options, check_arg_count, command_help, parse
 from ocirt.errors import OcirtError, UnknownCommand, UsageError
 
@@ -156,10 +156,9 @@ def _help(topics: list[str]) -> int:
         return 0
     lines = [
         "NAME:",
-        "   ocirt - Open Container Initiative runtime",
+        f"   ocirt - {SUMMARY}",
         "",
-        "ocirt runs containers from OCI bundles (a config.json and a root filesystem) and",
-        "from SIF images. Its command line is runc's, so engines can use it in runc's place.",
+        *DESCRIPTION.split("\n"),
         "",
         "USAGE:",
         "   ocirt [global options] command [command options] [arguments...]",

@@ -107,6 +107,7 @@ def create(store: Store, cid: str, opts: CreateOptions,
     check_terminal(plan, opts)
     warn_and_keep_grantable(plan)
     check_security_labels(plan)
+    rdt_root = check_intel_rdt(plan, cid)
     seccomp = None
     if plan.seccomp is not None:
         from ocirt.seccomp import compile_filter
@@ -118,7 +119,21 @@ def create(store: Store, cid: str, opts: CreateOptions,
 
         hooks = hooks_module
     keep_fds, extra_env = inherited_fds(opts.preserve_fds)
-    return Creation(store, cid, plan, spec, opts, seccomp, hooks, keep_fds, extra_env).run()
+    creation = Creation(store, cid, plan, spec, opts, seccomp, hooks, keep_fds, extra_env)
+    creation.rdt_root = rdt_root
+    return creation.run()
+
+
+def check_intel_rdt(plan: Plan, cid: str) -> str:
+    """linux.intelRdt needs a mounted resctrl with what the config asks for: checked
+    before anything exists (runc's validator). Returns the resctrl mount point."""
+    if plan.intel_rdt is None:
+        return ""
+    from ocirt import resctrl
+
+    root = resctrl.find_root()
+    resctrl.check(plan.intel_rdt, root, cid)
+    return root
 
 
 def warn_and_keep_grantable(plan: Plan) -> None:
@@ -174,6 +189,7 @@ class Creation:
         self.init_pid = 0
         self.container: Container | None = None
         self.mounts_before: list[list[Any]] = []
+        self.rdt_root = ""  # the resctrl mount point, when the config has linux.intelRdt
 
     def run(self) -> Container:
         from ocirt.process import init as init_code  # noqa: F401  (imported before fork)
@@ -326,6 +342,8 @@ class Creation:
         cg.add(self.init_pid)
         cg.apply(plan.resources)
         container.data["cgroup"] = cg.state()
+        if plan.intel_rdt is not None:
+            self._intel_rdt(container)
         self._reap_intermediate()
         if plan.net_devices:
             self._move_net_devices()
@@ -361,6 +379,18 @@ class Creation:
         self.store.save(container)
         if self.opts.pid_file:
             write_pid_file(self.opts.pid_file, self.init_pid)
+
+    def _intel_rdt(self, container: Container) -> None:
+        """The init joins its resctrl group; the record is saved before the group is made,
+        so that `delete --force` removes it even after a SIGKILL here."""
+        from ocirt import resctrl
+
+        assert self.plan.intel_rdt is not None
+        rec = resctrl.record(self.plan.intel_rdt, self.rdt_root, self.cid)
+        container.data["intel_rdt"] = rec
+        self.store.save(container)
+        self.undo.push(resctrl.destroy, rec, what="resctrl group")
+        resctrl.apply(self.plan.intel_rdt, rec, self.init_pid)
 
     def _move_net_devices(self) -> None:
         from ocirt.runtime import netdev

@@ -95,6 +95,10 @@ def destroy(store: Store, container: Container) -> None:
         from ocirt.cgroups import manager_from_state
 
         manager_from_state(cg).destroy()
+    if container.data.get("intel_rdt"):
+        from ocirt import resctrl
+
+        resctrl.destroy(container.data["intel_rdt"])
     if container.data.get("sif_mount") or container.data.get("sif_bundle"):
         from ocirt.runtime.image import release
 

@@ -41,6 +41,18 @@ def policy(keys: list[str], pgp_keys: list[str]) -> Any:
     return base
 
 
+def warn_unverified(image: str, checked_by: Any) -> None:
+    """An image about to run without verification gets one warning line, unless a
+    policy said so (`"require": false` in the system policy is the admin's choice)."""
+    if checked_by is not None:
+        return
+    from ocirt import log
+    from ocirt.sif.policy import DEFAULT_POLICY_PATH
+
+    log.warning(f"{image}: running an unverified SIF image (no --key given and no "
+                f"{DEFAULT_POLICY_PATH}); its signatures were not checked")
+
+
 def is_sif(path: str) -> bool:
     """A regular file with SIF's magic (at offset 32, after the launch script). A FIFO,
     socket or device is refused here, before anything could block on opening it."""
@@ -68,8 +80,9 @@ def bundle_dir(store: Store, cid: str) -> str:
 
 
 def bundle_from_image(store: Store, cid: str, image: str, args: list[str],
-                      checked_by: Any) -> str:
-    """The bundle for `run --image`: made under the state root, verified first."""
+                      checked_by: Any, writable: str | None = None) -> str:
+    """The bundle for `run --image`: made under the state root, verified first;
+    `writable` "tmpfs" stacks a throw-away writable layer on the image (--writable-tmpfs)."""
     from ocirt.sif.bundle import BundleOptions, create_bundle
     from ocirt.state import validate_id
 
@@ -82,8 +95,10 @@ def bundle_from_image(store: Store, cid: str, image: str, args: list[str],
     remove_orphan_bundle(store, cid)  # of an earlier `create --image` killed midway
     if os.path.exists(_creator_file(directory)):
         raise OcirtError("container with given ID already exists")  # being made now
+    warn_unverified(image, checked_by)
     mark_creator(directory)
-    create_bundle(image, directory, BundleOptions(args=list(args), policy=checked_by))
+    create_bundle(image, directory, BundleOptions(args=list(args), policy=checked_by,
+                                                  writable=writable))
     return directory
 
 
@@ -148,6 +163,7 @@ def mount_root(plan: Plan, state_dir: str) -> dict[str, Any]:
         checked_by = policy([], [])
         if checked_by is not None:
             verify_image(opened, checked_by)
+        warn_unverified(image_path, checked_by)
         record = mount_image(image_path, target, os.path.join(state_dir, "sif-work"),
                              image=opened)
     plan.rootfs = target

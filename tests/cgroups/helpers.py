@@ -71,9 +71,13 @@ def read(directory: str, name: str) -> str:
 
 
 def leftover_dirs(name: str) -> list[str]:
-    """Directories called `name` directly below our own cgroup in any hierarchy."""
-    return [os.path.join(d, name) for d in own_dirs().values()
-            if os.path.isdir(os.path.join(d, name))]
+    """Directories called `name` where a relative cgroupsPath puts them: below our own
+    cgroup in any hierarchy, and beside it in cgroup v2 (runc's fs2 rule)."""
+    bases = set(own_dirs().values())
+    for key, directory in own_dirs().items():
+        if key == "":
+            bases.add(os.path.dirname(directory.rstrip("/")))
+    return sorted(os.path.join(d, name) for d in bases if os.path.isdir(os.path.join(d, name)))
 
 
 # --- a fake cgroupfs tree -------------------------------------------------------------------

@@ -17,13 +17,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--kind", default="debian12-v2", choices=sorted(KINDS))
     parser.add_argument("--keep", help="copy the guest's output and console log here")
     parser.add_argument("--timeout", type=float, default=3600)
-    parser.add_argument("command", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:split])
+    args.command = argv[split + 1:]
     kind = KINDS[args.kind]
     if args.action == "build":
         print(build(kind))
         return 0
-    command = " ".join(args.command[1:] if args.command[:1] == ["--"] else args.command)
+    command = " ".join(args.command)
     if not command:
         parser.error("run needs a command after --")
     rc, output = run(kind, command, timeout=args.timeout, keep=args.keep)
