@@ -221,12 +221,15 @@ class Creation:
         self.container = container
         from ocirt.runtime import notify
 
+        self.store.save(container)  # from here on `delete --force` knows its creator
         self._sif(container)
         container.data["notify_socket"] = notify.prepare(plan, container.dir)
         self.store.save(container)
         write_atomic(container.path(CONFIG_FILE), _dump(self.spec))
         if not plan.has("mount"):
             self.mounts_before = host_mounts_below(plan.rootfs)
+            container.data["mounts_before"] = self.mounts_before  # see delete.destroy
+            self.store.save(container)
             self.undo.push(self._unmount_new_host_mounts, what="mounts below the rootfs")
         fifo_fd = self._make_fifo(container)
         console_fd = self._console_fd()
@@ -234,8 +237,14 @@ class Creation:
         idmapped = self._idmapped_mounts()
         cg = manager_for_plan(plan, self.cid, systemd=self.opts.systemd_cgroup,
                               rootless=self.opts.rootless)
-        cg.create()
+        # Recorded before it is made, so that `delete --force` after a SIGKILL of this
+        # process at any instant removes every directory create() made.
+        container.data["cgroup"] = cg.planned_state()
+        self.store.save(container)
         self.undo.push(cg.destroy, what="cgroup")
+        cg.create()
+        container.data["cgroup"] = cg.state()
+        self.store.save(container)
         parent, child = socketpair()
         self.undo.push(parent.close, what="sync socket")
         ctx = InitContext(plan, self.cid, child, fifo_fd, console_fd, ns_fds, self.keep_fds,
@@ -258,6 +267,10 @@ class Creation:
         self._handshake(parent, container, cg)
         parent.close()
         self.undo.clear()
+        if self.opts.sif_bundle:
+            from ocirt.runtime.image import unmark_creator
+
+            unmark_creator(self.opts.sif_bundle)  # state.json names it now
         return container
 
     # -- steps ----------------------------------------------------------------------------
@@ -336,6 +349,7 @@ class Creation:
             self._move_net_devices()
         container.data["pid"] = self.init_pid
         container.data["init_start"] = proc.start_time(self.init_pid)
+        self.store.save(container)  # the hooks below may outlive us (SIGKILL)
         msg, _ = parent.expect("cgroup-join", "create-hooks", on_log=on_log)
         if msg["type"] == "cgroup-join":
             parent.send("cgroup-joined")
@@ -354,6 +368,7 @@ class Creation:
         parent.expect("initialized", on_log=on_log)
         container.data["creating"] = False
         container.data.pop("creator", None)
+        container.data.pop("mounts_before", None)
         hooks = {k: v for k, v in plan.hooks.items() if k in ("poststart", "poststop")}
         if hooks:
             container.data["hooks"] = hooks

@@ -92,10 +92,61 @@ def bundle_from_image(store: Store, cid: str, image: str, args: list[str],
     if os.path.exists(os.path.join(directory, "config.json")):
         raise OcirtError("container with given ID already exists")
     os.makedirs(os.path.dirname(directory), 0o700, exist_ok=True)
+    remove_orphan_bundle(store, cid)  # of an earlier `create --image` killed midway
+    if os.path.exists(_creator_file(directory)):
+        raise OcirtError("container with given ID already exists")  # being made now
     warn_unverified(image, checked_by)
+    mark_creator(directory)
     create_bundle(image, directory, BundleOptions(args=list(args), policy=checked_by,
                                                   writable=writable))
     return directory
+
+
+def _creator_file(directory: str) -> str:
+    return directory + ".creator"
+
+
+def mark_creator(directory: str) -> None:
+    """Record, before the bundle exists, which process makes it: `delete --force` removes
+    the bundle of a `create --image` killed before the container's state named it, and
+    never one whose maker still runs."""
+    from ocirt import jsonio
+    from ocirt.linux import proc
+    from ocirt.state import write_atomic
+
+    me = os.getpid()
+    write_atomic(_creator_file(directory), jsonio.dumps([me, proc.start_time(me)]).encode())
+
+
+def unmark_creator(directory: str) -> None:
+    """The container's state names the bundle now (or it is gone): the mark is done."""
+    try:
+        os.unlink(_creator_file(directory))
+    except FileNotFoundError:
+        pass
+
+
+def remove_orphan_bundle(store: Store, cid: str) -> None:
+    """The bundle of a `create --image CID` that was killed before it recorded it in
+    the container's state: whatever is mounted below it is detached, then it goes."""
+    from ocirt import jsonio
+    from ocirt.linux import proc
+
+    directory = bundle_dir(store, cid)
+    try:
+        with open(_creator_file(directory), "rb") as f:
+            creator = jsonio.loads(f.read())
+    except (OSError, ValueError):
+        return  # not made by a create that died (or made before the marks existed)
+    if proc.is_running(int(creator[0]), creator[1]):
+        return  # still being made
+    from ocirt.runtime.create import host_mounts_below, unmount_host_mounts
+    from ocirt.sif.mount import remove_tree
+
+    unmount_host_mounts(host_mounts_below(os.path.realpath(directory)))
+    if os.path.lexists(directory):
+        remove_tree(directory)
+    unmark_creator(directory)
 
 
 def mount_root(plan: Plan, state_dir: str) -> dict[str, Any]:
@@ -136,3 +187,4 @@ def remove_bundle(directory: str) -> None:
 
     if os.path.exists(directory):
         remove(directory)
+    unmark_creator(directory)
