@@ -15,7 +15,7 @@ import tempfile
 import pytest
 
 from conformance.bundle import make_rootfs
-from tests.conftest import IN_CHROOT
+from tests.conftest import IN_CHROOT, user_runnable_ocirt
 from tests.leaks import mounts_under
 
 USER = "ocirt-test"
@@ -36,6 +36,7 @@ def user_podman(ocirt_bin):
         entry = pwd.getpwnam(USER)
     except KeyError:
         pytest.skip(f"no {USER} user (contrib/setup.sh creates it)")
+    ocirt_bin = user_runnable_ocirt(ocirt_bin, USER)
     top = tempfile.mkdtemp(prefix="ocirt-up-")
     home, runtime_dir = os.path.join(top, "home"), os.path.join(top, "run")
     dropin = os.path.join(home, ".config", "containers", "containers.conf.d")
