@@ -131,12 +131,17 @@ def test_sigkill_at_random_points_leaves_nothing(ocirt, crash_bundle, state_root
     delays += [rng.uniform(0.3 * full, 1.1 * full) for _ in range(10)]
     failures = []
     mid_create = 0
-    for n, delay in enumerate(delays):
+    n = 0
+    while n < len(delays):
         cid = f"crash-{n}"
-        mid_create += _kill_create_and_delete(ocirt, b, cid, delay)
+        mid_create += _kill_create_and_delete(ocirt, b, cid, delays[n])
         left = _settle(state_root, cid, b, _cgroups_path(b))
         if left:
-            failures.append((round(delay, 3), left))
+            failures.append((round(delays[n], 3), left))
+        n += 1
+        if n == len(delays) and mid_create < 5 and len(delays) < 60:
+            # a loaded machine shifts create's timing: spread more kills over it
+            delays += [rng.uniform(0.3 * full, 1.5 * full) for _ in range(10)]
     assert failures == []
     assert mid_create >= 5, f"only {mid_create} of {len(delays)} kills came mid-create"
 
