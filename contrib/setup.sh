@@ -36,8 +36,9 @@ packages=(
     # them), hypothesis for the fuzz tests, and the tools the tests drive
     runc crun python3-hypothesis
     procps util-linux iproute2 gnupg golang-go golang-github-sylabs-sif-dev
-    # podman runs ocirt through contrib/podman/ocirt.conf in tests/engines
-    podman
+    # podman runs ocirt through contrib/podman/ocirt.conf in tests/engines; slirp4netns is
+    # its rootless network (a Recommends, which --no-install-recommends leaves out)
+    podman slirp4netns
     # --systemd-cgroup tests talk to a private bus
     dbus-daemon
     # bench/run.py's chart

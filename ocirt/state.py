@@ -276,6 +276,24 @@ class Store:
         return sorted(n for n in names if os.path.isfile(os.path.join(self.root, n, STATE_FILE)))
 
 
+def make_private_dirs(path: str) -> None:
+    """os.makedirs, but every directory it makes is 0700: makedirs gives the parents
+    0777 & ~umask, so a first container with a seccomp filter (the cache under the state
+    root) or a SIF image left a fresh state root world-readable (runc's is 0700)."""
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            pass
+
+
 def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
     """Write via a temporary file and rename, so readers never see a partial file."""
     tmp = f"{path}.{os.getpid()}.tmp"

@@ -54,7 +54,16 @@ def default_root() -> str:
 
         raise OcirtError("XDG_RUNTIME_DIR is not set: a rootless ocirt keeps its state in "
                          "$XDG_RUNTIME_DIR/ocirt (set it, or pass --root DIR)")
-    return os.path.join(xdg, "ocirt")
+    root = os.path.join(xdg, "ocirt")
+    try:  # as runc: 0700, and sticky so that the XDG cleaner never prunes it
+        os.makedirs(root, 0o700, exist_ok=True)
+        os.chmod(root, 0o1700)
+    except OSError as exc:
+        from ocirt.errors import OcirtError
+
+        raise OcirtError(f"state root {root} (from XDG_RUNTIME_DIR): "
+                         f"{os.strerror(exc.errno or 0)}") from None
+    return root
 
 
 def _honors_xdg_runtime_dir() -> bool:

@@ -84,14 +84,14 @@ def bundle_from_image(store: Store, cid: str, image: str, args: list[str],
     """The bundle for `run --image`: made under the state root, verified first;
     `writable` "tmpfs" stacks a throw-away writable layer on the image (--writable-tmpfs)."""
     from ocirt.sif.bundle import BundleOptions, create_bundle
-    from ocirt.state import validate_id
+    from ocirt.state import make_private_dirs, validate_id
 
     if not is_sif(image):
         raise OcirtError(f"{image}: not a SIF image")
     directory = bundle_dir(store, validate_id(cid))
     if os.path.exists(os.path.join(directory, "config.json")):
         raise OcirtError("container with given ID already exists")
-    os.makedirs(os.path.dirname(directory), 0o700, exist_ok=True)
+    make_private_dirs(os.path.dirname(directory))
     remove_orphan_bundle(store, cid)  # of an earlier `create --image` killed midway
     if os.path.exists(_creator_file(directory)):
         raise OcirtError("container with given ID already exists")  # being made now

@@ -98,7 +98,8 @@ def test_rootless_run_maps_the_user_to_root(rootless):
     lines = r.stdout.split("\n")
     assert lines[0] == "0"
     assert lines[1].split() == ["0", str(entry.pw_uid), "1"]
-    assert os.path.isdir(os.path.join(home, "run", "ocirt"))  # state in XDG_RUNTIME_DIR
+    root = os.stat(os.path.join(home, "run", "ocirt"))  # the state is in XDG_RUNTIME_DIR
+    assert (root.st_uid, oct(root.st_mode & 0o7777)) == (entry.pw_uid, "0o1700")  # runc's
 
 
 def test_rootless_cgroupfs_is_read_only(rootless):
@@ -200,8 +201,8 @@ def test_a_missing_xdg_runtime_dir_is_named(rootless, userns):
 
 
 def test_make_bundle_rootless_gives_a_bundle_the_user_can_run(rootless, ocirt_bin):
-    ocirt_bin = user_runnable_ocirt(ocirt_bin, USER)
     """The README's rootless recipe: contrib/make-bundle.sh --rootless, then run."""
+    ocirt_bin = user_runnable_ocirt(ocirt_bin, USER)
     run, home, entry = rootless
     script = os.path.join(home, "make-bundle.sh")  # the checkout may be closed to the user
     shutil.copy(os.path.join(os.path.dirname(__file__), "..", "..", "contrib",
