@@ -77,16 +77,33 @@ def exec_sync(env: Env, cid: str, *cmd: str, timeout: int = 20):
                                                   timeout=timeout), timeout=timeout + 30)
 
 
+def runtime_binary(env: Env, handler: str) -> str:
+    return "runc" if handler == "runc" else configs.ocirt_binary_of(env.daemon.config_path)
+
+
 def runtime_state(env: Env, handler: str, cid: str) -> dict | None:
     """The container as the handler's runtime binary reports it, from the state directory
-    the runc shim gave it (`--root`): proof of which runtime made the container; None
-    when the runtime has no such container."""
-    binary = "runc" if handler == "runc" else configs.ocirt_binary_of(env.daemon.config_path)
+    the runc shim gave it (`--root`); None when the runtime has no such container."""
+    binary = runtime_binary(env, handler)
     r = env.daemon.in_sandbox(binary, "--root", RUNTIME_ROOT, "state", cid)
     if r.returncode != 0:
         assert "does not exist" in r.stderr, f"{binary} state {cid}: {r.stderr}"
         return None
     return json.loads(r.stdout)
+
+
+def assert_made_by(env: Env, handler: str, cid: str, pid: int) -> dict:
+    """The handler's runtime reports the container running with the PID containerd
+    knows, and the other runtime does not: proof of which binary the shim ran (the two
+    share the shim's state directory; runc cannot read ocirt's state, and ocirt reads
+    runc's as a stopped container)."""
+    state = runtime_state(env, handler, cid)
+    assert state is not None and state["status"] == "running", state
+    assert state["pid"] == pid
+    other = runtime_binary(env, OCIRT if handler == "runc" else "runc")
+    r = env.daemon.in_sandbox(other, "--root", RUNTIME_ROOT, "state", cid)
+    assert r.returncode != 0 or json.loads(r.stdout)["status"] != "running", r.stdout
+    return state
 
 
 def host_cgroup(env: Env, cid: str, controller: str, name: str) -> str:
@@ -102,7 +119,9 @@ def test_pod_lifecycle(cri: Env, handler: str) -> None:
     pod = cri.pod(handler)
     ps = rt.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod.id)).status
     assert ps.state == pb.SANDBOX_READY and ps.runtime_handler == handler
-    assert (runtime_state(cri, handler, pod.id) or {}).get("status") == "running"
+    pod_info = rt.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod.id,
+                                                              verbose=True)).info
+    assert_made_by(cri, handler, pod.id, json.loads(pod_info["info"])["pid"])
 
     cid = pod.container("main", ["sh", "-c", "trap 'echo got TERM; exit 0' TERM; "
                                  "echo started; while :; do sleep 1 & wait $!; done"])
@@ -114,9 +133,7 @@ def test_pod_lifecycle(cri: Env, handler: str) -> None:
     st = status(cri, cid)
     assert st.state == pb.CONTAINER_RUNNING and st.started_at > st.created_at > 0
     wait_log(pod, "main", "started")
-    state = runtime_state(cri, handler, cid)
-    assert state is not None and state["status"] == "running"
-    assert state["pid"] == info(cri, cid)["pid"]
+    state = assert_made_by(cri, handler, cid, info(cri, cid)["pid"])
     # Inside: its own PID namespace, the command as PID 1, the pod's cgroup path.
     r = exec_sync(cri, cid, "sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '; echo; "
                   "grep memory /proc/self/cgroup")
