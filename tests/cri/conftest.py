@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-import grpc
 import pytest
 
 from conformance.bundle import make_rootfs
 from tests.conftest import IN_CHROOT, REPO
 from tests.cri import images
+from tests.cri.client import grpc
 
 RUNTIME_ROOT = "/run/containerd/runc/k8s.io"  # the runc shim's --root for namespace k8s.io
 RUNTIMECLASS = os.path.join(REPO, "contrib", "kubernetes", "runtimeclass.yaml")

@@ -12,10 +12,10 @@ import shutil
 import tempfile
 import time
 
-import grpc
 import pytest
 
 from tests.cri import configs
+from tests.cri.client import grpc
 from tests.cri.conftest import Env
 from tests.cri.helpers import (
     HANDLERS,
