@@ -317,20 +317,24 @@ class Harness:
 
 
 def session_cgroup_dirs(token: str) -> list[str]:
-    """Cgroup directories directly below our own cgroups whose names carry `token`."""
+    """Cgroup directories directly below (v2: or beside) our own cgroups whose names
+    carry `token`."""
     found = []
     own = cgroupfs.proc_cgroups()
     for h in cgroupfs.hierarchies():
         if h.key not in own:
             continue
         base = cgroupfs.host_dir(h, own[h.key])
-        try:
-            names = os.listdir(base)
-        except OSError:
-            continue
-        found += [os.path.join(base, n) for n in names
-                  if f"conf-{token}-" in n and os.path.isdir(os.path.join(base, n))]
-    return found
+        # cgroup v2: a relative cgroupsPath goes beside our own cgroup (runc's fs2)
+        bases = {base, os.path.dirname(base.rstrip("/"))} if h.key == "" else {base}
+        for directory in sorted(bases):
+            try:
+                names = os.listdir(directory)
+            except OSError:
+                continue
+            found += [os.path.join(directory, n) for n in names
+                      if f"conf-{token}-" in n and os.path.isdir(os.path.join(directory, n))]
+    return sorted(set(found))
 
 
 def remove_session_cgroups(token: str, wait: bool = False) -> list[str]:

@@ -32,6 +32,8 @@ def _image_bundle(g: Globals, opts: Options, args: list[str], copts) -> None:  #
     if not opts.image:
         if len(args) > 1:
             raise UsageError("arguments after the container id need --image")
+        if opts.writable_tmpfs:
+            raise UsageError("--writable-tmpfs needs --image")
         return
     if opts.bundle:
         raise UsageError("--image and --bundle exclude each other")
@@ -39,7 +41,8 @@ def _image_bundle(g: Globals, opts: Options, args: list[str], copts) -> None:  #
 
     checked_by = image.policy(opts.key or [], opts.pgp_key or [])
     copts.bundle = copts.sif_bundle = image.bundle_from_image(
-        Store(g.root), args[0], opts.image, args[1:], checked_by)
+        Store(g.root), args[0], opts.image, args[1:], checked_by,
+        writable="tmpfs" if opts.writable_tmpfs else None)
 
 
 class _owned_bundle:  # noqa: N801 - a context manager, named like a function

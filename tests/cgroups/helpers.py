@@ -71,9 +71,13 @@ def read(directory: str, name: str) -> str:
 
 
 def leftover_dirs(name: str) -> list[str]:
-    """Directories called `name` directly below our own cgroup in any hierarchy."""
-    return [os.path.join(d, name) for d in own_dirs().values()
-            if os.path.isdir(os.path.join(d, name))]
+    """Directories called `name` where a relative cgroupsPath puts them: below our own
+    cgroup in any hierarchy, and beside it in cgroup v2 (runc's fs2 rule)."""
+    bases = set(own_dirs().values())
+    for key, directory in own_dirs().items():
+        if key == "":
+            bases.add(os.path.dirname(directory.rstrip("/")))
+    return sorted(os.path.join(d, name) for d in bases if os.path.isdir(os.path.join(d, name)))
 
 
 # --- a fake cgroupfs tree -------------------------------------------------------------------
@@ -99,6 +103,11 @@ class FakeTree:
             self.writes.append((rel, f"REFUSED {value}"))
             raise OSError(self.fail_once.pop(rel), "refused", path)
         self.writes.append((os.path.relpath(path, self.root), value))
+        if path.endswith("cgroup.subtree_control"):  # +x enables, -x disables, as cgroupfs
+            with open(path) as f:
+                enabled = set(f.read().split())
+            enabled = (enabled | {value[1:]}) if value[0] == "+" else (enabled - {value[1:]})
+            value = " ".join(sorted(enabled))
         with open(path, "w") as f:
             f.write(value)
         if path.endswith("cgroup.freeze"):
