@@ -317,24 +317,21 @@ class Harness:
 
 
 def session_cgroup_dirs(token: str) -> list[str]:
-    """Cgroup directories directly below (v2: or beside) our own cgroups whose names
-    carry `token`."""
+    """Cgroup directories whose names carry `token` directly below our own cgroups, or
+    on a unified host below our cgroup's parent (where relative paths go there)."""
     found = []
     own = cgroupfs.proc_cgroups()
-    for h in cgroupfs.hierarchies():
-        if h.key not in own:
+    bases = [cgroupfs.host_dir(h, own[h.key]) for h in cgroupfs.hierarchies() if h.key in own]
+    if cgroupfs.is_unified():
+        bases += [os.path.dirname(b) for b in bases if not os.path.ismount(b)]
+    for base in bases:
+        try:
+            names = os.listdir(base)
+        except OSError:
             continue
-        base = cgroupfs.host_dir(h, own[h.key])
-        # cgroup v2: a relative cgroupsPath goes beside our own cgroup (runc's fs2)
-        bases = {base, os.path.dirname(base.rstrip("/"))} if h.key == "" else {base}
-        for directory in sorted(bases):
-            try:
-                names = os.listdir(directory)
-            except OSError:
-                continue
-            found += [os.path.join(directory, n) for n in names
-                      if f"conf-{token}-" in n and os.path.isdir(os.path.join(directory, n))]
-    return sorted(set(found))
+        found += [os.path.join(base, n) for n in names
+                  if f"conf-{token}-" in n and os.path.isdir(os.path.join(base, n))]
+    return found
 
 
 def remove_session_cgroups(token: str, wait: bool = False) -> list[str]:

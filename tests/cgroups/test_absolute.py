@@ -69,7 +69,7 @@ def test_absolute_path_inside_a_cgroup_namespace(ocirt_bin, bundle, tmp_path):
         inside = read_until(proc, "END-CGROUP\n")
         pid = json.loads(state)["pid"]
         # as the container sees it (namespace view): exactly the configured path
-        assert f"pids:/{name}/c1" in inside, inside
+        assert f":{helpers.key_of('pids')}:/{name}/c1" in inside, inside
         # as the host sees it: below our own cgroup in every hierarchy
         own = helpers.membership()
         for key, path in helpers.membership(pid).items():

@@ -34,6 +34,10 @@ class Kind:
     packages: tuple[str, ...]  # besides what the checkout's setup installs
     cmdline: str
     disk_size: str = "12G"
+    # units that would start at a random time and show up as the suite's leftovers
+    masked: tuple[str, ...] = ("apt-daily.timer", "apt-daily-upgrade.timer", "man-db.timer",
+                               "e2scrub_all.timer", "fstrim.timer", "logrotate.timer",
+                               "dpkg-db-backup.timer", "systemd-tmpfiles-clean.timer")
 
 
 KINDS = {
@@ -46,17 +50,17 @@ KINDS = {
         cmdline="systemd.unified_cgroup_hierarchy=1 apparmor=1 security=apparmor"),
 }
 
-# Runs in the guest at boot (a systemd unit): copy the checkout, run the command, write
-# its status and output to the result share, power off.
-GUEST_RUNNER = """#!/bin/sh
-mkdir -p /mnt/src /mnt/out /work
-mount -t 9p -o trans=virtio,version=9p2000.L,ro src /mnt/src
-mount -t 9p -o trans=virtio,version=9p2000.L out /mnt/out
-tar -C /mnt/src --exclude=./.venv --exclude=./.git -cf - . | tar -C /work -xf -
-mkdir -p /work/ocirt && cd /work
-(export HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
- sh /mnt/out/command.sh) >/mnt/out/output.log 2>&1 </dev/null
-echo $? >/mnt/out/rc
+# Baked into the image (a systemd unit at boot): mount the run's share and run the
+# runner the harness put there, then power off. Everything that changes between runs
+# lives in RUNNER, so editing it never rebuilds the image.
+GUEST_BOOT = """#!/bin/sh
+mkdir -p /mnt/out
+if mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 out /mnt/out &&
+   [ -f /mnt/out/runner.sh ]; then
+    sh /mnt/out/runner.sh
+else
+    echo "ocirt-hosts: no runner on the out share" >/dev/console
+fi
 sync
 systemctl poweroff --force
 """
@@ -73,6 +77,38 @@ StandardOutput=journal+console
 
 [Install]
 WantedBy=multi-user.target
+"""
+
+# Written to the share for each run: copy the checkout out of the read-only share, take
+# a snapshot of units, cgroups and mounts, run the command, and record what it left.
+RUNNER = """set -u
+mkdir -p /mnt/src /work /mnt/out/files
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,ro src /mnt/src
+tar -C /mnt/src --exclude=./.venv --exclude=./.git -cf - . | tar -C /work -xf -
+snapshot() {
+    systemctl list-units --no-legend --plain --type=scope,slice,service,mount |
+        awk '{print "unit " $1}' | grep -v -e '@' -e 'systemd-' -e '-.mount' \
+            -e 'ocirt-hosts-run.service'
+    find /sys/fs/cgroup -mindepth 1 -type d | sed 's/^/cgroup /'
+    awk '{print "mount " $5}' /proc/self/mountinfo
+}
+snapshot | sort -u >/mnt/out/before
+cd /work
+export HOME=/root OCIRT_HOST_OUT=/mnt/out/files
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# The command runs as a CI job or a login session would: in a unit of its own with its
+# cgroup delegated (Delegate=yes), itself in a leaf below it, so the delegated cgroup
+# holds no processes and containers beside the leaf can get every controller.
+systemd-run --quiet --scope --unit=ocirt-hosts-command -p Delegate=yes sh -c '
+    cg=/sys/fs/cgroup$(sed -n "s/^0:://p" /proc/self/cgroup)
+    mkdir "$cg/command" && echo $$ >"$cg/command/cgroup.procs" || exit 125
+    exec sh /mnt/out/command.sh' >/mnt/out/output.log 2>&1 </dev/null
+rc=$?
+cd /
+snapshot | sort -u >/mnt/out/after
+comm -13 /mnt/out/before /mnt/out/after >/mnt/out/leftovers
+echo $rc >/mnt/out/rc
+sync
 """
 
 
@@ -108,7 +144,8 @@ def all_packages(kind: Kind) -> list[str]:
 
 
 def image_dir(kind: Kind) -> str:
-    key = hashlib.sha256("\n".join([kind.suite, kind.disk_size, GUEST_RUNNER, GUEST_UNIT,
+    key = hashlib.sha256("\n".join([kind.suite, kind.disk_size, GUEST_BOOT, GUEST_UNIT,
+                                    *kind.masked,
                                     *all_packages(kind)]).encode()).hexdigest()[:16]
     return os.path.join(CACHE, f"{kind.name}-{key}")
 
@@ -157,7 +194,7 @@ def _build(kind: Kind, directory: str, log) -> str:
     subprocess.run(["debootstrap", "--variant=minbase", f"--cache-dir={debs}",
                     "--include=" + ",".join(all_packages(kind)), kind.suite, root,
                     host_mirror()], check=True, stdout=subprocess.DEVNULL)
-    configure_guest(root)
+    configure_guest(kind, root)
     boot = os.path.join(root, "boot")
     for prefix, name in (("vmlinuz-", "vmlinuz"), ("initrd.img-", "initrd.img")):
         (found,) = [f for f in os.listdir(boot) if f.startswith(prefix)]
@@ -172,7 +209,7 @@ def _build(kind: Kind, directory: str, log) -> str:
     return directory
 
 
-def configure_guest(root: str) -> None:
+def configure_guest(kind: Kind, root: str) -> None:
     """What a booted machine needs that debootstrap does not do: a hostname, an fstab,
     no root password prompt on the console, and the runner unit enabled."""
     def write(rel: str, text: str, mode: int = 0o644) -> None:
@@ -185,17 +222,18 @@ def configure_guest(root: str) -> None:
     write("/etc/hostname", "ocirt-guest\n")
     write("/etc/hosts", "127.0.0.1 localhost ocirt-guest\n")
     write("/etc/fstab", "LABEL=root / ext4 rw,errors=remount-ro 0 1\n")
-    write("/usr/local/sbin/ocirt-hosts-run", GUEST_RUNNER, 0o755)
+    write("/usr/local/sbin/ocirt-hosts-run", GUEST_BOOT, 0o755)
     write("/etc/systemd/system/ocirt-hosts-run.service", GUEST_UNIT)
     wants = os.path.join(root, "etc/systemd/system/multi-user.target.wants")
     os.makedirs(wants, exist_ok=True)
     link = os.path.join(wants, "ocirt-hosts-run.service")
     if not os.path.lexists(link):
         os.symlink("/etc/systemd/system/ocirt-hosts-run.service", link)
-    # no getty on the serial console: its output is the boot log
-    getty = os.path.join(root, "etc/systemd/system/serial-getty@ttyS0.service")
-    if not os.path.lexists(getty):
-        os.symlink("/dev/null", getty)
+    # no getty on the serial console (its output is the boot log), no timers
+    for unit in ("serial-getty@ttyS0.service", *kind.masked):
+        mask = os.path.join(root, "etc/systemd/system", unit)
+        if not os.path.lexists(mask):
+            os.symlink("/dev/null", mask)
 
 
 def accel() -> list[str]:
@@ -206,16 +244,25 @@ def accel() -> list[str]:
     return ["-accel", "tcg,thread=multi", "-cpu", "max"]
 
 
+@dataclasses.dataclass
+class Result:
+    rc: int  # the command's; 124 when the guest did not finish, 1 for leftovers
+    output: str  # the command's stdout and stderr
+    note: str = ""  # the harness's own finding: leftovers, or why there is no result
+
+
 def run(kind: Kind, command: str, checkout: str = REPO, timeout: float = 3600,
-        keep: str | None = None) -> tuple[int, str]:
+        keep: str | None = None, stream=None) -> Result:
     """Boot an overlay of the kind's image, run `command` (sh) in a copy of `checkout`
-    as root; (exit status, output). 124 when the guest did not finish in time."""
+    as root. The output is passed to `stream` as it comes. A command that succeeded but
+    left units, cgroups or mounts behind fails: the suite must clean up after itself."""
     image = build(kind)
     work = tempfile.mkdtemp(prefix="ocirt-host-")
     out = os.path.join(work, "out")
     os.mkdir(out)
-    with open(os.path.join(out, "command.sh"), "w") as f:
-        f.write(command + "\n")
+    for name, text in (("command.sh", command + "\n"), ("runner.sh", RUNNER)):
+        with open(os.path.join(out, name), "w") as f:
+            f.write(text)
     overlay = os.path.join(work, "overlay.qcow2")
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
                     os.path.join(image, "disk.img"), overlay], check=True)
@@ -231,22 +278,59 @@ def run(kind: Kind, command: str, checkout: str = REPO, timeout: float = 3600,
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     try:
-        _, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        err = b""
+        finished = _wait(proc, os.path.join(out, "output.log"), timeout, stream)
+        result = _result(out, console, finished, proc.stderr.read().decode())
+        if keep:
+            shutil.copytree(os.path.join(out, "files"), keep, dirs_exist_ok=True)
+            shutil.copy(console, keep)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def _wait(proc: subprocess.Popen, log: str, timeout: float, stream) -> bool:
+    """Wait for the guest to power off, passing the command's output to `stream` as the
+    guest writes it; False when it ran past `timeout` (then it is killed)."""
+    deadline, offset = time.monotonic() + timeout, 0
+    while True:
+        try:
+            proc.wait(timeout=2)
+            done = True
+        except subprocess.TimeoutExpired:
+            done = False
+        if stream is not None and os.path.exists(log):
+            with open(log, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+            offset += len(chunk)
+            if chunk:
+                stream(chunk.decode(errors="replace"))
+        if done:
+            return True
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            return False
+
+
+def _result(out: str, console: str, finished: bool, err: str) -> Result:
+    """The command's status and output, the leftovers it made failing a passing run."""
     try:
         with open(os.path.join(out, "output.log"), errors="replace") as f:
             output = f.read()
         with open(os.path.join(out, "rc")) as f:
             rc = int(f.read().strip())
+        with open(os.path.join(out, "leftovers")) as f:
+            leftovers = f.read()
     except (FileNotFoundError, ValueError):
         with open(console, errors="replace") as f:
             tail = f.read()[-4000:]
-        output, rc = f"guest did not finish; console:\n{tail}\n{err.decode()[-2000:]}", 124
-    if keep:
-        shutil.copytree(out, keep, dirs_exist_ok=True)
-        shutil.copy(console, keep)
-    shutil.rmtree(work, ignore_errors=True)
-    return rc, output
+        why = "did not finish in time" if not finished else "powered off without a result"
+        return Result(124, "", f"tests.hosts: the guest {why}; console:\n{tail}\n{err[-2000:]}")
+    if leftovers:
+        return Result(rc or 1, output, "tests.hosts: the command left these behind in the "
+                      f"guest:\n{leftovers}")
+    return Result(rc, output)

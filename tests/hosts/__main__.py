@@ -1,7 +1,9 @@
 """python -m tests.hosts build|run [--kind KIND] [--keep DIR] [--timeout S] [-- COMMAND...]
 
 `build` makes (or finds) the kind's cached image; `run` boots it and runs COMMAND in a
-copy of this checkout as root, printing its output and exiting with its status."""
+copy of this checkout as root, printing its output and exiting with its status. COMMAND
+is one sh command line; what it writes under $OCIRT_HOST_OUT (e.g. pytest --junitxml)
+is copied to --keep."""
 
 from __future__ import annotations
 
@@ -11,25 +13,38 @@ import sys
 from tests.hosts import KINDS, build, run
 
 
+def split_command(argv: list[str]) -> tuple[list[str], list[str]]:
+    """The harness's own options and the guest command: everything after the first
+    `--` is the command, so its options never reach argparse (and ours never reach it)."""
+    if "--" in argv:
+        at = argv.index("--")
+        return argv[:at], argv[at + 1:]
+    return argv, []
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.hosts")
     parser.add_argument("action", choices=["build", "run"])
     parser.add_argument("--kind", default="debian12-v2", choices=sorted(KINDS))
-    parser.add_argument("--keep", help="copy the guest's output and console log here")
+    parser.add_argument("--keep", help="copy the guest's $OCIRT_HOST_OUT and console log here")
     parser.add_argument("--timeout", type=float, default=3600)
-    split = argv.index("--") if "--" in argv else len(argv)
-    args = parser.parse_args(argv[:split])
-    args.command = argv[split + 1:]
+    own, command = split_command(argv)
+    args = parser.parse_args(own)
     kind = KINDS[args.kind]
     if args.action == "build":
         print(build(kind))
         return 0
-    command = " ".join(args.command)
     if not command:
         parser.error("run needs a command after --")
-    rc, output = run(kind, command, timeout=args.timeout, keep=args.keep)
-    sys.stdout.write(output)
-    return rc
+    def stream(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    result = run(kind, " ".join(command), timeout=args.timeout, keep=args.keep,
+                 stream=stream)
+    if result.note:
+        sys.stderr.write(result.note)
+    return result.rc
 
 
 if __name__ == "__main__":
