@@ -34,7 +34,8 @@ def for_plan(plan: Any, cid: str, *, systemd: bool = False,
     if systemd:
         from ocirt.cgroups.systemd import SystemdManager
 
-        mgr: Manager = SystemdManager.for_path(plan.cgroups_path, cid, layout, rootless_on)
+        mgr: Manager = SystemdManager.for_path(plan.cgroups_path, cid, layout, rootless_on,
+                                               resources=plan.resources)
     else:
         mgr = cgroupfs_manager(layout, plan.cgroups_path, cid, rootless_on)
     if hasattr(mgr, "default_rules"):

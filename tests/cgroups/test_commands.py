@@ -167,7 +167,7 @@ def test_events_stats(ocirt, bundle):
 
 
 def test_events_stream_until_the_container_stops(ocirt, bundle):
-    started(ocirt, bundle, ["sleep", "1.5"])
+    started(ocirt, bundle, ["sleep", "4"])  # long enough for a slow (emulated) host
     r = ocirt("events", "--interval", "300ms", "c1", timeout=20)
     assert r.rc == 0, r
     events = [json.loads(line) for line in r.out.splitlines()]

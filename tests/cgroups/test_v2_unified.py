@@ -15,6 +15,7 @@ from ocirt.cgroups.detect import detect
 from ocirt.cgroups.devices import default_rules
 from ocirt.cgroups.v2 import V2Manager
 from ocirt.errors import OcirtError
+from tests.cgroups import helpers
 
 pytestmark = pytest.mark.root
 
@@ -24,7 +25,9 @@ def cgroup_path():
     layout = detect()
     if layout.unified is None:
         pytest.skip("no cgroup2 hierarchy on this host")
-    base = os.path.join(layout.unified.own_dir(), f"ocirt-test-v2-{os.getpid()}")
+    # on a v2 host our own cgroup holds processes: nothing below it gets a controller
+    own = helpers.relative_base("", layout.unified.own_dir())
+    base = os.path.join(own, f"ocirt-test-v2-{os.getpid()}")
     yield os.path.join(base, "c1")
     assert not os.path.exists(base), "the manager left its cgroup behind"
 
