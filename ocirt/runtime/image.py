@@ -71,9 +71,10 @@ def bundle_from_image(store: Store, cid: str, image: str, args: list[str],
     return directory
 
 
-def mount_root(plan: Plan, state_dir: str) -> dict[str, Any]:
-    """`root.path` is a SIF image: verify it, mount its root partition read-only at
-    STATE/rootfs and make that the plan's rootfs. Returns the record `release` takes."""
+def mount_root(plan: Plan, state_dir: str, checked_by: Any = None) -> dict[str, Any]:
+    """`root.path` is a SIF image: verify it (against `checked_by`, from `policy`), mount
+    its root partition read-only at STATE/rootfs and make that the plan's rootfs.
+    Returns the record `release` takes."""
     from ocirt.sif.image import Image
     from ocirt.sif.mount import mount_image
     from ocirt.sif.policy import verify_image
@@ -82,7 +83,6 @@ def mount_root(plan: Plan, state_dir: str) -> dict[str, Any]:
     target = os.path.join(state_dir, "rootfs")
     os.mkdir(target, 0o755)
     with Image.open(image_path) as opened:
-        checked_by = policy([], [])
         if checked_by is not None:
             verify_image(opened, checked_by)
         record = mount_image(image_path, target, os.path.join(state_dir, "sif-work"),
