@@ -66,26 +66,37 @@ def propagation_option() -> str:
 
 
 class Sandbox:
-    def __init__(self, hide_unified: bool = False) -> None:
+    """`net`: a private network namespace too, reachable from nowhere else (for daemons
+    such as Slurm's): its loopback up with a private address besides 127.0.0.1, since
+    getaddrinfo(AI_ADDRCONFIG) finds nothing to bind where only 127.0.0.1 exists."""
+
+    def __init__(self, hide_unified: bool = False, net: bool = False) -> None:
         self.hide_unified = hide_unified
+        self.net = net
         self.proc: subprocess.Popen[bytes] | None = None
 
     def _script(self) -> str:
-        return "\n".join([*setup_lines(self.hide_unified), "echo ready", "cat >/dev/null"])
+        lines = setup_lines(self.hide_unified)
+        if self.net:
+            lines += ["ip link set lo up", "ip addr add 10.254.254.1/32 dev lo"]
+        return "\n".join([*lines, "echo ready", "cat >/dev/null"])
 
     def start(self) -> None:
         for tool in ("unshare", "nsenter"):
             if not shutil.which(tool):
                 raise SandboxError(f"{tool} not found (util-linux)")
         self.proc = subprocess.Popen(
-            ["unshare", "--mount", "--cgroup", "--propagation", propagation_option(), "--",
+            ["unshare", "--mount", "--cgroup", *(["--net"] if self.net else []),
+             "--propagation", propagation_option(), "--",
              "/bin/sh", "-c", self._script()],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if line.strip() != b"ready":
-            self.close()
+            if self.proc.stdin:
+                self.proc.stdin.close()
             err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+            self.close()
             raise SandboxError(f"sandbox setup failed: {err.strip() or line!r}")
 
     @property
@@ -99,8 +110,10 @@ class Sandbox:
         # which leaves the runtime with an unreachable cwd; cd after entering instead.
         # --root: entering a mount namespace resets the root to the namespace's; in a
         # chroot that is not ours.
+        net = [f"--net=/proc/{self.pid}/ns/net"] if self.net else []
         return ["nsenter", f"--mount=/proc/{self.pid}/ns/mnt",
-                f"--cgroup=/proc/{self.pid}/ns/cgroup", f"--root=/proc/{self.pid}/root", "--",
+                f"--cgroup=/proc/{self.pid}/ns/cgroup", *net, f"--root=/proc/{self.pid}/root",
+                "--",
                 "/bin/sh", "-c", 'cd -- "$0" && exec "$@"', cwd or os.getcwd()]
 
     def run(self, argv: list[str], **kw: object) -> subprocess.CompletedProcess:
