@@ -162,7 +162,15 @@ class Cluster:
     # --- tearing down --------------------------------------------------------------
 
     def stop(self) -> list[str]:
-        """Stop the daemons and the sandbox; returns the mounts left in the sandbox."""
+        """Cancel the jobs, stop the daemons and the sandbox; returns the mounts left in
+        the sandbox. Whatever else still runs in the private network namespace (a
+        slurmstepd outliving slurmd after a failure) was started by this cluster."""
+        if self.daemons and self.daemons[-1].poll() is None:
+            for job in self.jobs():
+                self._query(["scancel", job])
+            deadline = time.monotonic() + 30
+            while self.jobs() and time.monotonic() < deadline:
+                time.sleep(0.5)
         for proc in reversed(self.daemons):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -172,9 +180,37 @@ class Cluster:
                     proc.kill()
                     proc.wait()
         self.daemons.clear()
-        leaked = self.mounts() if self.sandbox.proc is not None else []
+        if self.sandbox.proc is None:
+            return []
+        for pid in self._in_our_network():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        leaked = self.mounts()
         self.sandbox.close()
         return leaked
 
+    def _in_our_network(self) -> list[int]:
+        """Processes in the sandbox's network namespace, but for the sandbox's holder."""
+        ours = os.readlink(f"/proc/{self.sandbox.pid}/ns/net")
+        found = []
+        for name in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if os.readlink(f"/proc/{name}/ns/net") == ours:
+                    found.append(int(name))
+            except OSError:
+                continue
+        holder = {self.sandbox.pid, *_children(self.sandbox.pid)}
+        return [p for p in found if p not in holder]
+
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
