@@ -314,3 +314,33 @@ def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
         if exc.errno == errno.ENOENT:
             raise ContainerNotExist() from None
         raise
+
+
+def root_owner(root: str) -> tuple[int, int] | None:
+    """(uid, gid) of the non-root user who owns the state root (the directory, a symlink
+    naming it, or the directory holding it), None when root owns all of them or the root
+    does not exist yet.
+
+    Why: Slurm runs its RunTimeQuery/RunTimeDelete commands as root against the job
+    user's own state root; state written by a user (its mount records, cgroup paths) must
+    never be acted on with root's privileges, so root becomes that user first.
+    """
+    parent = os.path.dirname(os.path.abspath(root))
+    for path, follow in ((root, False), (root, True), (parent, True)):
+        try:
+            st = os.stat(path, follow_symlinks=follow)
+        except OSError:
+            continue
+        if st.st_uid != 0:
+            return st.st_uid, st.st_gid
+    return None
+
+
+def act_as_root_owner(root: str) -> None:
+    """Called as root: continue as the user who owns the state root, if that is not root."""
+    owner = root_owner(root)
+    if owner is not None:
+        from ocirt import log
+
+        log.debug(f"state root {root} belongs to uid {owner[0]}: acting as that user")
+        proc.become_user(*owner)

@@ -117,7 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         check_arg_count(cmd, args)
         handler = _load(cmd.handler)
         acting = True
-        return int(handler(Globals(gopts), opts, args) or 0)
+        g = Globals(gopts)
+        if os.geteuid() == 0 and gopts.root:  # Slurm's cleanup: root on a user's --root
+            from ocirt.state import act_as_root_owner
+
+            act_as_root_owner(g.root)
+        return int(handler(g, opts, args) or 0)
     except UsageError as exc:
         sys.stderr.write(f"Incorrect Usage: {exc.message}\n\n")
         if cmd is not None:

@@ -55,7 +55,8 @@ _IMAGE = (
     Flag("image", STR, "run a SIF image: its bundle is made (verified, mounted in place) and "
          "removed with the container; arguments after the id replace its command", "",
          metavar="IMAGE.sif"),
-    Flag("key", LIST, "a trusted public key (PEM) the SIF image must be signed with",
+    Flag("key", LIST, "a trusted public key (PEM) the SIF image (--image, or a root.path "
+         "naming a .sif) must be signed with",
          metavar="PUBLIC.pem"),
     Flag("pgp-key", LIST, "a trusted OpenPGP public key for the SIF image",
          metavar="PUBLIC.asc"),

@@ -18,11 +18,13 @@ if TYPE_CHECKING:
 def _create_options(g: Globals, opts: Options):  # type: ignore[no-untyped-def]
     from ocirt.runtime.create import CreateOptions
 
-    return CreateOptions(
+    copts = CreateOptions(
         bundle=opts.bundle, pid_file=opts.pid_file, console_socket=opts.console_socket,
         no_pivot=opts.no_pivot, no_new_keyring=opts.no_new_keyring,
         preserve_fds=opts.preserve_fds, systemd_cgroup=g.systemd_cgroup, rootless=g.rootless,
     )
+    copts.sif_keys, copts.sif_pgp_keys = opts.key or [], opts.pgp_key or []
+    return copts
 
 
 def _image_bundle(g: Globals, opts: Options, args: list[str], copts) -> None:  # type: ignore[no-untyped-def]

@@ -36,6 +36,8 @@ class CreateOptions:
         self.preserve_fds = preserve_fds  # --preserve-fds
         self.console_fd = console_fd  # `run` in the foreground with a terminal: our own socket
         self.sif_bundle = ""  # --image: the bundle made from the image, the container's
+        self.sif_keys: list[str] = []  # --key: trusted keys for a SIF image (also root.path)
+        self.sif_pgp_keys: list[str] = []  # --pgp-key
         self.systemd_cgroup = systemd_cgroup  # global --systemd-cgroup
         self.rootless = rootless  # global --rootless
 
@@ -283,7 +285,8 @@ class Creation:
             container.data["sif_bundle"] = self.opts.sif_bundle
             self.undo.push(image.remove_bundle, self.opts.sif_bundle, what="SIF bundle")
         if self.plan.sif_root:
-            record = image.mount_root(self.plan, container.dir)
+            checked_by = image.policy(self.opts.sif_keys, self.opts.sif_pgp_keys)
+            record = image.mount_root(self.plan, container.dir, checked_by)
             container.data["sif_mount"] = record
             self.undo.push(image.release, {"sif_mount": record}, what="SIF mount")
             container.data["rootfs"] = self.plan.rootfs

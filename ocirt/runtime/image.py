@@ -149,9 +149,10 @@ def remove_orphan_bundle(store: Store, cid: str) -> None:
     unmark_creator(directory)
 
 
-def mount_root(plan: Plan, state_dir: str) -> dict[str, Any]:
-    """`root.path` is a SIF image: verify it, mount its root partition read-only at
-    STATE/rootfs and make that the plan's rootfs. Returns the record `release` takes."""
+def mount_root(plan: Plan, state_dir: str, checked_by: Any = None) -> dict[str, Any]:
+    """`root.path` is a SIF image: verify it (against `checked_by`, from `policy`), mount
+    its root partition read-only at STATE/rootfs and make that the plan's rootfs.
+    Returns the record `release` takes."""
     from ocirt.sif.image import Image
     from ocirt.sif.mount import mount_image
     from ocirt.sif.policy import verify_image
@@ -160,7 +161,6 @@ def mount_root(plan: Plan, state_dir: str) -> dict[str, Any]:
     target = os.path.join(state_dir, "rootfs")
     os.mkdir(target, 0o755)
     with Image.open(image_path) as opened:
-        checked_by = policy([], [])
         if checked_by is not None:
             verify_image(opened, checked_by)
         warn_unverified(image_path, checked_by)

@@ -218,3 +218,35 @@ def test_make_bundle_rootless_gives_a_bundle_the_user_can_run(rootless, ocirt_bi
         {"containerID": 0, "hostID": entry.pw_uid, "size": 1}]
     r = run("run", "--bundle", bundle, "mine")
     assert r.stdout.startswith("uid=0(root) gid=0(root)") and r.stderr == ""
+
+
+def test_root_acts_as_the_owner_of_a_users_state_root(rootless, ocirt_bin, tmp_path):
+    """Slurm runs RunTimeQuery/RunTimeDelete as root against the job user's state root:
+    ocirt then continues as that user, so a state file the user wrote cannot make root
+    remove (or unmount) anything the user could not."""
+    run, home, entry = rootless
+    b = make_user_bundle(run, home, entry, ["sleep", "100"])
+    run("create", "--bundle", b, "r1")
+    root = os.path.join(home, "run", "ocirt")
+    victim = tmp_path / "root-only"
+    victim.mkdir()
+    (victim / "keep").write_text("x")
+    os.chmod(victim, 0o755)
+    state_file = os.path.join(root, "r1", "state.json")
+    with open(state_file) as f:
+        state = json.load(f)
+    state["sif_mount"] = {"target": str(victim), "writable": False,
+                          "steps": [{"kind": "tree", "path": str(victim)}]}
+    with open(state_file, "w") as f:  # as the user could write it
+        json.dump(state, f)
+
+    def as_root(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([ocirt_bin, "--root", root, *args], capture_output=True,
+                              text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+    r = as_root("state", "r1")
+    assert r.returncode == 0 and json.loads(r.stdout)["status"] == "created", r.stderr
+    r = as_root("delete", "--force", "r1")
+    assert (victim / "keep").read_text() == "x"  # the user cannot remove it, nor could root
+    assert not os.path.exists(os.path.join(root, "r1")), r.stderr
+    assert run("list", "-q").stdout == ""

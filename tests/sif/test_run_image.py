@@ -125,3 +125,22 @@ def test_root_path_naming_a_sif_image(ocirt, tmp_path):
     assert ocirt.wait_status("s1", "stopped")
     ocirt("delete", "s1", check=True)
     assert mounts_under(ocirt.root) == []
+
+
+def test_key_flag_checks_a_root_path_sif(ocirt, tmp_path):
+    """--key applies to a root.path naming a .sif as to --image (oci.conf can pass it)."""
+    key = fixture("keys/ecdsa-p256-public.pem")
+    for name, image in (("ok", "a-minimal-busybox-signed-dsse-ecdsa-p256.sif"),
+                        ("bad", "a-minimal-busybox.sif")):
+        bundle = tmp_path / name
+        bundle.mkdir()
+        config = default_config(["sh", "-c", "echo inside"])
+        config["root"] = {"path": fixture(image)}
+        (bundle / "config.json").write_text(json.dumps(config))
+        r = ocirt("run", "--key", key, "--bundle", str(bundle), name)
+        if name == "ok":
+            assert r.rc == 0 and "inside" in r.out, r
+        else:
+            assert r.rc == 1 and "signature not found" in r.err, r
+            assert "inside" not in r.out
+    assert ocirt.ids() == [] and mounts_under(ocirt.root) == []
