@@ -17,7 +17,7 @@ import time
 import pytest
 
 from conformance.bundle import make_rootfs
-from tests.conftest import IN_CHROOT, REPO, user_runnable_ocirt
+from tests.conftest import IN_CHROOT, REPO
 from tests.leaks import processes_naming, processes_rooted_in
 from tests.slurm.cluster import NODE, Cluster, missing_tools
 
@@ -43,13 +43,6 @@ def oci_conf(ocirt_bin: str, cluster: Cluster, run_flags: str = "") -> str:
     if run_flags:
         text = text.replace(" run %n", f" run {run_flags} %n")
     return text
-
-
-@pytest.fixture(scope="module")
-def ocirt_bin(ocirt_bin):
-    """The checkout's ocirt, as the job user can run it (a checkout under /root is closed
-    to that user; tests.conftest makes a readable copy then)."""
-    return user_runnable_ocirt(ocirt_bin, USER)
 
 
 @pytest.fixture(scope="module")
