@@ -58,11 +58,11 @@ def is_sif(path: str) -> bool:
     socket or device is refused here, before anything could block on opening it."""
     from ocirt.linux.files import NotRegularFile, open_regular
 
+    if os.path.isdir(path):
+        return False
     try:
         fd = open_regular(path)
     except NotRegularFile as exc:
-        if "directory" in str(exc):
-            return False
         raise OcirtError(f"{path}: {exc}") from None
     except OSError:
         return False
