@@ -67,6 +67,19 @@ class OOMWatch:
         self.count = max(self.count, now)
 
 
+def oom_kills(manager: Manager) -> int:
+    """How many processes the OOM killer has killed in the container's memory cgroup."""
+    directory, counter = _memory_dir(manager)
+    if directory is None:
+        return 0
+    from ocirt.cgroups import fs
+
+    try:
+        return fs.read_keyed(directory, counter).get("oom_kill", 0)
+    except OSError:
+        return 0
+
+
 def _memory_dir(manager: Manager) -> tuple[str | None, str]:
     paths = manager.paths()
     if "memory" in paths:

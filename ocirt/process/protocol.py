@@ -59,6 +59,13 @@ class ChildError(OcirtError):
     """An error the child reported (or its unexpected death)."""
 
 
+class ChildDied(ChildError):
+    """The peer went away without a word (killed: by the OOM killer, a signal...)."""
+
+    def __init__(self) -> None:
+        super().__init__("container init exited unexpectedly")
+
+
 class ProtocolError(OcirtError):
     pass
 
@@ -87,7 +94,10 @@ class Channel:
         anc = []
         if fds:
             anc = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))]
-        self.sock.sendmsg([data], anc)
+        try:
+            self.sock.sendmsg([data], anc)
+        except (ConnectionResetError, BrokenPipeError):
+            raise ChildDied() from None
 
     def recv(self) -> tuple[dict[str, Any], list[int]]:
         """One message and the fds that came with it; EOFError if the peer is gone."""
@@ -98,6 +108,8 @@ class Channel:
                 break
             except InterruptedError:
                 continue
+            except (ConnectionResetError, BrokenPipeError):
+                raise EOFError from None  # it died with our message unread
         fds: list[int] = []
         for level, kind, payload in anc:
             if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
@@ -123,7 +135,7 @@ class Channel:
             try:
                 msg, fds = self.recv()
             except EOFError:
-                raise ChildError("container init exited unexpectedly") from None
+                raise ChildDied() from None
             kind = msg["type"]
             if kind == "log":
                 if on_log is not None:

@@ -210,7 +210,7 @@ class Creation:
     def _create(self) -> Container:
         from ocirt.cgroups import manager_for_plan
         from ocirt.process.init import InitContext, intermediate, run_child
-        from ocirt.process.protocol import socketpair
+        from ocirt.process.protocol import ChildDied, socketpair
 
         plan = self.plan
         me = os.getpid()
@@ -266,7 +266,10 @@ class Creation:
             os.close(fd)
         if console_fd >= 0 and console_fd != self.opts.console_fd:
             os.close(console_fd)
-        self._handshake(parent, container, cg)
+        try:
+            self._handshake(parent, container, cg)
+        except ChildDied:
+            raise OcirtError(died_why(cg, plan)) from None
         parent.close()
         self.undo.clear()
         if self.opts.sif_bundle:
@@ -433,6 +436,19 @@ class Creation:
         from ocirt.linux.signals import kill_and_reap
 
         kill_and_reap(self.init_pid, self.intermediate)
+
+
+def died_why(cg: Any, plan: Plan) -> str:
+    """One line for a container process that died mid-handshake: the OOM killer when
+    the memory cgroup counted a kill (a limit too small even to start the container)."""
+    from ocirt.cgroups.oom import oom_kills
+
+    if oom_kills(cg):
+        limit = ((plan.resources or {}).get("memory") or {}).get("limit")
+        told = f" of {limit} bytes" if limit else ""
+        return ("container init was killed by the OOM killer while it set up the "
+                f"container: linux.resources.memory.limit{told} is too low")
+    return "container init exited unexpectedly"
 
 
 def _now_ns() -> int:

@@ -111,3 +111,19 @@ def test_same_id_can_be_reused_after_a_failure(ocirt, bundle):
     failed_create(ocirt, bundle(["no-such-program"]))
     ocirt("create", "--bundle", bundle(["sleep", "100"]), "c1", check=True)
     ocirt("delete", "--force", "c1", check=True)
+
+
+def test_a_memory_limit_too_small_to_start_is_one_clear_line(ocirt, bundle):
+    """The OOM killer ends the init mid-handshake: one line naming the limit, never a
+    ConnectionResetError; and nothing is left (the ocirt fixture checks the state)."""
+    def edit(cfg):
+        cfg["linux"]["resources"] = {"memory": {"limit": 64 * 1024}}
+    b = bundle(["true"], edit=edit)
+    for n in range(4):
+        r = ocirt("run", "--bundle", b, f"oom{n}")
+        assert r.rc == 1, r
+        lines = r.err.strip().splitlines()
+        assert len(lines) == 1, r.err
+        assert "OOM killer" in lines[0] and "linux.resources.memory.limit" in lines[0], r.err
+        assert "Connection" not in r.err and "Traceback" not in r.err
+        assert_nothing_left(ocirt.root, f"oom{n}", b)

@@ -52,3 +52,18 @@ def test_peer_death_is_an_error_not_a_hang():
     a.close()
     with pytest.raises(ChildError, match="exited unexpectedly"):
         b.expect("ready")
+
+
+def test_a_peer_killed_with_our_message_unread_is_a_death_not_a_reset():
+    """The init OOM-killed mid-handshake: ECONNRESET on recv, EPIPE on send, both
+    the one ChildDied error instead of a ConnectionResetError traceback."""
+    from ocirt.process.protocol import ChildDied
+
+    a, b = socketpair()
+    a.send("go")
+    b.close()  # dies with "go" unread
+    with pytest.raises(ChildDied, match="exited unexpectedly"):
+        a.expect("init-pid")
+    with pytest.raises(ChildDied):
+        a.send("idmap-done")
+    a.close()
