@@ -3,7 +3,8 @@
 Where each kind runs (runtime-spec config.md, "POSIX-platform Hooks"):
   prestart, createRuntime   `create`, runtime namespace, after the mounts, before pivot_root
   createContainer           the init, container namespaces, before pivot_root
-  startContainer            the init, after `start`, right before exec of the user process
+  startContainer            `start`, joining the container (ocirt.runtime.exec), before
+                            it releases the waiting init to exec the user process
   poststart                 `start`, runtime namespace, after the user process started
   poststop                  `delete`, runtime namespace
 Failure semantics follow runc 1.1+: a failing create-time hook fails `create` (and the
@@ -65,9 +66,13 @@ def run_hook(kind: str, index: int, hook: dict[str, Any], state_json: str) -> No
     except BrokenPipeError:
         out, err = proc.communicate()
     if proc.returncode != 0:
-        status = (f"exit status {proc.returncode}" if proc.returncode > 0
-                  else f"signal: {-proc.returncode}")
-        raise HookError(f"{where}: {status}, stdout: {_text(out)}, stderr: {_text(err)}")
+        raise HookError(failure(where, proc.returncode, out, err))
+
+
+def failure(where: str, returncode: int, out: bytes, err: bytes) -> str:
+    """runc's message for a hook that exited non-zero (or was killed: negative)."""
+    status = f"exit status {returncode}" if returncode > 0 else f"signal: {-returncode}"
+    return f"{where}: {status}, stdout: {_text(out)}, stderr: {_text(err)}"
 
 
 def _text(data: bytes) -> str:

@@ -53,6 +53,18 @@ def is_running(pid: int, expected_start: int | None) -> bool:
     return expected_start is None or int(fields[19]) == expected_start
 
 
+def ns_pid(pid: int) -> int:
+    """`pid` as its own (innermost) pid namespace numbers it (NSpid's last field)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    return int(line.split()[-1])
+    except (OSError, ValueError):
+        pass
+    return pid
+
+
 def ns_inode(pid: int | str, ns: str) -> str | None:
     """`ns:[inode]` of a process's namespace (readlink of /proc/<pid>/ns/<ns>)."""
     try:

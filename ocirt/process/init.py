@@ -4,8 +4,9 @@
 (the user namespace first, so that the others belong to it) and forks the *init*, which
 is PID 1 of the new pid namespace (and sees the new time namespace's offsets). The
 intermediate reports the init's host PID and exits; the init prepares the root
-filesystem and the process, reports `initialized`, then waits on the exec fifo until
-`start`, and finally execs the user process in place, keeping its PID.
+filesystem and the process, then execs the sealed trampoline (ocirt.process.trampoline),
+which waits on the exec fifo until `start` and execs the user process in place, keeping
+its PID. No container process ever runs as, or waits as, the host's Python.
 
 Nothing here may import a module lazily: after pivot_root the host's Python files are
 out of reach, so every module this code needs is imported at the top of this file.
@@ -32,11 +33,6 @@ from ocirt.spec.plan import Plan
 TYPE_CHECKING = False  # importing typing costs ~2 ms; only annotations need it
 if TYPE_CHECKING:
     from typing import Any, NoReturn
-
-# Signals whose default action ends a process: while the init waits for `start` (as PID 1
-# of its namespace, where default actions do not apply) they end it explicitly, as runc's
-# init does.
-_FATAL_WHILE_WAITING = (1, 2, 3, 10, 12, 14, 15)  # HUP INT QUIT USR1 USR2 ALRM TERM
 
 
 class InitContext:
@@ -104,8 +100,23 @@ def _report(ctx: InitContext, message: str) -> None:
 
 # --- stage 1: the intermediate -----------------------------------------------------------
 
+def make_non_dumpable() -> None:
+    """Nothing in the container may ptrace us, read our memory or our fds until the
+    execve (CVE-2016-9962). Checked, and fatal when it cannot be had (fail closed)."""
+    try:
+        libc.prctl(c.PR_SET_DUMPABLE, 0)
+        dumpable = libc.prctl(c.PR_GET_DUMPABLE)
+    except OSError as exc:
+        dumpable = -(exc.errno or 1)
+    if dumpable != 0:
+        why = errno_text(-dumpable) if dumpable < 0 else "still dumpable"
+        raise OcirtError(f"cannot make the container's setup processes non-dumpable (prctl "
+                         f"PR_SET_DUMPABLE: {why}): the container could ptrace them "
+                         "before they exec (CVE-2016-9962)")
+
+
 def intermediate(ctx: InitContext) -> None:
-    libc.prctl(c.PR_SET_DUMPABLE, 0)  # nothing in the container may ptrace us (CVE-2016-9962)
+    make_non_dumpable()
     close_other_fds(ctx)
     ctx.channel.expect("go")
     plan = ctx.plan
@@ -128,7 +139,7 @@ def intermediate(ctx: InitContext) -> None:
         ctx.channel.send("idmap-request", pid=os.getpid())
         ctx.channel.expect("idmap-done")
         if unprivileged:
-            libc.prctl(c.PR_SET_DUMPABLE, 0)
+            make_non_dumpable()
         ctx.in_userns = True
         become_root_in_userns()
     flags = 0
@@ -188,7 +199,7 @@ def _write_time_offsets(offsets: dict[str, tuple[int, int]]) -> None:
         raise OcirtError(f"write /proc/self/timens_offsets: {errno_text(exc.errno or 0)}") \
             from None
     finally:
-        libc.prctl(c.PR_SET_DUMPABLE, 0)
+        make_non_dumpable()
 
 
 def close_other_fds(ctx: InitContext) -> None:
@@ -267,29 +278,16 @@ def init(ctx: InitContext) -> None:
     rootfs.masked_paths(plan.masked_paths)
     ctx.channel.send("ready")
     ctx.channel.expect("ready-ack")
+    # From here on the init is the sealed trampoline, waiting for `start` on the exec
+    # fifo; its successful execve closes the sync socket, which tells `create` we are
+    # initialized. Nothing else is left to run as Python (the startContainer hooks run
+    # from `start`, ocirt.runtime.start), and where no trampoline can run, `create`
+    # fails with the reason (fail closed).
     if not plan.has_process:
-        ctx.channel.send("initialized")
-        ctx.channel.close()
-        wait_for_start(ctx)
-        os.write(ctx.fifo_fd, b"Ethe container has no process to start (config.json sets "
-                              b"none)")
-        os._exit(1)
+        # The trampoline waits, then fails to exec "" (ENOENT): `start` says why.
+        exec_process(ctx, "", [], trampoline.sealed_fd(), wait_fd=ctx.fifo_fd, args=[])
     exec_path, env = prepare_process(ctx)
-    tramp = trampoline.sealed_fd()
-    ctx.channel.send("initialized")
-    ctx.channel.close()
-    if tramp >= 0 and not plan.hooks.get("startContainer"):
-        # Python leaves the container now: the sealed trampoline waits for `start`.
-        exec_process(ctx, exec_path, env, tramp, wait_fd=ctx.fifo_fd)
-    wait_for_start(ctx)
-    if plan.hooks.get("startContainer"):
-        try:
-            ctx.hooks.run_hooks("startContainer", plan.hooks["startContainer"],
-                                hook_state(ctx, "created"))
-        except OcirtError as exc:  # `start` fails, and the container stops (runtime-spec)
-            os.write(ctx.fifo_fd, ("E" + exc.message).encode())
-            os._exit(1)
-    exec_process(ctx, exec_path, env, tramp)
+    exec_process(ctx, exec_path, env, trampoline.sealed_fd(), wait_fd=ctx.fifo_fd)
 
 
 def wait_for_cgroups(ctx: InitContext) -> None:
@@ -372,22 +370,21 @@ def join_session_keyring(ctx: InitContext) -> None:
 
 
 def write_sysctls(sysctl: dict[str, str]) -> None:
-    """Write sysctls through a private procfs instance that nothing in the container can
-    have mounted over (CVE-2025-52881); fall back to the container's /proc, checked to be
-    procfs."""
+    """Write sysctls through a private procfs that nothing in the container can have
+    mounted over (CVE-2025-52881): a fresh procfs instance, else a detached clone of the
+    container's procfs mount without its submounts; with neither, the container is
+    refused (never the container's /proc path, where a mount could redirect the write).
+    Each file is opened beneath that root without crossing a mount or a symlink."""
     if not sysctl:
         return
-    proc = _private_procfs()
+    proc = private_procfs()
     try:
         for key, value in sysctl.items():
             rel = "sys/" + key.replace(".", "/")
             try:
-                if proc >= 0:
-                    fd = libc.openat2(proc, rel, os.O_WRONLY | os.O_CLOEXEC, 0,
-                                      c.RESOLVE_BENEATH | c.RESOLVE_NO_XDEV
-                                      | c.RESOLVE_NO_SYMLINKS)
-                else:
-                    fd = os.open("/proc/" + rel, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                fd = libc.openat2(proc, rel, os.O_WRONLY | os.O_CLOEXEC, 0,
+                                  c.RESOLVE_BENEATH | c.RESOLVE_NO_XDEV
+                                  | c.RESOLVE_NO_SYMLINKS)
                 try:
                     if libc.fstatfs_type(fd) != c.PROC_SUPER_MAGIC:
                         raise OcirtError(f"sysctl {key}: /proc/{rel} is not on procfs")
@@ -398,23 +395,42 @@ def write_sysctls(sysctl: dict[str, str]) -> None:
                 raise OcirtError(f"write sysctl {key}={value!r}: "
                                  f"{errno_text(exc.errno or 0)}") from None
     finally:
-        if proc >= 0:
-            os.close(proc)
+        os.close(proc)
 
 
-def _private_procfs() -> int:
+def private_procfs() -> int:
+    """An fd of the root of a procfs mount no one else can see or change."""
+    reasons = []
     try:
         fs = libc.fsopen("proc", c.FSOPEN_CLOEXEC)
-    except OSError:
-        return -1
+        try:
+            libc.fsconfig(fs, c.FSCONFIG_CMD_CREATE)
+            fd = libc.fsmount(fs, c.FSMOUNT_CLOEXEC, c.MOUNT_ATTR_NOSUID | c.MOUNT_ATTR_NODEV
+                              | c.MOUNT_ATTR_NOEXEC)
+        finally:
+            os.close(fs)
+        return _verified_procfs_root(fd)
+    except OSError as exc:
+        reasons.append(f"new procfs: {errno_text(exc.errno or 0)}")
     try:
-        libc.fsconfig(fs, c.FSCONFIG_CMD_CREATE)
-        return libc.fsmount(fs, c.FSMOUNT_CLOEXEC, c.MOUNT_ATTR_NOSUID | c.MOUNT_ATTR_NODEV
-                            | c.MOUNT_ATTR_NOEXEC)
+        fd = libc.open_tree(-100, "/proc", c.OPEN_TREE_CLONE | c.OPEN_TREE_CLOEXEC)
+        return _verified_procfs_root(fd)
+    except OSError as exc:
+        reasons.append(f"clone of /proc: {errno_text(exc.errno or 0)}")
+    raise OcirtError("cannot write sysctls: no private procfs (" + "; ".join(reasons) +
+                     "), and the container's /proc could redirect the writes "
+                     "(CVE-2025-52881)")
+
+
+def _verified_procfs_root(fd: int) -> int:
+    """`fd` if it is the root directory of a procfs (inode 1), else closed and EXDEV."""
+    try:
+        if libc.fstatfs_type(fd) == c.PROC_SUPER_MAGIC and os.fstat(fd).st_ino == 1:
+            return fd
     except OSError:
-        return -1
-    finally:
-        os.close(fs)
+        pass
+    os.close(fd)
+    raise OSError(errno.EXDEV, "not the root of a procfs")
 
 
 # --- the process -----------------------------------------------------------------------
@@ -433,6 +449,7 @@ def prepare_process(ctx: InitContext) -> tuple[str, list[str]]:
     except OSError:
         pass
     attrs.set_identity(proc, setgroups_allowed, apply_caps=not _seccomp_needs_caps(ctx))
+    make_non_dumpable()  # a credential change makes us dumpable if fs.suid_dumpable is 1
     try:
         os.chdir(proc.cwd)
     except OSError as exc:
@@ -440,9 +457,9 @@ def prepare_process(ctx: InitContext) -> tuple[str, list[str]]:
                          f"{errno_text(exc.errno or 0)}") from None
     check_cwd()
     env = list(proc.env) + ctx.extra_env
-    if proc.env_value("HOME") is None:
+    if proc.env_value("HOME") is None and not proc.executable:  # a hook: its env as given
         env.append("HOME=" + attrs.home_of(proc.uid))
-    path = attrs.lookup_path(proc.args[0], proc.env_value("PATH"))
+    path = attrs.lookup_path(proc.executable or proc.args[0], proc.env_value("PATH"))
     return path, env
 
 
@@ -473,32 +490,15 @@ def check_cwd() -> None:
                          "root -- possible container breakout detected")
 
 
-def wait_for_start(ctx: InitContext) -> None:
-    """Block on the exec fifo until `start` writes its byte (see ocirt.runtime.start)."""
-    for sig in _FATAL_WHILE_WAITING:
-        _signal.signal(sig, _die_of_signal)
-    while True:
-        try:
-            data = os.read(ctx.fifo_fd, 1)
-        except InterruptedError:
-            continue
-        if data:
-            break
-    for sig in _FATAL_WHILE_WAITING:
-        _signal.signal(sig, _signal.SIG_DFL)
-
-
-def _die_of_signal(signum: int, frame: Any) -> None:
-    os._exit(128 + signum)
-
-
-def exec_process(ctx: InitContext, path: str, env: list[str], tramp: int = -1,
-                 wait_fd: int = -1) -> NoReturn:
+def exec_process(ctx: InitContext, path: str, env: list[str], tramp: int,
+                 wait_fd: int = -1, args: list[str] | None = None) -> NoReturn:
     """The last steps before the user process: no_new_privs, seccomp, signal state and
-    file descriptors, then execve, through the sealed trampoline (`tramp`) when there is
-    one (with `wait_fd`, the exec fifo, it waits for `start` first). An exec failure goes
-    back to `start` over the fifo (or, for `exec`, to its parent over the sync socket)."""
+    file descriptors, then the execve of the sealed trampoline (`tramp`), which (with
+    `wait_fd`, the exec fifo, waiting for `start` first) execs `path`. Its exec failure
+    goes back to `start` over the fifo (for `exec`: EOF without a running process);
+    when the trampoline itself cannot run, TrampolineError is raised."""
     proc = ctx.plan.process
+    args = proc.args if args is None else args
     if proc.no_new_privs:
         attrs.set_no_new_privs()
     if proc.cpu_affinity and proc.cpu_affinity[1]:
@@ -509,7 +509,6 @@ def exec_process(ctx: InitContext, path: str, env: list[str], tramp: int = -1,
             os.set_inheritable(fd, True)
         except OSError:
             pass
-    keep = ctx.fifo_fd
     mark_cloexec_from(ctx.keep_fds)  # before the filter, which may not allow close_range
     if wait_fd >= 0:
         os.set_inheritable(wait_fd, True)  # the trampoline waits on it
@@ -520,28 +519,10 @@ def exec_process(ctx: InitContext, path: str, env: list[str], tramp: int = -1,
             attrs.apply_capabilities(proc)
         else:
             ctx.seccomp.install(seccomp_state(ctx), ctx.exec_pid or None)
-    env_map = _env_dict(env)
-    if tramp >= 0:
-        try:
-            os.execve(tramp, trampoline.argv(wait_fd, path, proc.args), env_map)
-        except OSError:
-            pass  # executable memfds refused (vm.memfd_noexec, a filter): exec from here
-        if wait_fd >= 0:
-            os.set_inheritable(wait_fd, False)
-            wait_for_start(ctx)
-    try:
-        os.execve(path, proc.args, env_map)
-    except OSError as exc:
-        message = f"exec {path}: {errno_text(exc.errno or 0)}"
-        try:
-            if keep >= 0:  # the container's init: `start` reads the fifo
-                os.write(keep, ("E" + message).encode())
-            else:  # `exec`: its parent waits on the sync socket
-                ctx.channel.send("error", message=message)
-        except OSError:
-            pass
-        os.write(2, f"ocirt: {message}\n".encode())
-        os._exit(127 if exc.errno == errno.ENOENT else 126)
+    # Only through the trampoline: exec'ing `path` from here would make the host
+    # interpreter the process's /proc/self/exe at execve (CVE-2019-5736). It returns
+    # only with the reason it cannot run, which our caller reports.
+    trampoline.execve(tramp, trampoline.argv(wait_fd, path, args), _env_dict(env))
 
 
 def seccomp_state(ctx: InitContext) -> dict[str, Any]:

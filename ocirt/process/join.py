@@ -33,13 +33,14 @@ from ocirt.process.init import (
     exec_process,
     fork_after_report,
     join_session_keyring,
+    make_non_dumpable,
     prepare_process,
     setup_terminal,
 )
 
 
 def intermediate(ctx: InitContext) -> None:
-    libc.prctl(c.PR_SET_DUMPABLE, 0)
+    make_non_dumpable()
     close_other_fds(ctx)
     ctx.channel.expect("go")
     for kind in c.JOIN_ORDER:

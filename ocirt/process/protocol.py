@@ -20,7 +20,9 @@ The exchange for `create` (P = runtime, I = intermediate child, C = container in
     P -> C  create-hooks-done
     C -> P  ready              P sets rlimits and oom_score_adj on C
     P -> C  ready-ack
-    C -> P  initialized        C waits for `start` now; P records the state and exits
+    then EOF on the socket: C exec'd the sealed trampoline, which waits for `start`
+    (P checks C is alive and is the trampoline, records the state and exits), or
+    `error {message}` when the trampoline cannot run here (fail closed)
 
 C, not I, is moved into the cgroups, after I has made the namespaces: the kernel's first
 write to a cgroup.procs file waits for an RCU grace period (7-15 ms here), and C's
@@ -42,12 +44,12 @@ from ocirt.errors import OcirtError
 
 TYPE_CHECKING = False  # importing typing costs ~2 ms; only annotations need it
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, NoReturn
 
 MESSAGES = frozenset({
     "go", "idmap-request", "idmap-done", "init-pid", "cgroup-join", "cgroup-joined",
     "create-hooks", "create-hooks-done",
-    "ready", "ready-ack", "initialized", "error", "log",
+    "ready", "ready-ack", "error", "log",
     # exec
     "exec-pid",
 })
@@ -97,10 +99,24 @@ class Channel:
         try:
             self.sock.sendmsg([data], anc)
         except (ConnectionResetError, BrokenPipeError):
-            raise ChildDied() from None
+            self._raise_last_words()
+
+    def _raise_last_words(self) -> NoReturn:
+        """The peer is gone: the `error` it may have sent before it went, else ChildDied."""
+        self.sock.setblocking(False)
+        while True:
+            try:
+                msg, fds = self.recv()
+            except (EOFError, BlockingIOError, ProtocolError, OSError):
+                raise ChildDied() from None
+            for fd in fds:
+                _close(fd)
+            if msg["type"] == "error":
+                raise ChildError(str(msg.get("message", "unknown error in container init")))
 
     def recv(self) -> tuple[dict[str, Any], list[int]]:
         """One message and the fds that came with it; EOFError if the peer is gone."""
+        resets = 0
         while True:
             try:
                 data, anc, _flags, _addr = self.sock.recvmsg(
@@ -109,7 +125,11 @@ class Channel:
             except InterruptedError:
                 continue
             except (ConnectionResetError, BrokenPipeError):
-                raise EOFError from None  # it died with our message unread
+                # It died with our message unread. The kernel reports that once, before
+                # what it sent us last (its error, say), which the next read returns.
+                resets += 1
+                if resets > 1:
+                    raise EOFError from None
         fds: list[int] = []
         for level, kind, payload in anc:
             if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:

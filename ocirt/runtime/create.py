@@ -371,11 +371,15 @@ class Creation:
         if plan.process.oom_score_adj is not None:
             attrs.set_oom_score_adj(self.init_pid, plan.process.oom_score_adj)
         parent.send("ready-ack")
-        parent.expect("initialized", on_log=on_log)
+        from ocirt.process.protocol import wait_closed
+
+        wait_closed(parent, on_log=on_log)  # the init's execve of the trampoline closed it
+        self._check_sealed(cg)
         container.data["creating"] = False
         container.data.pop("creator", None)
         container.data.pop("mounts_before", None)
-        hooks = {k: v for k, v in plan.hooks.items() if k in ("poststart", "poststop")}
+        hooks = {k: v for k, v in plan.hooks.items()
+                 if k in ("startContainer", "poststart", "poststop")}
         if hooks:
             container.data["hooks"] = hooks
         container.data["namespaces"] = dict(plan.namespaces)
@@ -397,6 +401,22 @@ class Creation:
         self.store.save(container)
         self.undo.push(resctrl.destroy, rec, what="resctrl group")
         resctrl.apply(self.plan.intel_rdt, rec, self.init_pid)
+
+    def _check_sealed(self, cg: Any) -> None:
+        """The sync socket closes when the init execs the sealed trampoline, or when it
+        dies: it must be alive, and (where we may look: root) be the trampoline."""
+        from ocirt.process import trampoline
+
+        pid = self.init_pid
+        if not proc.is_running(pid, self.container.data.get("init_start")
+                               if self.container else None):
+            raise OcirtError(died_why(cg, self.plan))
+        try:
+            exe = os.readlink(f"/proc/{pid}/exe")
+        except OSError:
+            return  # unprivileged: a non-dumpable process's exe is not ours to read
+        if not exe.startswith(f"/memfd:{trampoline.NAME}"):
+            raise OcirtError(f"the container init runs {exe}, not the sealed trampoline")
 
     def _move_net_devices(self) -> None:
         from ocirt.runtime import netdev

@@ -183,6 +183,7 @@ class Execution:
         self.forwarder: Any = None
         self.store_cache: str | None = None
         self.console = -1  # our terminal, relayed to the process's pty (no console socket)
+        self.stdio: tuple[int, int, int] | None = None  # the process's 0, 1, 2 if not ours
 
     def run(self) -> int:
         try:
@@ -230,6 +231,9 @@ class Execution:
             from ocirt.process.join import intermediate
 
             parent.close()
+            if self.stdio is not None:
+                for target, fd in enumerate(self.stdio):
+                    os.dup2(fd, target, inheritable=True)
             run_child(intermediate, ctx)
         self.intermediate = pid
         self.undo.push(self._kill_children, what="exec processes")
@@ -335,3 +339,63 @@ def _socketpair() -> tuple[int, int]:
 
     a, b = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
     return int(a.detach()), int(b.detach())
+
+
+def run_hook_inside(container: Container, kind: str, index: int, hook: dict[str, Any],
+                    state_json: str, cache_dir: str | None = None) -> None:
+    """Run a hook inside the container, as its process would run (namespaces, root,
+    cgroup, identity, capabilities, seccomp, LSM), with the state on stdin: runc runs
+    startContainer hooks from its sealed init; ocirt's init is the sealed trampoline by
+    then (no host interpreter waits in the container), so `start` joins the container
+    for them. Raises HookError with runc's wording when the hook fails."""
+    import select
+
+    from ocirt.hooks import HookError, failure
+    from ocirt.spec.plan import build_process
+
+    plan = container_plan(container)
+    raw = dict(container.config().get("process") or {"cwd": "/"})
+    raw.update(args=list(hook.get("args") or [hook["path"]]), env=list(hook.get("env") or []),
+               terminal=False)
+    plan.process = build_process(raw, "process")
+    plan.process.executable = hook["path"]
+    stdio = [os.memfd_create(f"ocirt-hook-{n}", os.MFD_CLOEXEC) for n in ("in", "out", "err")]
+    try:
+        os.write(stdio[0], state_json.encode())
+        os.lseek(stdio[0], 0, os.SEEK_SET)
+        execution = Execution(container, plan, ExecOptions(detach=True))
+        execution.stdio = (stdio[0], stdio[1], stdio[2])
+        execution.store_cache = cache_dir
+        where = f"error running {kind} hook #{index} ({hook['path']})"
+        try:
+            execution.run()
+        except OcirtError as exc:
+            raise HookError(f"{where}: {exc.message}") from None
+        pidfd = os.pidfd_open(execution.pid)
+        try:
+            timeout = hook.get("timeout")
+            if not select.select([pidfd], [], [], timeout)[0]:
+                from ocirt.linux.signals import kill_and_reap
+
+                kill_and_reap(execution.pid, 0)
+                raise HookError(f"{where}: hook ran past specified timeout of {timeout}s")
+        finally:
+            os.close(pidfd)
+        _, status = os.waitpid(execution.pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            out, err = (_read_all(fd) for fd in stdio[1:])
+            raise HookError(failure(where, code, out, err))
+    finally:
+        for fd in stdio:
+            os.close(fd)
+
+
+def _read_all(fd: int) -> bytes:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while True:
+        data = os.read(fd, 65536)
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)

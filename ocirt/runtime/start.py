@@ -1,11 +1,16 @@
-"""`start`: release the waiting init through the exec fifo, then run poststart hooks.
+"""`start`: run the startContainer hooks, release the waiting init through the exec
+fifo, then run the poststart hooks.
 
-The init holds the fifo open O_RDWR and blocks reading it. `start` opens a reader of its
-own, then a writer, writes one byte, closes the writer, and waits (poll with no events:
-only POLLHUP wakes it) until the last writer is gone, which happens when the init's
-close-on-exec fd disappears in execve, or when the init dies. What is left to read
-then tells the outcome: nothing (the init took the byte and exec'd), the byte itself
-(the init died before taking it), or "E<message>" (execve failed; the init wrote why).
+The startContainer hooks run inside the container, through the `exec` machinery: the
+init is the sealed trampoline by now, and no Python waits in the container to run them.
+
+The init (the trampoline) holds the fifo open O_RDWR and blocks reading it. `start`
+opens a reader of its own, then a writer, writes one byte, closes the writer, and waits
+(poll with no events: only POLLHUP wakes it) until the last writer is gone, which
+happens when the init's close-on-exec fd disappears in execve, or when the init dies.
+What is left to read then tells the outcome: nothing (the init took the byte and
+exec'd), the byte itself (the init died before taking it), or "X<errno>" (the
+trampoline's execve failed).
 Unlike runc, a failed exec is therefore reported by `start` itself.
 """
 
@@ -26,11 +31,38 @@ def start(store: Store, cid: str) -> Container:
         container = store.load(cid)
         check_transition("start", container.status(), cid)
         sd_notify = notify.listen(container)
+        run_start_container(container, store.cache_dir("seccomp"))
         release_init(container)
     run_poststart(container)
     if sd_notify is not None:
         notify.relay_ready(container, sd_notify)
     return container
+
+
+def run_start_container(container: Container, cache_dir: str | None) -> None:
+    """The startContainer hooks, inside the container before its process runs; one that
+    fails kills the container and fails `start` (runtime-spec: the container stops)."""
+    hooks = (container.data.get("hooks") or {}).get("startContainer")
+    if not hooks:
+        return
+    from ocirt.hooks import HookError, hook_state
+    from ocirt.linux.proc import ns_pid
+    from ocirt.runtime.exec import run_hook_inside
+
+    state = hook_state(container.id, "created", ns_pid(container.pid), container.bundle,
+                       container.data.get("annotations") or {},
+                       container.data.get("ociVersion", ""))
+    try:
+        for index, hook in enumerate(hooks):
+            run_hook_inside(container, "startContainer", index, hook, state, cache_dir)
+    except HookError:
+        from ocirt.runtime.kill import signal_init
+
+        try:
+            signal_init(container, 9)
+        except OcirtError as exc:
+            log.warning(str(exc))
+        raise
 
 
 def release_init(container: Container) -> None:
@@ -61,9 +93,19 @@ def release_init(container: Container) -> None:
     if outcome.startswith(b"X"):
         from ocirt.process.trampoline import failure
 
+        if not _has_process(container):
+            raise OcirtError("the container has no process to start (config.json sets "
+                             "none)")
         raise OcirtError(f"exec {_program(container)}: {failure(outcome)}")
     if outcome:
         raise OcirtError("container init exited before it could be started")
+
+
+def _has_process(container: Container) -> bool:
+    try:
+        return container.config().get("process") is not None
+    except (OSError, ValueError):
+        return True
 
 
 def _program(container: Container) -> str:

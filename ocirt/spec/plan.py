@@ -83,7 +83,7 @@ class Process:
     __slots__ = ("args", "env", "cwd", "uid", "gid", "additional_gids", "umask", "caps",
                  "no_new_privs", "rlimits", "oom_score_adj", "terminal", "console_size",
                  "apparmor", "selinux_label", "io_priority", "scheduler", "cpu_affinity",
-                 "warnings")
+                 "warnings", "executable")
 
     def __init__(self) -> None:
         self.args: list[str] = []
@@ -106,6 +106,9 @@ class Process:
         self.scheduler: dict[str, int] | None = None
         self.cpu_affinity: tuple[str, str] | None = None  # (initial, final)
         self.warnings: list[str] = []  # what the runtime logs before it starts the process
+        # A hook's path: exec'd instead of args[0] looked up in PATH, with exactly the
+        # hook's env (no HOME added)
+        self.executable = ""
 
     def env_value(self, name: str) -> str | None:
         prefix = name + "="

@@ -67,3 +67,14 @@ def test_a_peer_killed_with_our_message_unread_is_a_death_not_a_reset():
     with pytest.raises(ChildDied):
         a.send("idmap-done")
     a.close()
+
+
+def test_the_last_words_of_a_peer_that_died_with_our_message_unread_are_read():
+    """The reset comes first, then the peer's final `error`: it is reported, whole."""
+    a, b = socketpair()
+    a.send("go")
+    b.send("error", message="the reason")
+    b.close()
+    with pytest.raises(ChildError, match="the reason"):
+        a.expect("init-pid")
+    a.close()

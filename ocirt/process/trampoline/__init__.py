@@ -19,9 +19,11 @@ container's namespaces maps the host interpreter: /proc/<pid>/exe is the sealed 
 then the user's program.
 
 The machine code comes from `x86_64.s` and `aarch64.s` beside this file (assembled with
-GNU as: `as --64 x86_64.s -o t.o && objcopy -O binary -j .text t.o t.bin`). Other
-architectures, or kernels that refuse executable memfds, fall back to exec'ing from
-Python directly.
+GNU as: `as --64 x86_64.s -o t.o && objcopy -O binary -j .text t.o t.bin`). Where no
+trampoline can run (another architecture, a kernel or filter refusing executable
+memfds: vm.memfd_noexec, seccomp, an LSM) the container is refused with an error that
+says what is missing, as runc refuses to run when it cannot seal its binary: the host
+interpreter never becomes the container's executable.
 
 Its argv: ["ocirt-init", <fifo fd, or "-" not to wait>, <path>, <argv of the process>...];
 its environment is the process's.
@@ -33,6 +35,12 @@ import errno
 import fcntl
 import os
 import struct
+
+from ocirt.errors import OcirtError, errno_text
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 _CODE = {
     "x86_64": (62, bytes.fromhex(
@@ -71,29 +79,58 @@ def elf_image(machine: str | None = None) -> bytes | None:
     return header + phdr + code
 
 
-def sealed_fd() -> int:
-    """The trampoline in a sealed, execute-only memfd (close-on-exec); -1 when this
-    machine cannot run one (unknown architecture, memfds not executable)."""
-    image = elf_image()
+class TrampolineError(OcirtError):
+    """The sealed trampoline cannot be made or run here."""
+
+
+def sealed_fd(machine: str | None = None) -> int:
+    """The trampoline in a sealed, execute-only memfd (close-on-exec). Raises
+    TrampolineError naming what is missing when this machine cannot have one."""
+    machine = machine or os.uname().machine
+    image = elf_image(machine)
     if image is None:
-        return -1
+        raise TrampolineError(f"no sealed init trampoline for the {machine} architecture "
+                              "(ocirt has x86_64 and aarch64): ocirt will not start a "
+                              "container from its host interpreter")
     try:
         fd = os.memfd_create(NAME, _MFD_CLOEXEC | _MFD_ALLOW_SEALING | _MFD_EXEC)
     except OSError as exc:
         if exc.errno != errno.EINVAL:  # kernels before 6.3 do not know MFD_EXEC
-            return -1
+            raise _refused("memfd_create(MFD_EXEC)", exc) from None
         try:
             fd = os.memfd_create(NAME, _MFD_CLOEXEC | _MFD_ALLOW_SEALING)
-        except OSError:
-            return -1
+        except OSError as exc2:
+            raise _refused("memfd_create", exc2) from None
     try:
         os.write(fd, image)
         os.fchmod(fd, 0o111)
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
-    except OSError:
+    except OSError as exc:
         os.close(fd)
-        return -1
+        raise _refused("sealing the memfd", exc) from None
     return fd
+
+
+def execve(fd: int, args: list[str], env: dict[str, str]) -> NoReturn:
+    """Exec the trampoline: by fd (execveat), else through /proc/self/fd (a seccomp
+    profile may refuse execveat yet allow execve). Returns only with TrampolineError."""
+    try:
+        os.execve(fd, args, env)
+    except OSError as exc:
+        first = exc
+    try:
+        os.execve(f"/proc/self/fd/{fd}", args, env)
+    except OSError:
+        pass
+    raise _refused("executing it", first)
+
+
+def _refused(step: str, exc: OSError) -> TrampolineError:
+    return TrampolineError(
+        f"cannot run the sealed init trampoline ({step}: {errno_text(exc.errno or 0)}): "
+        "executable memfds are refused here (vm.memfd_noexec, a seccomp filter or an "
+        "LSM), and ocirt will not let its host interpreter become the container's "
+        "executable")
 
 
 def argv(fifo_fd: int, path: str, args: list[str]) -> list[str]:
@@ -104,7 +141,5 @@ def failure(data: bytes) -> str | None:
     """The errno text when `data` (what was left in the exec fifo) is the trampoline's
     exec-failure report."""
     if len(data) >= 2 and data[:1] == b"X":
-        from ocirt.errors import errno_text
-
         return errno_text(data[1])
     return None
