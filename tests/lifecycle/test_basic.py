@@ -48,3 +48,16 @@ def test_start_without_a_process_fails_and_stops(ocirt, bundle):
     assert r.rc == 1 and "no process" in r.err
     assert ocirt.wait_status("c1", "stopped")
     ocirt("delete", "c1", check=True)
+
+
+def test_a_container_without_a_process_waits_in_the_trampoline(ocirt, bundle):
+    """config.json without `process`: create succeeds (the init is the sealed
+    trampoline, not Python), start refuses with one line, delete cleans up."""
+    b = bundle(["true"], edit=lambda cfg: cfg.pop("process"))
+    assert ocirt("create", "--bundle", b, "np").rc == 0
+    pid = ocirt.state("np")["pid"]
+    assert os.readlink(f"/proc/{pid}/exe").startswith("/memfd:ocirt-init")
+    r = ocirt("start", "np")
+    assert r.rc == 1 and "has no process to start" in r.err, r
+    assert r.err.strip().count("\n") == 0
+    assert ocirt("delete", "--force", "np").rc == 0
