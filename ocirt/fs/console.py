@@ -3,9 +3,9 @@
 The master goes to the engine over the console socket (SCM_RIGHTS, with the pty's name
 as payload, as runc sends it); the slave becomes the process's stdio and controlling
 terminal and is bind-mounted on /dev/console. The ptmx we open is checked to be a real
-devpts ptmx (char 5:2 on a devpts filesystem) and the slave is obtained from the master
+devpts ptmx (char 5:2, inode 2, on a devpts filesystem) and the slave is obtained from the master
 with TIOCGPTPEER, never by path, so a symlinked /dev/pts/N cannot redirect the console
-mount (CVE-2025-52565).
+mount (CVE-2025-52565); /dev/console itself is opened without following a symlink.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from ocirt.fs.resolve import fd_path
 from ocirt.linux import consts as c
 from ocirt.linux import libc
 
+PTMX_INO = 2  # a devpts instance's ptmx (runc's checkPtmxHandle)
+
 
 def open_pty(root_fd: int) -> tuple[int, int, str]:
     """(master, slave, slave name) from the container's /dev/pts/ptmx."""
@@ -34,7 +36,7 @@ def open_pty(root_fd: int) -> tuple[int, int, str]:
     try:
         st = os.fstat(master)
         if (not stat.S_ISCHR(st.st_mode) or st.st_rdev != os.makedev(5, 2)
-                or libc.fstatfs_type(master) != c.DEVPTS_SUPER_MAGIC):
+                or st.st_ino != PTMX_INO or libc.fstatfs_type(master) != c.DEVPTS_SUPER_MAGIC):
             raise OcirtError("/dev/pts/ptmx in the container is not a devpts ptmx")
         fcntl.ioctl(master, c.TIOCSPTLCK, struct.pack("i", 0))
         number = struct.unpack("I", fcntl.ioctl(master, c.TIOCGPTN, b"\0" * 4))[0]
@@ -50,11 +52,16 @@ def set_size(fd: int, rows: int, cols: int) -> None:
 
 
 def mount_console(root_fd: int, slave: int) -> None:
-    """Bind the slave onto /dev/console (created as an empty file if missing)."""
-    target = resolve.create_file(root_fd, "/dev/console", 0o600)
+    """Bind the slave onto /dev/console (created as an empty file if missing). Its last
+    component is never followed: a /dev/console that the image or a hook made a symlink
+    is refused, not mounted through (CVE-2025-52565); /dev itself resolves in the root."""
+    target = resolve.open_or_create_nofollow(root_fd, "/dev/console", 0o600)
     try:
-        if not stat.S_ISREG(os.fstat(target).st_mode) and not stat.S_ISCHR(
-                os.fstat(target).st_mode):
+        mode = os.fstat(target).st_mode
+        if stat.S_ISLNK(mode):
+            raise OcirtError("/dev/console in the container is a symlink: refusing to mount "
+                             "the console on what it points to (CVE-2025-52565)")
+        if not stat.S_ISREG(mode) and not stat.S_ISCHR(mode):
             raise OcirtError("/dev/console in the container is neither a file nor a device")
         libc.mount(fd_path(slave), fd_path(target), None, c.MS_BIND, what="/dev/console")
     finally:

@@ -73,18 +73,29 @@ def _existing_matches(parent: int, name: str, dev: Device) -> bool:
 
 
 def _bind_device(parent: int, name: str, dev: Device) -> None:
-    """Bind-mount the host's node of the same path (user namespaces cannot mknod)."""
+    """Bind-mount the host's node of the same path (user namespaces cannot mknod). The
+    mount point is made with O_EXCL and opened O_PATH|O_NOFOLLOW (never opened for I/O:
+    a FIFO put there would block us), and must be a plain file or this very device; the
+    source is the host node opened once and checked to be the device asked for."""
     try:
-        os.close(os.open(name, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
-                         dir_fd=parent))
-    except OSError as exc:
-        if exc.errno != errno.EEXIST:
-            raise
+        os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o644, dir_fd=parent))
+    except FileExistsError:
+        pass
     target = os.open(name, resolve._O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
     try:
-        if stat.S_ISLNK(os.fstat(target).st_mode):
-            raise OSError(errno.ELOOP, "is a symlink", dev.path)
-        libc.mount(dev.path, fd_path(target), None, c.MS_BIND, what=dev.path)
+        mode = os.fstat(target).st_mode
+        if not stat.S_ISREG(mode) and (mode & 0o170000) != _TYPES[dev.type]:
+            raise OSError(errno.EEXIST, f"a different file already exists at {dev.path}")
+        source = os.open(dev.path, resolve._O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            st = os.fstat(source)
+            if (st.st_mode & 0o170000) != _TYPES[dev.type] or (
+                    dev.type != "p" and st.st_rdev != os.makedev(dev.major, dev.minor)):
+                raise OSError(errno.ENODEV, f"the host's {dev.path} is not that device")
+            libc.mount(fd_path(source), fd_path(target), None, c.MS_BIND, what=dev.path)
+        finally:
+            os.close(source)
     finally:
         os.close(target)
 

@@ -205,3 +205,27 @@ def lstat_in_root(root_fd: int, path: str) -> os.stat_result | None:
         return None
     finally:
         os.close(parent)
+
+
+def open_or_create_nofollow(root_fd: int, path: str, mode: int = 0o644) -> int:
+    """An O_PATH fd of `path`'s last component itself (a symlink stays a symlink: the
+    caller checks what it got), created as an empty regular file if missing; the parent
+    directories resolve (and are made) inside the root."""
+    parent_path, _, name = path.rstrip("/").rpartition("/")
+    if not name or name in (".", ".."):
+        raise _path_error(errno.EINVAL, path)
+    parent = mkdir_all(root_fd, parent_path or "/")
+    try:
+        try:
+            os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, mode, dir_fd=parent))
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise _path_error(exc.errno or errno.EIO, path) from None
+        try:
+            return os.open(name, _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        except OSError as exc:
+            raise _path_error(exc.errno or errno.EIO, path) from None
+    finally:
+        os.close(parent)

@@ -189,12 +189,25 @@ def _check_proc_destination(plan: Plan, m: Mount, target: int) -> None:
 
 
 def _mount_bind(root_fd: int, plan: Plan, m: Mount, detached: int = -1) -> None:
-    try:
+    if detached >= 0:
         # An idmapped source was opened on the host side; in a user namespace the
         # init may not even be able to reach its path.
-        src_st = os.fstat(detached) if detached >= 0 else os.stat(m.source)
+        _bind_onto(root_fd, plan, m, detached, os.fstat(detached))
+        return
+    if m.idmapped:
+        raise _mount_error(m, "idmapped mount was not prepared")
+    try:
+        # Opened once: what was checked (file or directory) is what gets mounted.
+        source = os.open(m.source, O_PATH | os.O_CLOEXEC)
     except OSError as exc:
         raise _mount_error(m, f"stat {m.source}: {errno_text(exc.errno or 0)}") from None
+    with _Fd(source):
+        _bind_onto(root_fd, plan, m, source, os.fstat(source))
+
+
+def _bind_onto(root_fd: int, plan: Plan, m: Mount, source: int, src_st: os.stat_result
+               ) -> None:
+    """The bind mount of `source` (an O_PATH fd, or the detached idmapped mount)."""
     if stat.S_ISDIR(src_st.st_mode):
         target = resolve.mkdir_all(root_fd, m.destination)
     else:
@@ -202,13 +215,11 @@ def _mount_bind(root_fd: int, plan: Plan, m: Mount, detached: int = -1) -> None:
     with _Fd(target):
         _check_proc_destination(plan, m, target)
         if m.idmapped:
-            if detached < 0:
-                raise _mount_error(m, "idmapped mount was not prepared")
             from ocirt.fs import idmap
 
-            idmap.attach(detached, target, m.destination)
+            idmap.attach(source, target, m.destination)
         else:
-            libc.mount(m.source, fd_path(target), None, c.MS_BIND | (m.flags & c.MS_REC),
+            libc.mount(fd_path(source), fd_path(target), None, c.MS_BIND | (m.flags & c.MS_REC),
                        what=m.destination)
     if m.flags & ~(c.MS_REC | c.MS_REMOUNT | c.MS_BIND):
         with _Fd(resolve.open_in_root(root_fd, m.destination)) as mounted:
@@ -493,15 +504,19 @@ def chroot_here() -> None:
 
 
 def reopen_dev_null() -> None:
-    """Stdio that pointed at the host's /dev/null now points at the container's (runc)."""
+    """Stdio that pointed at the host's /dev/null now points at the container's (runc),
+    if that is the null device: checked on an O_PATH|O_NOFOLLOW fd before it is opened
+    for I/O (a symlink, FIFO or tty put there is never opened)."""
     try:
-        fd = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
-    except OSError:
+        root = os.open("/", O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        with _Fd(root):
+            checked = open_dev_null(root)
+        with _Fd(checked):
+            fd = os.open(fd_path(checked), os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except (OSError, OcirtError):
         return
     try:
         null = os.fstat(fd)
-        if not stat.S_ISCHR(null.st_mode) or null.st_rdev != os.makedev(1, 3):
-            return
         for i in range(3):
             try:
                 st = os.fstat(i)

@@ -3,7 +3,7 @@ process execs with.
 
 The runtime asks before anything is created (so a label the host cannot apply is a clear
 error, as in runc, not a half-built container) and writes the labels in the init just
-before the final execve, through /proc/thread-self/attr files verified to be on procfs.
+before the final execve, through a private procfs (ocirt.linux.procfs).
 SELinux mount labels become a `context="..."` mount option, and only when SELinux is on:
 runc ignores `linux.mountLabel` on hosts without it, and engines rely on that.
 """
@@ -13,8 +13,7 @@ from __future__ import annotations
 import os
 
 from ocirt.errors import OcirtError, errno_text
-from ocirt.linux import consts as c
-from ocirt.linux import libc
+from ocirt.linux import libc, procfs
 
 SELINUX_MAGIC = 0xF97CFF8C
 SELINUXFS = "/sys/fs/selinux"
@@ -71,22 +70,28 @@ def apply_exec_labels(apparmor: str, selinux_label: str) -> None:
 
 
 def write_attr(name: str, value: str, fallback: str = "") -> None:
-    """Write an LSM attribute through a procfs file verified to be on procfs."""
-    path = f"/proc/thread-self/attr/{name}"
+    """Write one of our LSM attributes through a private procfs (ocirt.linux.procfs): a
+    procfs file bind-mounted over /proc/thread-self/attr/... by the container would
+    otherwise take the label (CVE-2025-52881). thread-self is read, not followed, so
+    that our thread's directory is named as that procfs numbers it."""
+    root = procfs.private_root()
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        if not fallback:
-            raise OcirtError(f"{path} does not exist") from None
-        write_attr(fallback, value)
-        return
-    except OSError as exc:
-        raise OcirtError(f"open {path}: {errno_text(exc.errno or 0)}") from None
-    try:
-        if libc.fstatfs_type(fd) != c.PROC_SUPER_MAGIC:
-            raise OcirtError(f"{path} is not on procfs")
-        os.write(fd, value.encode())
-    except OSError as exc:
-        raise OcirtError(f"write {path}: {errno_text(exc.errno or 0)}") from None
+        try:
+            rel = os.readlink("thread-self", dir_fd=root) + f"/attr/{name}"
+            fd = procfs.open_beneath(root, rel, os.O_WRONLY)
+        except FileNotFoundError:
+            if not fallback:
+                raise OcirtError(f"/proc/thread-self/attr/{name} does not exist") from None
+            write_attr(fallback, value)
+            return
+        except OSError as exc:
+            raise OcirtError(f"open /proc/thread-self/attr/{name}: "
+                             f"{errno_text(exc.errno or 0)}") from None
+        try:
+            os.write(fd, value.encode())
+        except OSError as exc:
+            raise OcirtError(f"write /proc/{rel}: {errno_text(exc.errno or 0)}") from None
+        finally:
+            os.close(fd)
     finally:
-        os.close(fd)
+        os.close(root)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import _signal
 import _socket
-import errno
 import fcntl
 import os
 import struct
@@ -25,7 +24,7 @@ import sys
 from ocirt.errors import OcirtError, errno_text, os_error_text
 from ocirt.fs import console, devices, resolve, rootfs
 from ocirt.linux import consts as c
-from ocirt.linux import libc, lsm
+from ocirt.linux import libc, lsm, procfs
 from ocirt.process import attrs, trampoline
 from ocirt.process.protocol import Channel
 from ocirt.spec.plan import Plan
@@ -370,24 +369,19 @@ def join_session_keyring(ctx: InitContext) -> None:
 
 
 def write_sysctls(sysctl: dict[str, str]) -> None:
-    """Write sysctls through a private procfs that nothing in the container can have
-    mounted over (CVE-2025-52881): a fresh procfs instance, else a detached clone of the
-    container's procfs mount without its submounts; with neither, the container is
-    refused (never the container's /proc path, where a mount could redirect the write).
-    Each file is opened beneath that root without crossing a mount or a symlink."""
+    """Write sysctls through a private procfs (ocirt.linux.procfs): a mount inside the
+    container's /proc cannot redirect them (CVE-2025-52881)."""
     if not sysctl:
         return
-    proc = private_procfs()
+    try:
+        proc = procfs.private_root()
+    except OcirtError as exc:
+        raise OcirtError(f"cannot write sysctls: {exc.message}") from None
     try:
         for key, value in sysctl.items():
-            rel = "sys/" + key.replace(".", "/")
             try:
-                fd = libc.openat2(proc, rel, os.O_WRONLY | os.O_CLOEXEC, 0,
-                                  c.RESOLVE_BENEATH | c.RESOLVE_NO_XDEV
-                                  | c.RESOLVE_NO_SYMLINKS)
+                fd = procfs.open_beneath(proc, "sys/" + key.replace(".", "/"), os.O_WRONLY)
                 try:
-                    if libc.fstatfs_type(fd) != c.PROC_SUPER_MAGIC:
-                        raise OcirtError(f"sysctl {key}: /proc/{rel} is not on procfs")
                     os.write(fd, value.encode())
                 finally:
                     os.close(fd)
@@ -396,41 +390,6 @@ def write_sysctls(sysctl: dict[str, str]) -> None:
                                  f"{errno_text(exc.errno or 0)}") from None
     finally:
         os.close(proc)
-
-
-def private_procfs() -> int:
-    """An fd of the root of a procfs mount no one else can see or change."""
-    reasons = []
-    try:
-        fs = libc.fsopen("proc", c.FSOPEN_CLOEXEC)
-        try:
-            libc.fsconfig(fs, c.FSCONFIG_CMD_CREATE)
-            fd = libc.fsmount(fs, c.FSMOUNT_CLOEXEC, c.MOUNT_ATTR_NOSUID | c.MOUNT_ATTR_NODEV
-                              | c.MOUNT_ATTR_NOEXEC)
-        finally:
-            os.close(fs)
-        return _verified_procfs_root(fd)
-    except OSError as exc:
-        reasons.append(f"new procfs: {errno_text(exc.errno or 0)}")
-    try:
-        fd = libc.open_tree(-100, "/proc", c.OPEN_TREE_CLONE | c.OPEN_TREE_CLOEXEC)
-        return _verified_procfs_root(fd)
-    except OSError as exc:
-        reasons.append(f"clone of /proc: {errno_text(exc.errno or 0)}")
-    raise OcirtError("cannot write sysctls: no private procfs (" + "; ".join(reasons) +
-                     "), and the container's /proc could redirect the writes "
-                     "(CVE-2025-52881)")
-
-
-def _verified_procfs_root(fd: int) -> int:
-    """`fd` if it is the root directory of a procfs (inode 1), else closed and EXDEV."""
-    try:
-        if libc.fstatfs_type(fd) == c.PROC_SUPER_MAGIC and os.fstat(fd).st_ino == 1:
-            return fd
-    except OSError:
-        pass
-    os.close(fd)
-    raise OSError(errno.EXDEV, "not the root of a procfs")
 
 
 # --- the process -----------------------------------------------------------------------
