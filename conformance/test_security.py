@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 
 import pytest
 
@@ -222,32 +223,185 @@ def test_init_exe_not_writable_host_file(h):
     assert st.f_flag & os.ST_RDONLY, f"init runs {target}, a writable host file"
 
 
+@pytest.mark.parametrize("by", ["image", "hook"])
+@deviation("runc", "runc 1.1.5 (before the CVE-2025-52565 fix) opens and mounts /dev/console "
+                   "through the symlink: the console pty is bind-mounted on its target")
+@deviation("crun", "crun 1.8.1 mounts the console pty through a symlinked /dev/console, "
+                   "on the file it points to")
 @case("SE-09", "security.md CVE-2025-52565", "SEC")
-def test_console_is_devpts(h):
-    """with a terminal, /dev/console is a devpts node, never a file from the rootfs"""
+def test_console_symlink_is_not_followed(h, by):
+    """a /dev/console that the image ships, or a createContainer hook makes, as a symlink
+    to another file: the console pty is never mounted on that file (the runtime refuses,
+    or /dev/console is a devpts node of its own)"""
     def rootfs(path):
-        with open(os.path.join(path, "fake-console"), "w") as f:
-            f.write("not a tty")
+        with open(os.path.join(path, "conformance-target"), "w") as f:
+            f.write("TARGET\n")
+        if by == "image":
+            os.symlink("/conformance-target", os.path.join(path, "dev", "console"))
     rx = h.console()
+    b_holder = {}
 
     def edit(cfg):
         cfg["process"]["terminal"] = True
-    b = h.bundle(["sh", "-c", "stat -L -c 'console=%F:%t' /dev/console; echo end-of-test"],
-                 edit=edit, rootfs=rootfs)
-    h.create(b, extra=("--console-socket", rx.path)).start()
-    out = rx.wait_output("end-of-test")
-    assert "console=character special file:88" in out, out
+        if by == "image":  # the image's /dev, not a tmpfs over it
+            cfg["mounts"] = [m for m in cfg["mounts"] if m["destination"] != "/dev"]
+        else:
+            link = os.path.join(b_holder["rootfs"], "dev", "console")
+            cfg["hooks"] = {"createContainer": [{"path": "/bin/sh", "args": [
+                "sh", "-c", f"ln -sf /conformance-target {link}"]}]}
+    script = ("echo console=$(stat -L -c '%F:%t' /dev/console); "
+              "echo target=$(stat -c '%F' /conformance-target); "
+              "echo mounted=$(grep -c conformance-target /proc/self/mountinfo); echo end-of-test")
+    b_holder["rootfs"] = os.path.join(h.path(f"bundle{h.counter[0] + 1}"), "rootfs")
+    b = h.bundle(["sh", "-c", script], edit=edit, rootfs=rootfs)
+    assert b_holder["rootfs"] == os.path.join(b, "rootfs")
+    c = h.create(b, extra=("--console-socket", rx.path), check=False)
+    if c.result.ok and c.start(check=False).ok:
+        out = rx.wait_output("end-of-test")
+        assert "console=character special file:88" in out, out
+        assert "target=regular file" in out and "mounted=0" in out, out
+    with open(os.path.join(b, "rootfs", "conformance-target")) as f:
+        assert f.read() == "TARGET\n"
 
 
+def _rootless_user():
+    import pwd
+
+    for name in ("ocirt-test", "nobody"):
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            continue
+    pytest.skip("no unprivileged user to run a rootless container as")
+
+
+@pytest.mark.parametrize("layout", ["spec-rootless", pytest.param("sys-rbind-only", marks=[
+    deviation("runc", "runc 1.1.5 makes only the top of a read-only rbind of /sys read-only: "
+                      "without a cgroup mount over it, the host's cgroupfs below stays writable"),
+    deviation("crun", "crun 1.8.1, like runc 1.1.5, leaves the host's cgroupfs below a "
+                      "read-only rbind of /sys writable")])])
 @case("SE-10", "security.md CVE-2023-25809", "SEC")
-def test_cgroupfs_read_only(h):
-    """a cgroup mount inside the container is read-only"""
-    cg = {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
-          "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}
-    out = h.output(h.bundle(["cat", "/proc/self/mountinfo"],
-                            edit=lambda cfg: cfg["mounts"].append(cg)))
-    cgroup_mounts = [m for m in procfs.parse_mountinfo(out) if m.fstype == "cgroup"]
-    assert cgroup_mounts and all("ro" in m.options for m in cgroup_mounts), out
+def test_rootless_cgroupfs_not_writable(h, layout):
+    """rootless (an unprivileged user, a user namespace, no cgroup namespace, /sys
+    rbind-mounted read-only as `runc spec --rootless` writes it, with or without its
+    cgroup mount) with a cgroup delegated to that
+    user on the host: from inside, every /sys/fs/cgroup mount is read-only and no cgroup
+    can be made anywhere in reach"""
+    user = _rootless_user()
+    delegated = h.cgroup_name("deleg")
+    made = _delegate_cgroups(delegated, user.pw_uid, user.pw_gid)
+    h.closers.append(lambda: [_remove_cgroup(d) for d in reversed(made)])
+    evil = f"conf-evil-{h.info.token}"
+    # Tries everywhere; only a directory that appears in a host cgroup tree counts (a
+    # tmpfs the runtime made for the container is the container's to write), and only
+    # the cgroupfs mounts in view must be read-only (a covered one cannot be reached).
+    script = (f"for d in $(find /sys/fs/cgroup -maxdepth 3 -type d 2>/dev/null); do "
+              f"mkdir $d/{evil} 2>/dev/null && echo MADE $d; done; "
+              "grep ' /sys/fs/cgroup' /proc/mounts; echo end-of-test")
+
+    def edit(cfg):
+        cfg["mounts"] = [m for m in cfg["mounts"] if m["destination"] not in
+                         ("/sys", "/sys/fs/cgroup")]
+        for m in cfg["mounts"]:  # only root is mapped: no gid=5 for devpts
+            m["options"] = [o for o in m.get("options", []) if not o.startswith("gid=")]
+        cfg["mounts"] += [
+            {"destination": "/sys", "type": "none", "source": "/sys",
+             "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]}]
+        if layout == "spec-rootless":  # `runc spec --rootless` adds a cgroup mount
+            cfg["mounts"].append(
+                {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+                 "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]})
+        linux = cfg["linux"]
+        linux["namespaces"] = [{"type": t} for t in ("pid", "ipc", "uts", "mount", "user")]
+        linux["uidMappings"] = [{"containerID": 0, "hostID": user.pw_uid, "size": 1}]
+        linux["gidMappings"] = [{"containerID": 0, "hostID": user.pw_gid, "size": 1}]
+        for key in ("resources", "cgroupsPath", "seccomp"):
+            linux.pop(key, None)
+    b = h.bundle(["sh", "-c", script], edit=edit, public=True)
+    state = tempfile.mkdtemp(prefix="conf-rootless-")
+    h.closers.append(lambda: shutil.rmtree(state, ignore_errors=True))
+    os.chown(state, user.pw_uid, user.pw_gid)
+    argv = [*h.info.prefix(b), "runuser", "-u", user.pw_name, "--", "env",
+            f"XDG_RUNTIME_DIR={state}", h.info.binary, "--root", state, "run", "--bundle", b,
+            h.cid()]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=b,
+                       stdin=subprocess.DEVNULL)
+    found = [d for d in _all_cgroup_dirs(delegated) if os.path.basename(d) == evil]
+    for d in found:
+        _remove_cgroup(d)
+    assert r.returncode == 0 and "end-of-test" in r.stdout, r.stderr[-1500:]
+    assert not found, f"the container made cgroups on the host: {found}\n{r.stdout}"
+    fields = [f for f in (line.split() for line in r.stdout.splitlines()
+                          if " /sys/fs/cgroup" in line) if len(f) > 3]
+    visible = [f for i, f in enumerate(fields) if not any(
+        later[1] == f[1] or f[1].startswith(later[1] + "/") for later in fields[i + 1:])]
+    cgroupfs_mounts = [f for f in visible if f[2] in ("cgroup", "cgroup2")]
+    writable = [m[1] for m in cgroupfs_mounts if "ro" not in m[3].split(",")]
+    assert cgroupfs_mounts and not writable, f"writable cgroupfs: {writable}\n{r.stdout}"
+
+
+def _delegate_cgroups(name: str, uid: int, gid: int) -> list[str]:
+    """A cgroup `name` below our own in every hierarchy, owned by `uid` (as systemd
+    delegates one to a user)."""
+    from conformance import cgroupfs
+
+    made = []
+    own = cgroupfs.proc_cgroups()
+    for hier in cgroupfs.hierarchies():
+        if hier.key not in own:
+            continue
+        d = os.path.join(cgroupfs.host_dir(hier, own[hier.key]), name)
+        try:
+            os.mkdir(d)
+        except OSError:
+            continue
+        made.append(d)
+        for entry in [d, *(os.path.join(d, f) for f in ("cgroup.procs", "tasks",
+                                                          "cgroup.subtree_control"))]:
+            if os.path.exists(entry):
+                os.chown(entry, uid, gid)
+    return made
+
+
+def _all_cgroup_dirs(name: str) -> list[str]:
+    from conformance import cgroupfs
+
+    found = []
+    own = cgroupfs.proc_cgroups()
+    for hier in cgroupfs.hierarchies():
+        if hier.key in own:
+            for top, dirs, _ in os.walk(cgroupfs.host_dir(hier, own[hier.key])):
+                found += [os.path.join(top, x) for x in dirs]
+    return found
+
+
+def _remove_cgroup(d: str) -> None:
+    from conformance import cgroupfs
+
+    cgroupfs.remove_tree(d, timeout=2)
+
+
+@deviation("runc", "runc 1.1.5 (before the CVE-2025-52881 fix) writes sysctls through the "
+                   "container's /proc: a bind mount there redirects the write")
+@case("SE-17", "security.md CVE-2025-52881", "SEC")
+def test_sysctl_write_not_redirected_by_a_mount(h):
+    """a createContainer hook bind-mounts /proc/sys/kernel/hostname over .../domainname
+    inside the container; the runtime's write of kernel.domainname must not land on the
+    hostname (both belong to the container's own UTS namespace)"""
+    holder = {}
+
+    def edit(cfg):
+        proc_sys = os.path.join(holder["rootfs"], "proc", "sys", "kernel")
+        cfg["hostname"] = "conf-host"
+        cfg["linux"]["sysctl"] = {"kernel.domainname": "conf-domain"}
+        cfg["hooks"] = {"createContainer": [{"path": "/bin/mount", "args": [
+            "mount", "--bind", f"{proc_sys}/hostname", f"{proc_sys}/domainname"]}]}
+    holder["rootfs"] = os.path.join(h.path(f"bundle{h.counter[0] + 1}"), "rootfs")
+    b = h.bundle(["uname", "-n"], edit=edit)
+    assert holder["rootfs"] == os.path.join(b, "rootfs")
+    r = h.run(b)
+    if r.rc == 0:
+        assert r.out.strip() == "conf-host", f"the sysctl write landed on the hostname: {r}"
 
 
 @case("SE-11", "config-linux.md#readonly-paths", "SEC")

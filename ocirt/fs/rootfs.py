@@ -224,6 +224,26 @@ def _bind_onto(root_fd: int, plan: Plan, m: Mount, source: int, src_st: os.stat_
     if m.flags & ~(c.MS_REC | c.MS_REMOUNT | c.MS_BIND):
         with _Fd(resolve.open_in_root(root_fd, m.destination)) as mounted:
             remount(mounted, m.flags | c.MS_REMOUNT | c.MS_BIND, m.destination)
+    if m.flags & c.MS_RDONLY and m.flags & c.MS_REC:
+        _readonly_cgroupfs_below(root_fd, plan, m.destination)
+
+
+def _readonly_cgroupfs_below(root_fd: int, plan: Plan, destination: str) -> None:
+    """A read-only rbind (rootless configs rbind /sys so) makes only its top mount
+    read-only; the host's cgroup filesystems it brought along would stay writable, and
+    in a user namespace they cannot be unmounted (CVE-2023-25809). Make them read-only
+    too (other submounts keep their flags, as mount(8) leaves them)."""
+    inside = plan.rootfs.rstrip("/")
+    below = inside + "/" + destination.strip("/") + "/"
+    for entry in mountinfo.mounts():
+        if entry.fstype in ("cgroup", "cgroup2") and entry.mountpoint.startswith(below):
+            rel = entry.mountpoint[len(inside):]
+            try:
+                fd = resolve.open_in_root(root_fd, rel)
+            except OSError:
+                continue  # covered by a later mount: out of reach anyway
+            with _Fd(fd):
+                libc.mount_setattr(fd, "", c.AT_EMPTY_PATH, c.MOUNT_ATTR_RDONLY, 0, what=rel)
 
 
 def remount(fd: int, flags: int, what: str) -> None:
