@@ -20,7 +20,7 @@ from ocirt.errors import OcirtError, errno_text
 from ocirt.fs import resolve
 from ocirt.fs.resolve import fd_path
 from ocirt.linux import consts as c
-from ocirt.linux import libc
+from ocirt.linux import libc, syscalls
 
 PTMX_INO = 2  # a devpts instance's ptmx (runc's checkPtmxHandle)
 
@@ -55,17 +55,18 @@ def mount_console(root_fd: int, slave: int) -> None:
     """Bind the slave onto /dev/console (created as an empty file if missing). Its last
     component is never followed: a /dev/console that the image or a hook made a symlink
     is refused, not mounted through (CVE-2025-52565); /dev itself resolves in the root."""
+    sc = syscalls.current()
     target = resolve.open_or_create_nofollow(root_fd, "/dev/console", 0o600)
     try:
-        mode = os.fstat(target).st_mode
+        mode = sc.fstat(target).st_mode
         if stat.S_ISLNK(mode):
             raise OcirtError("/dev/console in the container is a symlink: refusing to mount "
                              "the console on what it points to (CVE-2025-52565)")
         if not stat.S_ISREG(mode) and not stat.S_ISCHR(mode):
             raise OcirtError("/dev/console in the container is neither a file nor a device")
-        libc.mount(fd_path(slave), fd_path(target), None, c.MS_BIND, what="/dev/console")
+        sc.mount(fd_path(slave), fd_path(target), None, c.MS_BIND, what="/dev/console")
     finally:
-        os.close(target)
+        sc.close(target)
 
 
 def send_master(sock_fd: int, master: int, name: str) -> None:

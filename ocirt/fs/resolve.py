@@ -6,6 +6,8 @@ relative, dangling or racing, must never make ocirt touch a host path. The kerne
 this for us with openat2(RESOLVE_IN_ROOT); on kernels without openat2 a component-by-
 component walk on O_PATH|O_NOFOLLOW file descriptors does the same. Callers get file
 descriptors, never path strings, and mount through `/proc/self/fd/N` (`fd_path`).
+Every kernel call goes through ocirt.linux.syscalls, so tests can run this logic on a
+recording fake, with symlinks swapped in between any check and its use.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import stat
 
 from ocirt.linux import consts as c
+from ocirt.linux import syscalls
 
 _O_PATH = getattr(os, "O_PATH", c.O_PATH)
 MAX_SYMLINKS = 40
@@ -36,11 +39,9 @@ def open_in_root(root_fd: int, path: str, flags: int = _O_PATH, mode: int = 0) -
     global _openat2_works
     flags |= os.O_CLOEXEC
     if _openat2_works is not False:
-        from ocirt.linux import libc
-
         try:
-            fd = libc.openat2(root_fd, path.lstrip("/") or ".", flags, mode,
-                              c.RESOLVE_IN_ROOT | c.RESOLVE_NO_MAGICLINKS)
+            fd = syscalls.current().openat2(root_fd, path.lstrip("/") or ".", flags, mode,
+                                            c.RESOLVE_IN_ROOT | c.RESOLVE_NO_MAGICLINKS)
             _openat2_works = True
             return fd
         except OSError as exc:
@@ -61,8 +62,9 @@ def _path_error(err: int, path: str) -> OSError:
 def _walk_open(root_fd: int, path: str, flags: int, mode: int) -> int:
     """The fallback resolver: one component at a time, each opened O_PATH|O_NOFOLLOW
     relative to the previous one, symlinks expanded against the root."""
+    sc = syscalls.current()
     pending = components(path)
-    cur = os.dup(root_fd)
+    cur = sc.dup(root_fd)
     stack: list[int] = []  # fds of the directories above `cur`, for ".."
     links = 0
     try:
@@ -70,41 +72,46 @@ def _walk_open(root_fd: int, path: str, flags: int, mode: int) -> int:
             name = pending.pop(0)
             if name == "..":
                 if stack:
-                    os.close(cur)
+                    sc.close(cur)
                     cur = stack.pop()
                 continue
             try:
-                nxt = os.open(name, _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=cur)
+                nxt = sc.open(name, _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=cur)
             except OSError as exc:
                 raise _path_error(exc.errno or errno.EIO, path) from None
-            st = os.fstat(nxt)
+            st = sc.fstat(nxt)
             if stat.S_ISLNK(st.st_mode) and (pending or not flags & os.O_NOFOLLOW):
-                target = os.readlink(name, dir_fd=cur)
-                os.close(nxt)
+                # Read through the fd we hold (readlinkat with an empty name), not the
+                # name: the name may have been swapped meanwhile.
+                target = sc.readlink("", dir_fd=nxt)
+                sc.close(nxt)
                 links += 1
                 if links > MAX_SYMLINKS:
                     raise _path_error(errno.ELOOP, path)
                 if target.startswith("/"):
                     for fd in stack:
-                        os.close(fd)
+                        sc.close(fd)
                     stack.clear()
-                    os.close(cur)
-                    cur = os.dup(root_fd)
+                    sc.close(cur)
+                    cur = sc.dup(root_fd)
                 pending = components(target) + pending
                 continue
+            if pending and not stat.S_ISDIR(st.st_mode):
+                sc.close(nxt)
+                raise _path_error(errno.ENOTDIR, path)
             stack.append(cur)
             cur = nxt
         if flags & ~(os.O_CLOEXEC | os.O_NOFOLLOW) == _O_PATH:
             result, cur = cur, -1
             return result
-        if flags & os.O_DIRECTORY and not stat.S_ISDIR(os.fstat(cur).st_mode):
+        if flags & os.O_DIRECTORY and not stat.S_ISDIR(sc.fstat(cur).st_mode):
             raise _path_error(errno.ENOTDIR, path)
-        return os.open(fd_path(cur), flags & ~os.O_NOFOLLOW, mode)
+        return sc.open(fd_path(cur), flags & ~os.O_NOFOLLOW, mode)
     finally:
         for fd in stack:
-            os.close(fd)
+            sc.close(fd)
         if cur >= 0:
-            os.close(cur)
+            sc.close(cur)
 
 
 def mkdir_all(root_fd: int, path: str, mode: int = 0o755) -> int:
@@ -126,8 +133,9 @@ def mkdir_all(root_fd: int, path: str, mode: int = 0o755) -> int:
 def _create_first_missing(root_fd: int, path: str, mode: int) -> str:
     """mkdir the first missing component of `path`; return the path to try next (which
     differs from `path` when that component was a dangling symlink)."""
+    sc = syscalls.current()
     parts = components(path)
-    parent = os.dup(root_fd)
+    parent = sc.dup(root_fd)
     try:
         for i, name in enumerate(parts):
             try:
@@ -136,30 +144,31 @@ def _create_first_missing(root_fd: int, path: str, mode: int) -> str:
                 if exc.errno != errno.ENOENT:
                     raise
             else:
-                os.close(parent)
+                sc.close(parent)
                 parent = fd
                 continue
             if name == "..":
                 raise _path_error(errno.ENOENT, path)
             try:
-                os.mkdir(name, mode, dir_fd=parent)
+                sc.mkdir(name, mode, dir_fd=parent)
                 return path
             except FileExistsError:
                 pass
-            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+            st = sc.lstat(name, dir_fd=parent)
             if not stat.S_ISLNK(st.st_mode):
                 raise _path_error(errno.ENOTDIR, "/" + "/".join(parts[: i + 1]))
-            target = os.readlink(name, dir_fd=parent)
+            target = sc.readlink(name, dir_fd=parent)
             base = "" if target.startswith("/") else "/".join(parts[:i])
             return "/".join(filter(None, (base, target.lstrip("/"), *parts[i + 1 :])))
         return path
     finally:
-        os.close(parent)
+        sc.close(parent)
 
 
 def create_file(root_fd: int, path: str, mode: int = 0o644) -> int:
     """Make sure a regular file (or any non-directory) exists at `path` inside the root,
     creating parents as needed; return an O_PATH fd of it."""
+    sc = syscalls.current()
     for _ in range(MAX_SYMLINKS):
         try:
             fd = open_in_root(root_fd, path, _O_PATH)
@@ -172,60 +181,62 @@ def create_file(root_fd: int, path: str, mode: int = 0o644) -> int:
         parent = mkdir_all(root_fd, parent_path or "/")
         try:
             try:
-                new = os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW
+                new = sc.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW
                               | os.O_CLOEXEC, mode, dir_fd=parent)
-                os.close(new)
+                sc.close(new)
                 continue
             except FileExistsError:
                 pass
-            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+            st = sc.lstat(name, dir_fd=parent)
             if not stat.S_ISLNK(st.st_mode):
                 continue
-            target = os.readlink(name, dir_fd=parent)
+            target = sc.readlink(name, dir_fd=parent)
             if not target.startswith("/"):
                 target = (parent_path or "") + "/" + target
             path = target
         finally:
-            os.close(parent)
+            sc.close(parent)
     raise _path_error(errno.ELOOP, path)
 
 
 def lstat_in_root(root_fd: int, path: str) -> os.stat_result | None:
     """lstat of `path`'s last component (its parent resolved in the root); None if absent."""
+    sc = syscalls.current()
     parent_path, _, name = path.rstrip("/").rpartition("/")
     if not name:
-        return os.fstat(root_fd)
+        return sc.fstat(root_fd)
     try:
         parent = open_in_root(root_fd, parent_path or "/", _O_PATH | os.O_DIRECTORY)
     except FileNotFoundError:
         return None
     try:
-        return os.stat(name, dir_fd=parent, follow_symlinks=False)
+        return sc.lstat(name, dir_fd=parent)
     except FileNotFoundError:
         return None
     finally:
-        os.close(parent)
+        sc.close(parent)
 
 
 def open_or_create_nofollow(root_fd: int, path: str, mode: int = 0o644) -> int:
     """An O_PATH fd of `path`'s last component itself (a symlink stays a symlink: the
     caller checks what it got), created as an empty regular file if missing; the parent
     directories resolve (and are made) inside the root."""
+    sc = syscalls.current()
     parent_path, _, name = path.rstrip("/").rpartition("/")
     if not name or name in (".", ".."):
         raise _path_error(errno.EINVAL, path)
     parent = mkdir_all(root_fd, parent_path or "/")
     try:
         try:
-            os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW
+            sc.close(sc.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW
                              | os.O_CLOEXEC, mode, dir_fd=parent))
         except FileExistsError:
             pass
         except OSError as exc:
             raise _path_error(exc.errno or errno.EIO, path) from None
         try:
-            return os.open(name, _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+            return sc.open(name, _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
         except OSError as exc:
             raise _path_error(exc.errno or errno.EIO, path) from None
     finally:
-        os.close(parent)
+        sc.close(parent)

@@ -17,7 +17,7 @@ from ocirt.errors import OcirtError, errno_text, os_error_text
 from ocirt.fs import resolve
 from ocirt.fs.resolve import fd_path
 from ocirt.linux import consts as c
-from ocirt.linux import libc, lsm, mountinfo
+from ocirt.linux import libc, lsm, mountinfo, syscalls
 from ocirt.spec import options as opt
 from ocirt.spec.plan import Mount, Plan
 
@@ -149,7 +149,7 @@ class _Fd:
         return self.fd
 
     def __exit__(self, *exc: object) -> None:
-        os.close(self.fd)
+        syscalls.current().close(self.fd)
 
 
 def _check_plain_directory(root_fd: int, m: Mount) -> None:
@@ -162,7 +162,7 @@ def _check_plain_directory(root_fd: int, m: Mount) -> None:
 
 def _real_path(plan: Plan, fd: int) -> str:
     """The path of `fd` relative to the rootfs (for the checks that need a string)."""
-    real = os.readlink(fd_path(fd))
+    real = syscalls.current().readlink(fd_path(fd))
     if real == plan.rootfs:
         return "/"
     if real.startswith(plan.rootfs + "/"):
@@ -270,10 +270,13 @@ def locked_flags(fd: int) -> int:
 
 
 def _mount_tmpfs(root_fd: int, plan: Plan, m: Mount) -> None:
+    """A tmpfs on the destination resolved (and made) in the root, mounted through its
+    fd. (Its kernel calls go through ocirt.linux.syscalls: tests run it on a fake.)"""
+    sc = syscalls.current()
     before = None
     try:
         with _Fd(resolve.open_in_root(root_fd, m.destination)) as existing:
-            before = os.fstat(existing)
+            before = sc.fstat(existing)
     except FileNotFoundError:
         pass
     target = resolve.mkdir_all(root_fd, m.destination)
@@ -285,11 +288,11 @@ def _mount_tmpfs(root_fd: int, plan: Plan, m: Mount) -> None:
         if m.tmpcopyup:
             _tmpfs_copyup(target, m, flags)
         else:
-            libc.mount(m.source or "tmpfs", fd_path(target), "tmpfs", flags, m.data or None,
-                       what=m.destination)
+            sc.mount(m.source or "tmpfs", fd_path(target), "tmpfs", flags, m.data or None,
+                     what=m.destination)
     if before is not None and "mode=" not in m.data:
         with _Fd(resolve.open_in_root(root_fd, m.destination)) as mounted:
-            os.chmod(fd_path(mounted), stat.S_IMODE(before.st_mode))
+            sc.chmod(fd_path(mounted), stat.S_IMODE(before.st_mode))
 
 
 _MS_TO_ATTR = ((c.MS_RDONLY, c.MOUNT_ATTR_RDONLY), (c.MS_NOSUID, c.MOUNT_ATTR_NOSUID),
