@@ -83,7 +83,8 @@ def exec_process(store: Store, cid: str, opts: ExecOptions) -> int:
 def container_plan(container: Container) -> Plan:
     from ocirt.spec.plan import build_plan
 
-    return build_plan(container.config(), container.bundle)
+    return build_plan(container.config(), container.bundle,
+                      no_new_keyring=bool(container.data.get("no_new_keyring")))
 
 
 def exec_spec(container: Container, plan: Plan, opts: ExecOptions) -> Process:
@@ -301,6 +302,7 @@ class Execution:
         if status != 0:
             raise OcirtError(f"exec intermediate process failed (wait status {status})")
         parent.expect("ready", on_log=log.emit_from_child)
+        attrs.set_final_affinity(self.pid, proc)  # it is in the cgroup by now
         if proc.rlimits:
             attrs.set_rlimits(self.pid, proc.rlimits)
         if proc.oom_score_adj is not None:
