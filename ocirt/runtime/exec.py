@@ -98,7 +98,7 @@ def exec_spec(container: Container, plan: Plan, opts: ExecOptions) -> Process:
         raw = read_json_file(opts.process_file, regular_only=False)
         if not isinstance(raw, dict):
             raise OcirtError(f"{opts.process_file}: the process must be a JSON object")
-        proc = build_process(raw, "process")
+        proc = build_process(_with_container_defaults(raw, container), "process")
         if opts.tty:  # conmon passes --tty with process.terminal; --tty forces a terminal
             proc.terminal = True
         return proc
@@ -130,6 +130,20 @@ def exec_spec(container: Container, plan: Plan, opts: ExecOptions) -> Process:
     raw["capabilities"] = _with_caps(raw.get("capabilities"), opts.caps)
     build_caps({"bounding": opts.caps}, "--cap")  # a typo on the command line: an error
     return build_process(raw, "process")
+
+
+# What a process.json leaves out comes from config.json, as runc's newInitConfig takes
+# the container's values first and lets the process's override them.
+_INHERITED = ("ioPriority", "scheduler", "execCPUAffinity")
+
+
+def _with_container_defaults(raw: dict[str, Any], container: Container) -> dict[str, Any]:
+    config_process = container.config().get("process") or {}
+    out = dict(raw)
+    for key in _INHERITED:
+        if out.get(key) is None and config_process.get(key) is not None:
+            out[key] = config_process[key]
+    return out
 
 
 def _check_utf8(opts: ExecOptions) -> None:
