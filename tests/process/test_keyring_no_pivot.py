@@ -23,6 +23,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 
 import pytest
@@ -78,6 +79,7 @@ def python_bundle(bundle, args: list[str], edit=None) -> str:
             edit(cfg)
 
     b = bundle(args, edit=edit_all)
+    os.mkdir(os.path.join(b, "rootfs", "usr"))  # a root in a user namespace could not
     for name in ("lib", "lib64"):
         if os.path.islink(f"/{name}"):
             os.symlink(os.readlink(f"/{name}"), os.path.join(b, "rootfs", name))
@@ -93,6 +95,11 @@ def keyring_line(serial: int) -> list[str]:
             if int(fields[0], 16) == serial:
                 return fields
     raise AssertionError(f"key {serial:x} is not in the host's /proc/keys")
+
+
+def keyring_serials() -> set[int]:
+    with open("/proc/keys") as f:
+        return {int(line.split()[0], 16) for line in f}
 
 
 def own_session_keyring() -> int:
@@ -122,27 +129,70 @@ def in_session(name: str, argv: list[str]) -> subprocess.CompletedProcess:
                           timeout=60)
 
 
+def userns(cfg) -> None:
+    cfg["linux"]["namespaces"].append({"type": "user"})
+    cfg["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    cfg["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+
+
+@pytest.fixture
+def open_bundle(bundle):
+    """bundle(...) in a directory every user can search (pytest's base directory is
+    0700), for a container whose root is an unprivileged host uid."""
+    made: list[str] = []
+
+    def make(args, edit=None) -> str:
+        top = tempfile.mkdtemp(prefix="ocirt-attrs-")
+        os.chmod(top, 0o711)
+        made.append(top)
+        b = bundle(args, edit=edit)
+        dest = os.path.join(top, "bundle")
+        shutil.move(b, dest)
+        return dest
+
+    yield make
+    for top in made:
+        shutil.rmtree(top, ignore_errors=True)
+
+
 @needs_keyctl
-def test_the_init_and_exec_join_a_new_session_keyring(ocirt, bundle, tmp_path, runc_cleanup):
+@pytest.mark.parametrize("user_ns", [False, True], ids=["host-userns", "userns"])
+def test_the_init_and_exec_join_a_new_session_keyring(ocirt, bundle, open_bundle, tmp_path,
+                                                      runc_cleanup, user_ns):
     for rt in runtimes(ocirt, tmp_path):
         cid = f"{rt.name}-keys"
-        b = python_bundle(bundle, ["sh", "-c", f"{PYTHON} -c '{SESSION_KEYRING}'; "
-                                   "exec sleep 1000"])
+        b = python_bundle(open_bundle if user_ns else bundle,
+                          ["sh", "-c", f"{PYTHON} -c '{SESSION_KEYRING}'; exec sleep 1000"],
+                          edit=userns if user_ns else None)
         out = tmp_path / f"{cid}.out"
         with open(out, "wb") as f:
             r = rt("run", "-d", "--bundle", b, cid, stdout=f)
         assert r.rc == 0, (rt.name, r)
         assert wait_for(lambda path=out: path.read_text().strip() != "", 10), rt.name
         serial, desc = parse(out.read_text())
-        # uid 0, gid 0, possessor: all; user: view, read, search, link (runc's 0x80000)
-        assert desc == f"keyring;0;0;3f1b0000;_ses.{cid}", (rt.name, desc)
+        # uid 0, gid 0, possessor: all; user: view, read, link; plus search for the
+        # container's user: "user" (0x80000) or, in a user namespace, "other" (0x8).
+        perm = "3f130008" if user_ns else "3f1b0000"
+        assert desc == f"keyring;0;0;{perm};_ses.{cid}", (rt.name, desc)
         assert serial != own_session_keyring()
-        fields = keyring_line(serial)  # the host sees the same key
-        assert (fields[4], fields[7]) == ("3f1b0000", "keyring"), fields
-        assert fields[8].startswith(f"_ses.{cid}:"), fields
+        if user_ns:  # owned by host uid 100000: to the host's root, "other", no view
+            assert serial not in keyring_serials(), rt.name
+        else:
+            fields = keyring_line(serial)  # the host sees the same key
+            assert (fields[4], fields[5], fields[7]) == (perm, "0", "keyring"), fields
+            assert fields[8].startswith(f"_ses.{cid}:"), fields
         r = rt("exec", cid, PYTHON, "-c", SESSION_KEYRING)
         assert r.rc == 0, (rt.name, r)
-        assert parse(r.out) == (serial, desc), rt.name  # the init's own keyring
+        if not user_ns:
+            assert parse(r.out) == (serial, desc), rt.name  # the init's own keyring
+        else:
+            # The keyring's owner is the container's root, whose "user" bits lack search:
+            # the kernel finds no `_ses.<id>` it may join and makes a new one, with the
+            # kernel's default permissions (runc does the same; it sets them only in the
+            # init).
+            exec_serial, exec_desc = parse(r.out)
+            assert exec_serial != serial, rt.name
+            assert exec_desc == f"keyring;0;0;3f130000;_ses.{cid}", (rt.name, exec_desc)
         assert rt("delete", "--force", cid).rc == 0
 
 
