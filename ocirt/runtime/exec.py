@@ -133,15 +133,20 @@ def exec_spec(container: Container, plan: Plan, opts: ExecOptions) -> Process:
 
 
 # What a process.json leaves out comes from config.json, as runc's newInitConfig takes
-# the container's values first and lets the process's override them.
-_INHERITED = ("ioPriority", "scheduler", "execCPUAffinity")
+# the container's values first and lets the process's override them: absent (null)
+# values, and for these also empty ones (runc: `len(process.Rlimits) > 0`,
+# `process.AppArmorProfile != ""`, `process.Label != ""`). Without this a process.json
+# with no "capabilities" would run with every capability the runtime has.
+_INHERITED = ("capabilities", "ioPriority", "scheduler", "execCPUAffinity")
+_INHERITED_IF_EMPTY = ("rlimits", "apparmorProfile", "selinuxLabel")
 
 
 def _with_container_defaults(raw: dict[str, Any], container: Container) -> dict[str, Any]:
     config_process = container.config().get("process") or {}
     out = dict(raw)
-    for key in _INHERITED:
-        if out.get(key) is None and config_process.get(key) is not None:
+    for key in _INHERITED + _INHERITED_IF_EMPTY:
+        missing = out.get(key) is None or (key in _INHERITED_IF_EMPTY and not out[key])
+        if missing and config_process.get(key) is not None:
             out[key] = config_process[key]
     return out
 
