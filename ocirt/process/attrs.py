@@ -98,7 +98,11 @@ def set_io_priority(prio: tuple[int, int] | None) -> None:
         raise OcirtError(f"failed to set io priority: {errno_text(exc.errno or 0)}") from None
 
 
-def set_scheduler(sched: dict[str, int] | None) -> None:
+def set_scheduler(sched: dict[str, int] | None, cpus_narrowed: bool = False) -> None:
+    """process.scheduler through sched_setattr(2). EPERM has two causes a user can fix:
+    SCHED_DEADLINE needs every CPU of the root domain (runc's message when the cgroup
+    narrows them), and on cgroup v1 with real-time group scheduling a new cpu cgroup has
+    no real-time budget for SCHED_FIFO/SCHED_RR."""
     if sched is None:
         return
     try:
@@ -106,7 +110,15 @@ def set_scheduler(sched: dict[str, int] | None) -> None:
                            sched["priority"], sched["runtime"], sched["deadline"],
                            sched["period"])
     except OSError as exc:
-        raise OcirtError(f"error setting scheduler: {errno_text(exc.errno or 0)}") from None
+        hint = ""
+        if exc.errno == errno.EPERM and cpus_narrowed:
+            hint = (" (process scheduler can't be used together with AllowedCPUs: "
+                    "linux.resources.cpu.cpus)")
+        elif exc.errno == errno.EPERM and sched["policy"] in (1, 2):
+            hint = (" (a cgroup v1 cpu controller with real-time group scheduling needs "
+                    "linux.resources.cpu.realtimeRuntime)")
+        raise OcirtError(f"error setting scheduler: {errno_text(exc.errno or 0)}{hint}") \
+            from None
 
 
 def set_personality(persona: int | None) -> None:

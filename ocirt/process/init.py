@@ -422,7 +422,8 @@ def prepare_process(ctx: InitContext) -> tuple[str, list[str]]:
     identity and capabilities, the working directory, and finding the executable."""
     proc = ctx.plan.process
     attrs.set_io_priority(proc.io_priority)
-    attrs.set_scheduler(proc.scheduler)
+    cpu = (ctx.plan.resources or {}).get("cpu") or {}
+    attrs.set_scheduler(proc.scheduler, bool(isinstance(cpu, dict) and cpu.get("cpus")))
     attrs.set_personality(ctx.plan.personality)
     attrs.set_memory_policy(ctx.plan.memory_policy)
     setgroups_allowed = _setgroups_allowed()

@@ -194,6 +194,21 @@ def test_scheduler_the_kernel_refuses_fails_create(ocirt, bundle, state_root):
     assert_nothing_left(state_root, "c1", b)
 
 
+RT_GROUPS = os.path.exists("/sys/fs/cgroup/cpu/cpu.rt_runtime_us")
+
+
+@pytest.mark.skipif(not RT_GROUPS, reason="needs cgroup v1 with real-time group scheduling")
+def test_real_time_policy_without_a_budget_names_the_fix(ocirt, bundle, state_root):
+    b = bundle(["true"], edit=lambda cfg: cfg["process"].update(
+        scheduler={"policy": "SCHED_FIFO", "priority": 10}))
+    r = ocirt("run", "--bundle", b, "c1")
+    assert r.rc == 1, r
+    assert "error setting scheduler: operation not permitted" in r.err, r
+    assert "linux.resources.cpu.realtimeRuntime" in r.err, r
+    assert len(r.err.strip().splitlines()) == 1 and "Traceback" not in r.err, r.err
+    assert_nothing_left(state_root, "c1", b)
+
+
 # --- personality -----------------------------------------------------------------------
 
 X86_64 = pytest.mark.skipif(platform.machine() != "x86_64",
@@ -324,6 +339,23 @@ def test_exec_cpu_affinity_final_within_the_cpuset(ocirt, bundle):
     r = ocirt("exec", "c1", "grep", "Cpus_allowed_list", "/proc/self/status")
     assert r.rc == 0, r
     assert allowed_list(r.out) == str(second), r
+
+
+@SMP
+def test_deadline_with_fewer_cpus_is_refused_with_runcs_message(ocirt, bundle, state_root):
+    # runc's scheduler.bats "scheduler vs cpus": SCHED_DEADLINE needs every CPU of the
+    # root domain, so sched_setattr says EPERM in a cpuset of one CPU.
+    def edit(cfg):
+        cfg["process"]["scheduler"] = {"policy": "SCHED_DEADLINE", "runtime": 42000,
+                                       "deadline": 1000000, "period": 1000000}
+        cfg["linux"]["resources"] = {"cpu": {"cpus": str(min(online_cpus())), "mems": "0"}}
+
+    b = bundle(["true"], edit=edit)
+    r = ocirt("run", "--bundle", b, "c1")
+    assert r.rc == 1, r
+    assert "process scheduler can't be used together with AllowedCPUs" in r.err, r
+    assert len(r.err.strip().splitlines()) == 1 and "Traceback" not in r.err, r.err
+    assert_nothing_left(state_root, "c1", b)
 
 
 @pytest.mark.parametrize("aff, message", [
