@@ -11,11 +11,12 @@ from __future__ import annotations
 import errno
 import os
 
+from ocirt import log
 from ocirt.errors import OcirtError, errno_text
 from ocirt.linux import consts as c
 from ocirt.linux import libc
 from ocirt.spec import options as opt
-from ocirt.spec.plan import Process, parse_cpu_list
+from ocirt.spec.plan import MAX_CPUS, Process, parse_cpu_list
 
 RLIMIT_NAMES = {0: "RLIMIT_CPU", 1: "RLIMIT_FSIZE", 2: "RLIMIT_DATA", 3: "RLIMIT_STACK",
                 4: "RLIMIT_CORE", 5: "RLIMIT_RSS", 6: "RLIMIT_NPROC", 7: "RLIMIT_NOFILE",
@@ -61,15 +62,21 @@ def set_oom_score_adj(pid: int, adj: int) -> None:
 
 # --- applied by the process itself -----------------------------------------------------
 
-def join_session_keyring(name: str, in_userns: bool) -> None:
-    """A fresh session keyring, so the container does not share the caller's keys."""
+def join_session_keyring(name: str, in_userns: bool, set_perm: bool = True) -> None:
+    """Join the session keyring `name` (the kernel creates it unless one we can search
+    exists), so the container does not share the caller's keys: runc's `_ses.<id>`,
+    which `exec` joins again. As in runc, only a kernel without keyrings (ENOSYS) lets
+    the process keep the caller's keyring; any other failure is an error."""
     try:
         serial = libc.keyctl(c.KEYCTL_JOIN_SESSION_KEYRING, name.encode())
     except OSError as exc:
-        if exc.errno in (errno.ENOSYS, errno.EPERM, errno.EACCES, errno.EDQUOT):
-            return  # keyrings unavailable (old kernel, nested container): best effort
-        raise OcirtError(f"unable to join session keyring: {errno_text(exc.errno or 0)}") \
-            from None
+        if exc.errno == errno.ENOSYS:
+            return
+        raise OcirtError(f"unable to join session keyring {name}: "
+                         f"{errno_text(exc.errno or 0)} (--no-new-keyring keeps the "
+                         "caller's)") from None
+    if not set_perm:
+        return  # exec: the init set them (runc's setns init leaves them as they are)
     # The kernel's default for a joined session keyring (possessor: all; user: view, read,
     # link) plus search for the container's user, as runc sets it: "other" in a user
     # namespace, "user" otherwise.
@@ -91,7 +98,11 @@ def set_io_priority(prio: tuple[int, int] | None) -> None:
         raise OcirtError(f"failed to set io priority: {errno_text(exc.errno or 0)}") from None
 
 
-def set_scheduler(sched: dict[str, int] | None) -> None:
+def set_scheduler(sched: dict[str, int] | None, cpus_narrowed: bool = False) -> None:
+    """process.scheduler through sched_setattr(2). EPERM has two causes a user can fix:
+    SCHED_DEADLINE needs every CPU of the root domain (runc's message when the cgroup
+    narrows them), and on cgroup v1 with real-time group scheduling a new cpu cgroup has
+    no real-time budget for SCHED_FIFO/SCHED_RR."""
     if sched is None:
         return
     try:
@@ -99,7 +110,15 @@ def set_scheduler(sched: dict[str, int] | None) -> None:
                            sched["priority"], sched["runtime"], sched["deadline"],
                            sched["period"])
     except OSError as exc:
-        raise OcirtError(f"error setting scheduler: {errno_text(exc.errno or 0)}") from None
+        hint = ""
+        if exc.errno == errno.EPERM and cpus_narrowed:
+            hint = (" (process scheduler can't be used together with AllowedCPUs: "
+                    "linux.resources.cpu.cpus)")
+        elif exc.errno == errno.EPERM and sched["policy"] in (1, 2):
+            hint = (" (a cgroup v1 cpu controller with real-time group scheduling needs "
+                    "linux.resources.cpu.realtimeRuntime)")
+        raise OcirtError(f"error setting scheduler: {errno_text(exc.errno or 0)}{hint}") \
+            from None
 
 
 def set_personality(persona: int | None) -> None:
@@ -137,13 +156,40 @@ def memory_policy_text(policy: tuple[int, list[int]]) -> str:
     return "|".join(names) + (f" nodes {','.join(map(str, nodes))}" if nodes else "")
 
 
-def set_affinity(cpus: str, which: str) -> None:
+def set_affinity(cpus: str, which: str, pid: int = 0) -> None:
+    """process.execCPUAffinity's `which` ("initial" or "final") list for `pid` (0: us)."""
     if cpus:
         try:
-            os.sched_setaffinity(0, parse_cpu_list(cpus, which))
+            os.sched_setaffinity(pid, parse_cpu_list(cpus, f"process.execCPUAffinity.{which}"))
         except OSError as exc:
-            raise OcirtError(f"error setting {which} CPU affinity {cpus!r}: "
-                             f"{errno_text(exc.errno or 0)}") from None
+            raise OcirtError(f"process.execCPUAffinity.{which}: error setting CPU affinity "
+                             f"{cpus!r}: {errno_text(exc.errno or 0)}") from None
+
+
+def set_final_affinity(pid: int, proc: Process | None) -> None:
+    """The CPUs of a process once it is in the container's cgroup, set by the runtime on
+    its PID (runc's setFinalCPUAffinity): `execCPUAffinity.final` for an exec'd process
+    (`proc`); with no execCPUAffinity at all, and for the init (`proc` None: the spec
+    says the setting does not apply to it), every CPU, so that the container does not
+    inherit the CPUs of whoever ran the runtime (`taskset -c 0 runc run`). The kernel
+    narrows that to the container's cpuset. With only `initial`, the kernel decides
+    (the cgroup move may have reset it)."""
+    initial, final = proc.cpu_affinity if proc is not None and proc.cpu_affinity \
+        else ("", "")
+    if final:
+        set_affinity(final, "final", pid)
+    elif not initial:
+        reset_affinity(pid)
+
+
+def reset_affinity(pid: int) -> None:
+    """Allow `pid` every CPU the kernel may ever have (best effort, as in runc)."""
+    try:
+        os.sched_setaffinity(pid, range(MAX_CPUS))
+    except OSError as exc:
+        log.warning(f"resetting the CPU affinity of pid {pid} failed: "
+                    f"{errno_text(exc.errno or 0)}: the container process may keep the "
+                    "runtime's CPU affinity")
 
 
 def set_no_new_privs() -> None:

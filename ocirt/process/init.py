@@ -149,8 +149,6 @@ def intermediate(ctx: InitContext) -> None:
         libc.unshare(flags)
     if plan.time_offsets:
         _write_time_offsets(plan.time_offsets)
-    if plan.process.cpu_affinity and plan.process.cpu_affinity[0]:
-        attrs.set_affinity(plan.process.cpu_affinity[0], "initial")
     fork_after_report(ctx, init, "init-pid")
 
 
@@ -358,14 +356,14 @@ def apply_lsm(plan: Plan) -> None:
     lsm.apply_exec_labels(plan.process.apparmor, plan.process.selinux_label)
 
 
-def join_session_keyring(ctx: InitContext) -> None:
-    """A fresh session keyring (labelled with the process's SELinux label, as runc does),
-    unless --no-new-keyring."""
+def join_session_keyring(ctx: InitContext, init: bool = True) -> None:
+    """The container's session keyring `_ses.<id>` (labelled with the process's SELinux
+    label, as runc does), unless --no-new-keyring: the init creates it, `exec` joins it."""
     if ctx.plan.no_new_keyring:
         return
     if ctx.plan.process.selinux_label:
         lsm.write_attr("keycreate", ctx.plan.process.selinux_label)
-    attrs.join_session_keyring(f"_ses.{ctx.container_id}", ctx.in_userns)
+    attrs.join_session_keyring(f"_ses.{ctx.container_id}", ctx.in_userns, set_perm=init)
 
 
 def write_sysctls(sysctl: dict[str, str]) -> None:
@@ -399,7 +397,8 @@ def prepare_process(ctx: InitContext) -> tuple[str, list[str]]:
     identity and capabilities, the working directory, and finding the executable."""
     proc = ctx.plan.process
     attrs.set_io_priority(proc.io_priority)
-    attrs.set_scheduler(proc.scheduler)
+    cpu = (ctx.plan.resources or {}).get("cpu") or {}
+    attrs.set_scheduler(proc.scheduler, bool(isinstance(cpu, dict) and cpu.get("cpus")))
     attrs.set_personality(ctx.plan.personality)
     attrs.set_memory_policy(ctx.plan.memory_policy)
     setgroups_allowed = _setgroups_allowed()
@@ -460,8 +459,6 @@ def exec_process(ctx: InitContext, path: str, env: list[str], tramp: int,
     args = proc.args if args is None else args
     if proc.no_new_privs:
         attrs.set_no_new_privs()
-    if proc.cpu_affinity and proc.cpu_affinity[1]:
-        attrs.set_affinity(proc.cpu_affinity[1], "final")
     reset_signals()
     for fd in range(3, ctx.keep_fds):
         try:

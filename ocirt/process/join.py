@@ -24,7 +24,7 @@ import os
 from ocirt.errors import OcirtError, errno_text
 from ocirt.linux import consts as c
 from ocirt.linux import libc
-from ocirt.process import trampoline
+from ocirt.process import attrs, trampoline
 from ocirt.process.init import (
     InitContext,
     apply_lsm,
@@ -43,6 +43,9 @@ def intermediate(ctx: InitContext) -> None:
     make_non_dumpable()
     close_other_fds(ctx)
     ctx.channel.expect("go")
+    affinity = ctx.plan.process.cpu_affinity
+    if affinity:  # until the move into the container's cgroup (runtime-spec 1.2)
+        attrs.set_affinity(affinity[0], "initial")
     for kind in c.JOIN_ORDER:
         fd = ctx.ns_fds.get(kind)
         if fd is None:
@@ -69,7 +72,7 @@ def process(ctx: InitContext) -> None:
     if plan.process.terminal:
         os.setsid()
         setup_terminal(ctx, dev_console=False)
-    join_session_keyring(ctx)
+    join_session_keyring(ctx, init=False)
     apply_lsm(plan)
     ctx.channel.send("ready")
     msg, _ = ctx.channel.expect("ready-ack")

@@ -220,6 +220,8 @@ class Creation:
             "annotations": plan.annotations, "creating": True,
             "creator": [me, proc.start_time(me)],
         })
+        if plan.no_new_keyring:  # `exec` then keeps its caller's keyring too (runc)
+            container.data["no_new_keyring"] = True
         self.container = container
         from ocirt.runtime import notify
 
@@ -347,6 +349,7 @@ class Creation:
         # The init makes its mounts while we move it (ocirt.process.protocol says why).
         cg.add(self.init_pid)
         cg.apply(plan.resources)
+        attrs.set_final_affinity(self.init_pid, None)  # within the cpuset just applied
         container.data["cgroup"] = cg.state()
         if plan.intel_rdt is not None:
             self._intel_rdt(container)

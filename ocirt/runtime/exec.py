@@ -83,7 +83,8 @@ def exec_process(store: Store, cid: str, opts: ExecOptions) -> int:
 def container_plan(container: Container) -> Plan:
     from ocirt.spec.plan import build_plan
 
-    return build_plan(container.config(), container.bundle)
+    return build_plan(container.config(), container.bundle,
+                      no_new_keyring=bool(container.data.get("no_new_keyring")))
 
 
 def exec_spec(container: Container, plan: Plan, opts: ExecOptions) -> Process:
@@ -97,7 +98,7 @@ def exec_spec(container: Container, plan: Plan, opts: ExecOptions) -> Process:
         raw = read_json_file(opts.process_file, regular_only=False)
         if not isinstance(raw, dict):
             raise OcirtError(f"{opts.process_file}: the process must be a JSON object")
-        proc = build_process(raw, "process")
+        proc = build_process(_with_container_defaults(raw, container), "process")
         if opts.tty:  # conmon passes --tty with process.terminal; --tty forces a terminal
             proc.terminal = True
         return proc
@@ -129,6 +130,25 @@ def exec_spec(container: Container, plan: Plan, opts: ExecOptions) -> Process:
     raw["capabilities"] = _with_caps(raw.get("capabilities"), opts.caps)
     build_caps({"bounding": opts.caps}, "--cap")  # a typo on the command line: an error
     return build_process(raw, "process")
+
+
+# What a process.json leaves out comes from config.json, as runc's newInitConfig takes
+# the container's values first and lets the process's override them: absent (null)
+# values, and for these also empty ones (runc: `len(process.Rlimits) > 0`,
+# `process.AppArmorProfile != ""`, `process.Label != ""`). Without this a process.json
+# with no "capabilities" would run with every capability the runtime has.
+_INHERITED = ("capabilities", "ioPriority", "scheduler", "execCPUAffinity")
+_INHERITED_IF_EMPTY = ("rlimits", "apparmorProfile", "selinuxLabel")
+
+
+def _with_container_defaults(raw: dict[str, Any], container: Container) -> dict[str, Any]:
+    config_process = container.config().get("process") or {}
+    out = dict(raw)
+    for key in _INHERITED + _INHERITED_IF_EMPTY:
+        missing = out.get(key) is None or (key in _INHERITED_IF_EMPTY and not out[key])
+        if missing and config_process.get(key) is not None:
+            out[key] = config_process[key]
+    return out
 
 
 def _check_utf8(opts: ExecOptions) -> None:
@@ -305,6 +325,7 @@ class Execution:
         if status != 0:
             raise OcirtError(f"exec intermediate process failed (wait status {status})")
         parent.expect("ready", on_log=log.emit_from_child)
+        attrs.set_final_affinity(self.pid, proc)  # it is in the cgroup by now
         if proc.rlimits:
             attrs.set_rlimits(self.pid, proc.rlimits)
         if proc.oom_score_adj is not None:

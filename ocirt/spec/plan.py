@@ -485,13 +485,22 @@ def _scheduler(sched: dict[str, Any] | None, where: str) -> dict[str, int] | Non
             raise ConfigError(f"{where}.flags[{i}]: invalid scheduler flag {flag!r}")
         flags |= opt.SCHED_FLAGS[flag]
     nice = _check(sched.get("nice", 0), int, f"{where}.nice")
-    if not -20 <= nice <= 19:
+    if policy in ("SCHED_OTHER", "SCHED_BATCH") and not -20 <= nice <= 19:
         raise ConfigError(f"{where}.nice: {nice} is outside [-20, 19]")
     out = {"policy": opt.SCHED_POLICIES[policy], "flags": flags, "nice": nice}
     for key in ("priority", "runtime", "deadline", "period"):
         out[key] = _uint(sched.get(key, 0), f"{where}.{key}", 64)
-    if policy in ("SCHED_FIFO", "SCHED_RR") and not 1 <= out["priority"] <= 99:
-        raise ConfigError(f"{where}.priority: must be in [1, 99] for {policy}")
+    # runc's validation (sched_setattr(2)): a priority only for the real-time policies,
+    # runtime/deadline/period only for SCHED_DEADLINE.
+    if policy in ("SCHED_FIFO", "SCHED_RR"):
+        if not 1 <= out["priority"] <= 99:
+            raise ConfigError(f"{where}.priority: must be in [1, 99] for {policy}")
+    elif out["priority"]:
+        raise ConfigError(f"{where}.priority: can only be set for SCHED_FIFO or SCHED_RR")
+    if policy != "SCHED_DEADLINE":
+        for key in ("runtime", "deadline", "period"):
+            if out[key]:
+                raise ConfigError(f"{where}.{key}: can only be set for SCHED_DEADLINE")
     return out
 
 
@@ -864,6 +873,8 @@ def _personality(p: Plan, linux: dict[str, Any]) -> None:
     domain = _get(pers, "domain", str, "linux.personality", "")
     if domain not in opt.PERSONALITY_DOMAINS:
         raise ConfigError(f"linux.personality.domain: invalid domain {domain!r}")
-    if _str_list(pers, "flags", "linux.personality"):
-        raise ConfigError("linux.personality.flags: no flags are supported")
+    flags = _str_list(pers, "flags", "linux.personality")
+    if flags:  # runtime-spec: "currently no flag values are supported"; runc warns
+        p.process.warnings.append(f"linux.personality.flags: unsupported flags {flags} "
+                                  "ignored")
     p.personality = opt.PERSONALITY_DOMAINS[domain]
