@@ -66,9 +66,9 @@ def enter_sandbox(argv: list[str]) -> int:
 
 
 def ocirt_binary() -> str:
-    installed = "/usr/local/bin/ocirt"
-    return installed if os.path.exists(installed) else os.path.join(REPO, ".venv", "bin",
-                                                                     "ocirt")
+    """This checkout's ocirt (its venv), which is what is measured: /usr/local/bin/ocirt
+    may run another checkout's code."""
+    return os.path.join(REPO, ".venv", "bin", "ocirt")
 
 
 class SlowFS:
@@ -142,21 +142,24 @@ def measure_one(way: str, n: int, model: str, args: argparse.Namespace, work: st
                 ocirt: str) -> dict:
     mnt = os.path.join(work, "mnt")
     state = tempfile.mkdtemp(dir=work, prefix="state-")
+    # IDs no one else uses: a container's cgroup is named by its ID, and a hybrid
+    # host's v1 hierarchies may put ours at their root, beside everyone's
+    prefix = f"bsh{os.getpid()}-{way}-{n}-"
     threads = 1 if model == "saturated" else args.parallel_threads
     with SlowFS(os.path.join(work, "backing"), mnt, args.latency_us, threads) as fs:
         image = os.path.join(mnt, "app.sif")
         sif_bundle = os.path.join(work, "sif-bundle")
         if way == "plain":
             bundle = plain_bundle(work, os.path.join(mnt, "rootfs"))
-            argvs = [["run", "--bundle", bundle, f"c{i}"] for i in range(n)]
+            argvs = [["run", "--bundle", bundle, f"{prefix}{i}"] for i in range(n)]
         elif way == "image":
-            argvs = [["run", "--image", image, f"c{i}", "--", "/usr/bin/python3", "-c",
+            argvs = [["run", "--image", image, f"{prefix}{i}", "--", "/usr/bin/python3", "-c",
                       IMPORT] for i in range(n)]
         else:
             subprocess.run([ocirt, "sif", "bundle", image, sif_bundle, "--",
                             "/usr/bin/python3", "-c", IMPORT], check=True,
                            stdout=subprocess.DEVNULL)
-            argvs = [["run", "--bundle", sif_bundle, f"c{i}"] for i in range(n)]
+            argvs = [["run", "--bundle", sif_bundle, f"{prefix}{i}"] for i in range(n)]
         try:
             elapsed, failures = start_all(ocirt, state, argvs)
         finally:
@@ -171,7 +174,7 @@ def measure_one(way: str, n: int, model: str, args: argparse.Namespace, work: st
 def measure(args: argparse.Namespace) -> dict:
     from rootfs import build_image, build_rootfs
 
-    ocirt = ocirt_binary()
+    ocirt = args.ocirt or ocirt_binary()
     work = args.work
     backing = os.path.join(work, "backing")
     if not os.path.exists(os.path.join(backing, "app.sif")):
@@ -269,6 +272,8 @@ def main() -> int:
     p.add_argument("--parallel-threads", type=int, default=16)
     p.add_argument("--models", default="saturated,parallel")
     p.add_argument("--work", default="/var/tmp/ocirt-bench-shared")
+    p.add_argument("--ocirt", default="", help="the ocirt to measure (default: this "
+                   "checkout's .venv/bin/ocirt)")
     p.add_argument("--out", default=os.path.join(REPO, "bench", "results", "shared"))
     args = p.parse_args()
     if os.geteuid() != 0:
