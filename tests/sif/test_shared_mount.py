@@ -94,10 +94,10 @@ def wait_for(cond, timeout: float = 10) -> bool:
 
 def test_concurrent_run_image_share_one_loop_device_and_one_mount(ocirt, image):
     img, key = image
-    results = start_all(ocirt, [["run", "-d", "--image", img, "--key", key, f"c{i}", "--",
+    results = start_all(ocirt, [["run", "-d", "--image", img, "--key", key, f"shm-c{i}", "--",
                                  "sleep", "60"] for i in range(N)])
     assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
-    assert sorted(ocirt.ids()) == sorted(f"c{i}" for i in range(N))
+    assert sorted(ocirt.ids()) == sorted(f"shm-c{i}" for i in range(N))
     mounts = squashfs_mounts(ocirt.root)
     assert len(mounts) == 1, mounts  # one superblock for all eight
     assert len(loops_of(img)) == 1, loop_backings()
@@ -105,11 +105,11 @@ def test_concurrent_run_image_share_one_loop_device_and_one_mount(ocirt, image):
     assert point.startswith(os.path.join(ocirt.root, "@images") + "/")
     major, minor = (int(x) for x in devno.split(":"))
     for i in range(N):  # what each container sees as / is that mount
-        r = ocirt("exec", f"c{i}", "stat", "-c", "%d", "/")
+        r = ocirt("exec", f"shm-c{i}", "stat", "-c", "%d", "/")
         assert r.rc == 0 and int(r.out) == os.makedev(major, minor), r
     refs = os.listdir(os.path.join(os.path.dirname(os.path.dirname(point)), "refs"))
-    assert sorted(refs) == sorted(f"c{i}" for i in range(N))
-    results = start_all(ocirt, [["delete", "--force", f"c{i}"] for i in range(N)])
+    assert sorted(refs) == sorted(f"shm-c{i}" for i in range(N))
+    results = start_all(ocirt, [["delete", "--force", f"shm-c{i}"] for i in range(N)])
     assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
     assert ocirt.ids() == []
     assert_released(ocirt, img)
