@@ -69,6 +69,49 @@ def v1_hierarchy_for(controller: str) -> Hierarchy | None:
     return None
 
 
+# v1 controllers whose job v2 does in its core files or with an eBPF program
+_V2_CORE = ("devices", "freezer")
+
+
+def is_unified() -> bool:
+    """A cgroup v2-only host: a cgroup2 mount and no v1 hierarchy with a controller."""
+    found = hierarchies()
+    return any(h.fstype == "cgroup2" for h in found) and not any(
+        h.fstype == "cgroup" and not all(o.startswith("name=") for o in h.options)
+        for h in found)
+
+
+def v2_controllers() -> set[str]:
+    """The controllers the cgroup2 mount offers (its top's cgroup.controllers)."""
+    h = unified()
+    if h is None:
+        return set()
+    try:
+        return set(read(h.mountpoint, "cgroup.controllers").split())
+    except OSError:
+        return set()
+
+
+def hierarchy_for(controller: str) -> Hierarchy | None:
+    """Where `controller` lives: its v1 hierarchy, or on a unified host the cgroup2 one
+    (devices and freezer included: v2 has them in its core)."""
+    if not is_unified():
+        return v1_hierarchy_for(controller)
+    if controller in v2_controllers() or controller in _V2_CORE:
+        return unified()
+    return None
+
+
+def placement_dir(controller: str) -> str | None:
+    """Where runc puts a relative cgroupsPath: below our own cgroup, or on a unified host
+    below its parent (our own holds processes, so v2 could pass it no controller)."""
+    own = own_dir(controller)
+    if own is None or not is_unified():
+        return own
+    h = unified()
+    return own if h is None or own == h.mountpoint else os.path.dirname(own)
+
+
 def unified() -> Hierarchy | None:
     for h in hierarchies():
         if h.fstype == "cgroup2":
@@ -85,16 +128,16 @@ def host_dir(h: Hierarchy, path: str) -> str:
 
 
 def own_dir(controller: str) -> str | None:
-    """This process's own cgroup directory in the v1 hierarchy of `controller`."""
-    h = v1_hierarchy_for(controller)
+    """This process's own cgroup directory in the hierarchy of `controller`."""
+    h = hierarchy_for(controller)
     if h is None:
         return None
     return host_dir(h, proc_cgroups()[h.key])
 
 
 def process_dir(pid: int, controller: str) -> str | None:
-    """The cgroup directory of process `pid` in the v1 hierarchy of `controller`."""
-    h = v1_hierarchy_for(controller)
+    """The cgroup directory of process `pid` in the hierarchy of `controller`."""
+    h = hierarchy_for(controller)
     if h is None:
         return None
     return host_dir(h, proc_cgroups(pid)[h.key])

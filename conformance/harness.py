@@ -317,13 +317,14 @@ class Harness:
 
 
 def session_cgroup_dirs(token: str) -> list[str]:
-    """Cgroup directories directly below our own cgroups whose names carry `token`."""
+    """Cgroup directories whose names carry `token` directly below our own cgroups, or
+    on a unified host below our cgroup's parent (where relative paths go there)."""
     found = []
     own = cgroupfs.proc_cgroups()
-    for h in cgroupfs.hierarchies():
-        if h.key not in own:
-            continue
-        base = cgroupfs.host_dir(h, own[h.key])
+    bases = [cgroupfs.host_dir(h, own[h.key]) for h in cgroupfs.hierarchies() if h.key in own]
+    if cgroupfs.is_unified():
+        bases += [os.path.dirname(b) for b in bases if not os.path.ismount(b)]
+    for base in bases:
         try:
             names = os.listdir(base)
         except OSError:

@@ -12,8 +12,11 @@ from 13 ms to 8 ms.
 runtime started as root by an engine must not import code from wherever its caller's
 environment points.
 
-contrib/setup.sh installs /usr/local/bin/ocirt this way; `pip install` gives the plain
-script (bin/ocirt), which works the same, just slower to start.
+contrib/setup.sh installs /usr/local/bin/ocirt this way. `pip install` cannot: it writes
+its own interpreter path on the #! line of the script it installs (bin/ocirt) and drops
+any flags there, so that script would pay for `site` on every call. Instead the script
+turns itself into this launcher on its first run (`upgrade`), when the file belongs to
+whoever runs it; where it cannot, it keeps working as it is, only slower to start.
 """
 
 from __future__ import annotations
@@ -38,24 +41,37 @@ run_and_exit()
 
 def site_paths(python: str = sys.executable) -> list[str]:
     """The directories `python` searches beyond its standard library: its sys.path minus
-    what it has under -I -S, with the directory holding this ocirt package first (an
-    editable install puts it there through a .pth finder the launcher skips)."""
-    bare = _sys_path(python, "-I", "-S")
-    full = _sys_path(python, "-I")
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    paths = [package_root]
+    what it has under -I -S, with the directory holding its ocirt package first (an
+    editable install puts it there through a .pth finder the launcher skips). All of it
+    as `python -I` sees it, never through the caller's PYTHONPATH."""
+    bare, _ = _sys_path(python, "-I", "-S")
+    full, package = _sys_path(python, "-I")
+    here = os.path.dirname(os.path.abspath(__file__))
+    paths = [os.path.dirname(os.path.dirname(package) if package else here)]
     for path in full:
         if path and path not in bare and path not in paths and os.path.isdir(path):
             paths.append(path)
     return paths
 
 
-def _sys_path(python: str, *flags: str) -> list[str]:
-    out = subprocess.run([python, *flags, "-c", "import sys; print(repr(sys.path))"],
-                         capture_output=True, text=True, check=True).stdout
+_PROBE = """import sys
+try:
+    import ocirt
+    where = ocirt.__file__
+except ImportError:
+    where = ""
+print(repr((sys.path, where)))
+"""
+
+
+def _sys_path(python: str, *flags: str) -> tuple[list[str], str]:
+    """sys.path of `python` run with `flags`, and where its ocirt package is ("" if none)."""
+    out = subprocess.run([python, *flags, "-c", _PROBE], capture_output=True, text=True,
+                         check=True, cwd="/").stdout
     import ast
 
-    return list(ast.literal_eval(out))
+    path, where = ast.literal_eval(out)
+    return list(path), str(where)
 
 
 def write(dest: str, python: str = sys.executable) -> None:
@@ -68,6 +84,30 @@ def write(dest: str, python: str = sys.executable) -> None:
         f.write(text)
     os.chmod(tmp, 0o755)
     os.replace(tmp, dest)
+
+
+def upgrade(script: str) -> None:
+    """Replace the script `pip install` wrote (run as `script`, with `site`) by the
+    launcher, once: only the file's owner does it, only after the new launcher has run
+    `--version`, atomically. Any failure leaves the script as it was: it still works."""
+    path = os.path.realpath(script)
+    staged = f"{path}.launcher.{os.getpid()}"
+    try:
+        if os.stat(path).st_uid != os.geteuid() or not os.access(os.path.dirname(path),
+                                                                 os.W_OK):
+            return
+        write(staged)
+        check = subprocess.run([staged, "--version"], capture_output=True, timeout=60,
+                               stdin=subprocess.DEVNULL)
+        if check.returncode == 0:
+            os.replace(staged, path)
+    except (OSError, ValueError, SyntaxError, subprocess.SubprocessError):
+        pass
+    finally:
+        try:
+            os.unlink(staged)
+        except OSError:
+            pass
 
 
 def main(argv: list[str]) -> int:

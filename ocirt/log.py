@@ -81,6 +81,14 @@ def _write(fd: int, text: str) -> None:
         pass
 
 
+def one_line(msg: str) -> str:
+    """`msg` with line breaks and other control characters escaped: an error quoting a
+    value from an image or a config file stays one line, whatever the value holds."""
+    if msg.isprintable():
+        return msg
+    return "".join(ch if ch.isprintable() or ch == "\t" else repr(ch)[1:-1] for ch in msg)
+
+
 def debug(msg: str) -> None:
     emit("debug", msg)
 
@@ -100,6 +108,7 @@ def error(msg: str) -> None:
 def fatal(msg: str) -> None:
     """The one error line of a failed command; with a log file also the bare text on
     stderr, which podman falls back to and humans read."""
+    msg = one_line(msg)
     emit("error", msg)
     if _state["to_file"]:
         _write(2, msg + "\n")

@@ -136,9 +136,9 @@ class Container:
         cg = self.data.get("cgroup")
         if not cg:
             return False
-        from ocirt.cgroups import manager_from_state
+        from ocirt.cgroups import frozen_from_state
 
-        return manager_from_state(cg).is_frozen()
+        return frozen_from_state(cg)
 
     def oci_state(self, status: str | None = None) -> dict[str, Any]:
         """The runtime-spec state, with runc's extra fields, in runc's key order."""
@@ -212,6 +212,9 @@ class Store:
             os.mkdir(directory, 0o711)
         except FileExistsError:
             raise OcirtError("container with given ID already exists") from None
+        except OSError as exc:  # e.g. the system's root seen from a user namespace
+            raise OcirtError(f"create state directory {directory}: "
+                             f"{os.strerror(exc.errno or 0).lower()} (is --root right?)") from None
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         fcntl.flock(fd, fcntl.LOCK_EX)
         return Lock(fd)
@@ -271,6 +274,24 @@ class Store:
         except FileNotFoundError:
             return []
         return sorted(n for n in names if os.path.isfile(os.path.join(self.root, n, STATE_FILE)))
+
+
+def make_private_dirs(path: str) -> None:
+    """os.makedirs, but every directory it makes is 0700: makedirs gives the parents
+    0777 & ~umask, so a first container with a seccomp filter (the cache under the state
+    root) or a SIF image left a fresh state root world-readable (runc's is 0700)."""
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            pass
 
 
 def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:

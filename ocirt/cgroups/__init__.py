@@ -7,8 +7,10 @@ The runtime talks to cgroups only through `Manager`:
     mgr.add(pid)            # place a process (the intermediate, before it forks the init)
     mgr.apply(resources)    # linux.resources (runtime-spec); raise OcirtError naming the field
     mgr.state()             # JSON-able description kept in state.json ("cgroup")
+    mgr.planned_state()     # the same, recorded before create() makes anything
     manager_from_state(d)   # the same manager again, for later commands
     mgr.is_frozen() / freeze() / thaw() / pids() / destroy()
+    frozen_from_state(d)    # is_frozen() of manager_from_state(d), without the managers
     mgr.update(resources)   # `ocirt update`: apply a LinuxResources delta, keep the merge
     mgr.stats()             # runc's `events --stats` data
 
@@ -51,6 +53,11 @@ class Manager:
     def state(self) -> dict[str, Any] | None:
         return None
 
+    def planned_state(self) -> dict[str, Any] | None:
+        """state() as it will be once create() has made everything: saved before
+        create() runs, so that `delete --force` after a SIGKILL mid-create finds it."""
+        return self.state()
+
     def is_frozen(self) -> bool:
         return False
 
@@ -72,6 +79,54 @@ class Manager:
     def paths(self) -> dict[str, str]:
         """Controller ("" for cgroup2) -> the container's cgroup directory."""
         return {}
+
+
+def frozen_from_state(data: dict[str, Any] | None) -> bool:
+    """Whether the recorded cgroup is paused, read straight from the paths state.json
+    keeps: `state`, `kill`, `delete` and `list` ask on every call, and one file needs
+    none of the managers' modules (the managers' is_frozen answer the same way)."""
+    if not data:
+        return False
+    kind = data.get("manager")
+    if kind == "systemd":
+        return frozen_from_state(data.get("inner"))
+    if kind == "v1":
+        paths = data.get("paths") or {}
+        if paths.get("freezer"):
+            return v1_frozen(paths["freezer"])
+        return v2_frozen(paths.get("") or "")
+    if kind == "v2":
+        return v2_frozen(data.get("path") or "")
+    return False
+
+
+def v1_frozen(directory: str) -> bool:
+    """freezer.state says FROZEN (or FREEZING) because of this cgroup itself, not an
+    ancestor (frozen by someone else is not paused by us)."""
+    try:
+        if _read(directory + "/freezer.state") == "THAWED":
+            return False
+    except OSError:
+        return False
+    try:
+        return _read(directory + "/freezer.self_freezing") == "1"
+    except OSError:
+        return True
+
+
+def v2_frozen(directory: str) -> bool:
+    """cgroup.freeze is 1 ("" for no directory: a rootless container without a cgroup)."""
+    if not directory:
+        return False
+    try:
+        return _read(directory + "/cgroup.freeze") == "1"
+    except OSError:
+        return False
+
+
+def _read(path: str) -> str:
+    with open(path, "rb") as f:
+        return f.read().decode().strip()
 
 
 def manager_for_plan(plan: Any, container_id: str, *, systemd: bool = False,

@@ -80,12 +80,17 @@ class FsManager(Manager):
             except OcirtError as exc:  # keep the first error; report the second
                 log.warning(str(exc))
             raise
-        if skipped:
-            log.warning(f"rootless: no cgroup for the container in {', '.join(skipped)}; it "
-                        "runs without limits there (requesting any is an error)")
+        if skipped:  # runc says nothing here; limits asked for fail in apply()
+            log.debug(f"rootless: no cgroup in {', '.join(skipped)}")
 
     def _may_skip(self, exc: OSError) -> bool:
         return self.rootless and not self.explicit and exc.errno in _PERMISSION
+
+    def _would_skip(self, directory: str) -> bool:
+        """A rootless container never uses a cgroup it may not write (someone else's of
+        the same name, e.g. at the root of a v1 hierarchy): its processes are no concern."""
+        return (self.rootless and not self.explicit and os.path.isdir(directory)
+                and not os.access(directory, os.W_OK))
 
     def _check_unused(self) -> None:
         """runc 1.2's rule: never start a container in a cgroup that already has
@@ -93,6 +98,8 @@ class FsManager(Manager):
         if self.allow_busy:
             return
         for directory in self.dirs():
+            if self._would_skip(directory):
+                continue
             found = fs.procs(directory)
             if found:
                 raise OcirtError(f"container's cgroup is not empty: {len(found)} process(es) "
@@ -138,6 +145,21 @@ class FsManager(Manager):
                 "explicit": self.explicit, "resources": self.resources_raw}
         data.update(self._extra_state())
         return data
+
+    def planned_state(self) -> dict[str, Any] | None:
+        """Every directory create() is about to make counts as made: destroy() removes
+        those that exist (the leaf with what is below it, the parents only if empty) and
+        never one that existed before, so a create killed at any instant leaves none."""
+        made = list(self.made)
+        for directory in self.dirs():
+            if self._would_skip(directory):
+                continue
+            made += [d for d in fs.missing_dirs(directory) if d not in made]
+        saved, self.made = self.made, made
+        try:
+            return self.state()
+        finally:
+            self.made = saved
 
     def pids(self) -> list[int]:
         for directory in self.dirs():

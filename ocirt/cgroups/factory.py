@@ -2,9 +2,12 @@
 
 The cgroup path is runc's: `linux.cgroupsPath`, or the container ID when it is empty.
 A relative path nests below our own cgroup in each hierarchy (the spec leaves that to
-the runtime; runc does the same); an absolute one is taken from the hierarchy's root as
-seen from our cgroup namespace. `..` cannot climb out of either (the path is cleaned as
-if rooted, as runc's CleanPath does).
+the runtime; runc does the same), except on a unified (v2-only) host, where it nests
+below our cgroup's parent, as runc's fs2 driver does: our own cgroup holds processes (us),
+and v2 passes memory, io, hugetlb or rdma down only from cgroups without processes, so
+a container below it could never have those limits. An absolute path is taken from the
+hierarchy's root as seen from our cgroup namespace. `..` cannot climb out of either (the
+path is cleaned as if rooted, as runc's CleanPath does).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import posixpath
 from ocirt.cgroups import Manager
 from ocirt.cgroups.detect import SYSTEMD_NAME, V1_CONTROLLERS, Hierarchy, Layout, detect
 from ocirt.errors import OcirtError
+from ocirt.linux.proc import in_user_namespace
 
 TYPE_CHECKING = False  # importing typing costs ~2 ms (and pulls in re); annotations only
 if TYPE_CHECKING:
@@ -30,7 +34,8 @@ def for_plan(plan: Any, cid: str, *, systemd: bool = False,
     if systemd:
         from ocirt.cgroups.systemd import SystemdManager
 
-        mgr: Manager = SystemdManager.for_path(plan.cgroups_path, cid, layout, rootless_on)
+        mgr: Manager = SystemdManager.for_path(plan.cgroups_path, cid, layout, rootless_on,
+                                               resources=plan.resources)
     else:
         mgr = cgroupfs_manager(layout, plan.cgroups_path, cid, rootless_on)
     if hasattr(mgr, "default_rules"):
@@ -51,15 +56,6 @@ def resolve_rootless(value: bool | str) -> bool:
     return os.geteuid() != 0 or in_user_namespace()
 
 
-def in_user_namespace() -> bool:
-    try:
-        with open("/proc/self/uid_map") as f:
-            fields = f.read().split()
-    except OSError:
-        return False
-    return fields != ["0", "0", "4294967295"]
-
-
 def clean_path(path: str) -> tuple[str, bool]:
     """(cleaned path, is absolute); `..` never leaves the root it is relative to."""
     absolute = path.startswith("/")
@@ -67,8 +63,9 @@ def clean_path(path: str) -> tuple[str, bool]:
     return (cleaned if absolute else cleaned.lstrip("/")), absolute
 
 
-def cgroup_dir(h: Hierarchy, path: str, absolute: bool) -> str:
-    """The container's directory in hierarchy `h`."""
+def cgroup_dir(h: Hierarchy, path: str, absolute: bool, beside: bool = False) -> str:
+    """The container's directory in hierarchy `h`; `beside`: a relative path goes below
+    our cgroup's parent (unless we are at the top of what the mount shows)."""
     if absolute:
         found = h.dir_of(path)
         if found is None:
@@ -78,6 +75,8 @@ def cgroup_dir(h: Hierarchy, path: str, absolute: bool) -> str:
     own = h.own_dir()
     if own is None:
         raise OcirtError(f"cannot find our own cgroup {h.own} below {h.mountpoint}")
+    if beside and own != h.mountpoint:
+        own = posixpath.dirname(own)
     return posixpath.join(own, path) if path else own
 
 
@@ -93,7 +92,8 @@ def cgroupfs_manager(layout: Layout, cgroups_path: str, cid: str, rootless: bool
         from ocirt.cgroups.v2 import V2Manager
 
         assert layout.unified is not None
-        return V2Manager(cgroup_dir(layout.unified, path, absolute), rootless=rootless,
+        return V2Manager(cgroup_dir(layout.unified, path, absolute, beside=True),
+                         rootless=rootless,
                          explicit=explicit)
     from ocirt.cgroups.v1 import V1Manager
 

@@ -71,8 +71,8 @@ def exists(directory: str, name: str) -> bool:
     return os.path.exists(os.path.join(directory, name))
 
 
-def make_dirs(path: str) -> list[str]:
-    """mkdir -p; returns the directories this call created, outermost first."""
+def missing_dirs(path: str) -> list[str]:
+    """The directories `make_dirs(path)` would create now, outermost first."""
     missing = []
     current = os.path.normpath(path)
     while not os.path.isdir(current):
@@ -81,8 +81,13 @@ def make_dirs(path: str) -> list[str]:
         if parent == current:
             break
         current = parent
+    return missing[::-1]
+
+
+def make_dirs(path: str) -> list[str]:
+    """mkdir -p; returns the directories this call created, outermost first."""
     made = []
-    for directory in reversed(missing):
+    for directory in missing_dirs(path):
         try:
             os.mkdir(directory, 0o755)
             made.append(directory)
@@ -123,6 +128,13 @@ def remove_tree(path: str, timeout: float = REMOVE_TIMEOUT) -> None:
 
 
 def _remove_once(path: str) -> OSError | None:
+    try:  # the usual case, an empty leaf: one rmdir instead of listing it first
+        os.rmdir(path)
+        return None
+    except FileNotFoundError:
+        return None
+    except OSError:
+        pass  # cgroups below it, or tasks still exiting: the walk below says which
     if not os.path.isdir(path):
         return None
     for top, dirs, _ in os.walk(path, topdown=False):

@@ -3,10 +3,13 @@
 cgroupsPath is `slice:prefix:name` (runc's form): the scope `<prefix>-<name>.scope` in
 `slice` (default `system.slice`); a name ending in `.slice` makes a slice instead. Where
 systemd runs, the unit is created over D-Bus (StartTransientUnit with the container's
-first process, Delegate=yes and accounting on, as runc asks) and its cgroup directories
-are then managed through cgroupfs like any other (hierarchies systemd does not manage
-are joined by us, as runc does); `destroy` stops the unit. Where systemd does not run
-(no /run/systemd/system), create fails and says so.
+first process, Delegate=yes and accounting on, as runc asks, and the resource limits as
+unit properties: ocirt.cgroups.sdprops) and its cgroup directories are then managed
+through cgroupfs like any other (the limits written there too, as runc does; hierarchies
+systemd does not manage are joined by us); `update` sends the changed limits with
+SetUnitProperties before writing them; `destroy` stops the unit and resets it if it
+failed, so no unit is left either way. Where systemd does not run (no
+/run/systemd/system), create fails and says so.
 """
 
 from __future__ import annotations
@@ -92,12 +95,14 @@ class SystemdManager(Manager):
     name = "systemd"
 
     def __init__(self, slice_: str, unit: str, cid: str, rootless: bool = False,
-                 inner: dict[str, Any] | None = None, bus: str | None = None) -> None:
+                 inner: dict[str, Any] | None = None, bus: str | None = None,
+                 resources: dict[str, Any] | None = None) -> None:
         self.slice = slice_
         self.unit = unit
         self.cid = cid
         self.rootless = rootless
         self.bus = bus
+        self.resources = resources  # sent as properties when the unit starts
         self.default_rules: list = []
         self._inner = None
         if inner is not None:
@@ -107,7 +112,8 @@ class SystemdManager(Manager):
 
     @classmethod
     def for_path(cls, cgroups_path: str, cid: str, layout: Layout | None = None,
-                 rootless: bool = False) -> SystemdManager:
+                 rootless: bool = False, resources: dict[str, Any] | None = None
+                 ) -> SystemdManager:
         slice_, unit = parse_path(cgroups_path, cid)
         if not systemd_running():
             raise OcirtError("--systemd-cgroup: systemd is not running on this host (no "
@@ -116,12 +122,13 @@ class SystemdManager(Manager):
         if rootless:
             raise OcirtError("--systemd-cgroup: rootless containers need the user's systemd "
                              "instance, which ocirt does not drive (systemdUser)")
-        return cls(slice_, unit, cid, rootless)
+        return cls(slice_, unit, cid, rootless, resources=resources)
 
     @classmethod
     def from_state(cls, data: dict[str, Any]) -> SystemdManager:
         return cls(data["slice"], data["unit"], data.get("id", ""),
-                   bool(data.get("rootless")), data.get("inner"), data.get("bus"))
+                   bool(data.get("rootless")), data.get("inner"), data.get("bus"),
+                   data.get("resources"))
 
     def _connect(self) -> Any:
         from ocirt.cgroups.dbus import Connection
@@ -147,6 +154,7 @@ class SystemdManager(Manager):
                      f"interface='{SYSTEMD_MANAGER}',member='JobRemoved'")
             bus.call(SYSTEMD, SYSTEMD_PATH, SYSTEMD_MANAGER, "Subscribe")
             props = unit_properties(self.slice, self.unit, pid, self.cid)
+            props += self._resource_properties(self.resources, None, with_devices=True)
             [job] = bus.call(SYSTEMD, SYSTEMD_PATH, SYSTEMD_MANAGER, "StartTransientUnit",
                              "ssa(sv)a(sa(sv))", self.unit, "replace", props, [])
             done = bus.wait_signal("JobRemoved", lambda m: m.body[1] == job, JOB_TIMEOUT)
@@ -154,6 +162,16 @@ class SystemdManager(Manager):
             if result != "done":
                 raise OcirtError(f"--systemd-cgroup: starting unit {self.unit} failed: "
                                  f"{result}")
+
+    def _resource_properties(self, delta: dict[str, Any] | None,
+                             before: dict[str, Any] | None, with_devices: bool) -> list:
+        from ocirt.cgroups import resources as res_mod
+        from ocirt.cgroups import sdprops
+
+        res = res_mod.parse(delta)
+        full = res_mod.parse(res_mod.merge(before, delta or {})) if before else res
+        rules = (res.devices or []) + self.default_rules if with_devices else None
+        return sdprops.properties(res, full, detect().mode == "unified", rules)
 
     def _cgroupfs(self, layout: Layout) -> Manager:
         """The unit's directories, managed through cgroupfs (created where systemd did
@@ -176,6 +194,7 @@ class SystemdManager(Manager):
                 from ocirt import log
 
                 log.warning(f"--systemd-cgroup: stop unit {self.unit}: {exc}")
+        self._reset_failed()
         if self._inner is not None:
             self._inner.destroy()
 
@@ -188,11 +207,28 @@ class SystemdManager(Manager):
         self._cg().apply(resources)
 
     def update(self, resources: dict[str, Any]) -> None:
-        self._cg().update(resources)
+        """SetUnitProperties first (runtime only, as runc), then the files."""
+        inner = self._cg()
+        props = self._resource_properties(resources, getattr(inner, "resources_raw", None),
+                                          with_devices=False)
+        if props:
+            with self._connect() as bus:
+                bus.call(SYSTEMD, SYSTEMD_PATH, SYSTEMD_MANAGER, "SetUnitProperties",
+                         "sba(sv)", self.unit, True, props)
+        inner.update(resources)
+
+    def _reset_failed(self) -> None:
+        """A unit whose processes were killed may stay loaded as failed: forget it."""
+        try:
+            with self._connect() as bus:
+                bus.call(SYSTEMD, SYSTEMD_PATH, SYSTEMD_MANAGER, "ResetFailedUnit", "s",
+                         self.unit)
+        except OcirtError:
+            pass  # not failed, or gone: nothing is left
 
     def state(self) -> dict[str, Any]:
         return {"manager": self.name, "slice": self.slice, "unit": self.unit, "id": self.cid,
-                "rootless": self.rootless, "bus": self.bus,
+                "rootless": self.rootless, "bus": self.bus, "resources": self.resources,
                 "inner": self._inner.state() if self._inner is not None else None}
 
     def is_frozen(self) -> bool:

@@ -15,8 +15,9 @@ import os
 import time
 
 from ocirt import log
-from ocirt.cgroups import fs
+from ocirt.cgroups import fs, v1_frozen, v2_frozen
 from ocirt.cgroups.base import PREFIX, FsManager
+from ocirt.cgroups.resources import pids_max
 from ocirt.errors import OcirtError, errno_text
 
 TYPE_CHECKING = False  # importing typing costs ~2 ms on the `state` path
@@ -83,7 +84,7 @@ class V1Manager(FsManager):
         if _cpu_fields(res):
             _set_cpu(p["cpu"], res)
         if res.pids_limit is not None:
-            limit = str(res.pids_limit) if res.pids_limit > 0 else "max"
+            limit = pids_max(res.pids_limit)
             fs.write(p["pids"], "pids.max", limit, f"{PREFIX}.pids.limit")
         if res.blkio:
             _set_blkio(p["blkio"], res)
@@ -127,7 +128,7 @@ class V1Manager(FsManager):
             if not self.rootless:
                 log.warning("the devices cgroup is not mounted: device rules are not enforced")
             return
-        from ocirt.cgroups.factory import in_user_namespace
+        from ocirt.linux.proc import in_user_namespace
 
         if self.rootless or in_user_namespace():
             return  # the kernel refuses device rules from a user namespace (runc skips)
@@ -158,26 +159,8 @@ class V1Manager(FsManager):
     def is_frozen(self) -> bool:
         directory = self._paths.get("freezer")
         if directory is None:
-            return self._unified_frozen()
-        try:
-            state = fs.read(directory, "freezer.state").strip()
-        except OSError:
-            return False
-        if state == "THAWED":
-            return False
-        try:  # frozen because an ancestor is: not paused by us
-            return fs.read(directory, "freezer.self_freezing").strip() == "1"
-        except OSError:
-            return True
-
-    def _unified_frozen(self) -> bool:
-        unified = self._paths.get("")
-        if unified is None:
-            return False
-        try:
-            return fs.read(unified, "cgroup.freeze").strip() == "1"
-        except OSError:
-            return False
+            return v2_frozen(self._paths.get("") or "")
+        return v1_frozen(directory)
 
     def freeze(self) -> None:
         directory = self._paths.get("freezer")

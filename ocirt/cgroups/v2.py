@@ -6,20 +6,28 @@ cpu.weight, blkio weight -> io.weight, memory+swap -> memory.swap.max, ...); the
 cgroup (`ocirt.cgroups.bpf`). Freezing uses cgroup.freeze and waits for cgroup.events
 to report `frozen 1`.
 
-Controllers are enabled (cgroup.subtree_control) in the directories we made, and in the
-existing parent only for controllers a requested resource needs and the parent does not
-enable yet; settings v2 has no file for are reported, not silently dropped.
+Controllers are enabled (cgroup.subtree_control) in the directories we made, and in each
+existing ancestor, from the top of the hierarchy down, only for the controllers a
+requested resource needs and the ancestor does not enable yet: a v2 cgroup has a
+controller's files only when every ancestor passes it down. What we enabled in a cgroup
+we did not make is recorded and disabled again on delete, unless another cgroup has
+appeared below it meanwhile (it may rely on it). A controller that cannot be passed down
+(not available, or the ancestor holds processes: the kernel's no-internal-process rule)
+fails create with the field, the cgroup and the reason; settings v2 has no file for are
+reported, not silently dropped.
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import time
 
 from ocirt import log
-from ocirt.cgroups import fs
+from ocirt.cgroups import fs, v2_frozen
 from ocirt.cgroups.base import PREFIX, FsManager
+from ocirt.cgroups.resources import pids_max
 from ocirt.errors import OcirtError
 
 TYPE_CHECKING = False  # importing typing costs ~2 ms on the `state` path
@@ -38,6 +46,7 @@ class V2Manager(FsManager):
         super().__init__(**kw)
         self.path = path
         self._skipped = False
+        self.enabled: list[list[str]] = []  # [cgroup, controller] we enabled, not ours
 
     @classmethod
     def from_state(cls, data: dict[str, Any]) -> V2Manager:
@@ -45,6 +54,7 @@ class V2Manager(FsManager):
                   explicit=bool(data.get("explicit")), made=data.get("made"),
                   resources=data.get("resources"))
         mgr._skipped = not data.get("path")
+        mgr.enabled = [list(pair) for pair in data.get("enabled") or []]
         return mgr
 
     def paths(self) -> dict[str, str]:
@@ -57,7 +67,25 @@ class V2Manager(FsManager):
         self._skipped = True
 
     def _extra_state(self) -> dict[str, Any]:
-        return {"path": "" if self._skipped else self.path}
+        return {"path": "" if self._skipped else self.path, "enabled": self.enabled}
+
+    def destroy(self) -> None:
+        super().destroy()
+        self._undo_enabled()
+
+    def _undo_enabled(self) -> None:
+        """Disable, deepest first, what we enabled in cgroups we did not make, where no
+        cgroup is left below them (another container's would lose its controller)."""
+        for directory, controller in reversed(list(self.enabled)):
+            if not _has_children(directory):
+                try:
+                    fs.write_raw(os.path.join(directory, "cgroup.subtree_control"),
+                                 f"-{controller}")
+                except OSError as exc:
+                    log.debug(f"cannot disable {controller} in {directory}: {exc.strerror}")
+            else:
+                log.debug(f"{controller} stays enabled in {directory}: it has other cgroups")
+            self.enabled.remove([directory, controller])
 
     def _prepare(self, made: list[str]) -> None:
         for directory in made[:-1] if made and made[-1] == self.path else made:
@@ -73,7 +101,7 @@ class V2Manager(FsManager):
         self._enable_needed(res)
         d = self.path
         if res.pids_limit is not None:
-            limit = str(res.pids_limit) if res.pids_limit > 0 else "max"
+            limit = pids_max(res.pids_limit)
             fs.write(d, "pids.max", limit, f"{PREFIX}.pids.limit")
         if res.memory:
             set_memory(d, res, full)
@@ -99,16 +127,25 @@ class V2Manager(FsManager):
         self._set_unified(res)
 
     def _enable_needed(self, res: Resources) -> None:
-        """Enable in the parent the controllers the request needs (the parent existed
-        before us, so only what is missing is touched)."""
+        """Pass the controllers the request needs down every ancestor, top first; only
+        what is missing is touched, and what we touched in a cgroup not ours recorded."""
         needed = _controllers_for(res)
-        if needed and os.path.dirname(self.path) not in self.made:
-            enable_controllers(os.path.dirname(self.path), needed)
+        if not needed:
+            return
+        for directory in _ancestors(self.path):
+            try:
+                enabled = set(fs.read(directory, "cgroup.subtree_control").split())
+            except OSError:
+                continue
+            for controller in sorted(set(needed) - enabled):
+                _enable_one(directory, controller, needed[controller])
+                if directory not in self.made:
+                    self.enabled.append([directory, controller])
 
     def _set_devices(self, res: Resources) -> None:
         from ocirt.cgroups import bpf
         from ocirt.cgroups import devices as dev
-        from ocirt.cgroups.factory import in_user_namespace
+        from ocirt.linux.proc import in_user_namespace
 
         state = dev.emulate((res.devices or []) + self.default_rules)
         if self.rootless or in_user_namespace():
@@ -139,12 +176,7 @@ class V2Manager(FsManager):
     # -- freezer, kill -------------------------------------------------------------------
 
     def is_frozen(self) -> bool:
-        if self._skipped:
-            return False
-        try:
-            return fs.read(self.path, "cgroup.freeze").strip() == "1"
-        except OSError:
-            return False
+        return not self._skipped and v2_frozen(self.path)
 
     def freeze(self) -> None:
         if self._skipped:
@@ -169,6 +201,41 @@ class V2Manager(FsManager):
 
 
 # --- helpers (also used by the v1 manager on hybrid hosts) --------------------------------
+
+def _ancestors(path: str) -> list[str]:
+    """The cgroups above `path`, from the top of its mount down to its parent."""
+    found = []
+    directory = os.path.dirname(path)
+    while fs.exists(directory, "cgroup.controllers"):
+        found.append(directory)
+        if os.path.ismount(directory) or directory == "/":
+            break
+        directory = os.path.dirname(directory)
+    return found[::-1]
+
+
+def _enable_one(directory: str, controller: str, field: str) -> None:
+    """+controller in directory's cgroup.subtree_control, or an error saying why not."""
+    if controller not in available(directory):
+        raise OcirtError(f"{PREFIX}.{field}: controller {controller!r} not available in "
+                         f"{directory} (cgroup.controllers)")
+    where = f"{PREFIX}.{field}: cannot pass the {controller} controller down from {directory}"
+    try:
+        fs.write_raw(os.path.join(directory, "cgroup.subtree_control"), f"+{controller}")
+    except OSError as exc:
+        if exc.errno == errno.EBUSY:
+            raise OcirtError(f"{where}: that cgroup holds processes (cgroup v2 has "
+                             "controllers only below cgroups without processes)") from None
+        raise OcirtError(f"{where}: {exc.strerror}") from None
+
+
+def _has_children(directory: str) -> bool:
+    try:
+        return any(entry.is_dir() for entry in os.scandir(directory))
+    except OSError:
+        return False
+
+
 
 def available(directory: str) -> set[str]:
     try:
@@ -367,26 +434,27 @@ def _warn_v1_only(res: Resources) -> None:
         log.warning(f"{PREFIX}.network: net_cls/net_prio do not exist on cgroup v2, ignored")
 
 
-def _controllers_for(res: Resources) -> set[str]:
-    needed = set()
-    if res.memory:
-        needed.add("memory")
-    if any(k in res.cpu for k in ("shares", "quota", "period", "burst", "idle")):
-        needed.add("cpu")
-    if res.cpu.get("cpus") or res.cpu.get("mems"):
-        needed.add("cpuset")
-    if res.pids_limit is not None:
-        needed.add("pids")
-    if res.blkio:
-        needed.add("io")
-    if res.hugepages:
-        needed.add("hugetlb")
-    if res.rdma:
-        needed.add("rdma")
+def _controllers_for(res: Resources) -> dict[str, str]:
+    """controller -> the field that needs it (for errors)."""
+    needed: dict[str, str] = {}
     for key in res.unified:
         controller = key.partition(".")[0]
         if controller != "cgroup":
-            needed.add(controller)
+            needed[controller] = f"unified.{key}"
+    if res.memory:
+        needed["memory"] = "memory"
+    if any(k in res.cpu for k in ("shares", "quota", "period", "burst", "idle")):
+        needed["cpu"] = "cpu"
+    if res.cpu.get("cpus") or res.cpu.get("mems"):
+        needed["cpuset"] = "cpu.cpus" if res.cpu.get("cpus") else "cpu.mems"
+    if res.pids_limit is not None:
+        needed["pids"] = "pids.limit"
+    if res.blkio:
+        needed["io"] = "blockIO"
+    if res.hugepages:
+        needed["hugetlb"] = "hugepageLimits"
+    if res.rdma:
+        needed["rdma"] = "rdma"
     return needed
 
 

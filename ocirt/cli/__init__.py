@@ -9,21 +9,25 @@ from __future__ import annotations
 import os
 import sys
 
-from ocirt.cli.commands import COMMANDS, GLOBAL_FLAGS
-from ocirt.cli.parser import Options, check_arg_count, command_help, parse
+from ocirt.cli.commands import COMMANDS, DESCRIPTION, GLOBAL_FLAGS, SUMMARY
+from ocirt.cli.parser import Command, Options, check_arg_count, command_help, parse
 from ocirt.errors import OcirtError, UnknownCommand, UsageError
 
 # Commands whose failures runc reports as "runc <cmd> failed: <reason>".
 _PREFIXED = {"create", "run", "exec", "start"}
+# runc's exit code when a command's action fails (usage errors keep theirs): `exec` exits
+# 255, so that engines can tell "could not start" from "the process exited 1".
+_FAILURE_CODES = {"exec": 255}
 
 
 class Globals:
-    """Global flags, shared by every command."""
+    """Global flags, shared by every command. The state root is worked out only when a
+    command uses it, so `spec`, `features` and `--version` never need XDG_RUNTIME_DIR."""
 
-    __slots__ = ("root", "log", "log_format", "debug", "systemd_cgroup", "rootless", "criu")
+    __slots__ = ("_root", "log", "log_format", "debug", "systemd_cgroup", "rootless", "criu")
 
     def __init__(self, opts: Options) -> None:
-        self.root = opts.root or default_root(opts)
+        self._root = opts.root
         self.log = opts.log
         self.log_format = opts.log_format
         self.debug = opts.debug
@@ -31,14 +35,45 @@ class Globals:
         self.rootless = opts.rootless
         self.criu = opts.criu
 
+    @property
+    def root(self) -> str:
+        if not self._root:
+            self._root = default_root()
+        return self._root
 
-def default_root(opts: Options) -> str:
-    """/run/ocirt for root; $XDG_RUNTIME_DIR/ocirt for an unprivileged user (as runc)."""
+
+def default_root() -> str:
+    """runc's choice: /run/ocirt for the real root; $XDG_RUNTIME_DIR/ocirt for an
+    unprivileged user and for uid 0 inside a user namespace (rootless podman runs the
+    runtime so), unless $USER says root there (runc's shouldHonorXDGRuntimeDir)."""
+    if not _honors_xdg_runtime_dir():
+        return "/run/ocirt"
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if not xdg:
+        from ocirt.errors import OcirtError
+
+        raise OcirtError("XDG_RUNTIME_DIR is not set: a rootless ocirt keeps its state in "
+                         "$XDG_RUNTIME_DIR/ocirt (set it, or pass --root DIR)")
+    root = os.path.join(xdg, "ocirt")
+    try:  # as runc: 0700, and sticky so that the XDG cleaner never prunes it
+        os.makedirs(root, 0o700, exist_ok=True)
+        os.chmod(root, 0o1700)
+    except OSError as exc:
+        from ocirt.errors import OcirtError
+
+        raise OcirtError(f"state root {root} (from XDG_RUNTIME_DIR): "
+                         f"{os.strerror(exc.errno or 0)}") from None
+    return root
+
+
+def _honors_xdg_runtime_dir() -> bool:
     if os.geteuid() != 0:
-        xdg = os.environ.get("XDG_RUNTIME_DIR")
-        if xdg:
-            return os.path.join(xdg, "ocirt")
-    return "/run/ocirt"
+        return True
+    from ocirt.linux.proc import in_user_namespace
+
+    if not in_user_namespace():
+        return False
+    return os.environ.get("USER") != "root"
 
 
 def run_and_exit() -> None:
@@ -61,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     cmd = None
+    acting = False  # the handler runs: its failures get the command's failure code
     try:
         gopts, rest = parse(GLOBAL_FLAGS, argv, stop_at_first=True)
         log.configure(gopts.log, gopts.log_format, gopts.debug)
@@ -80,8 +116,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         check_arg_count(cmd, args)
         handler = _load(cmd.handler)
+        acting = True
         g = Globals(gopts)
-        if os.geteuid() == 0:
+        if os.geteuid() == 0 and gopts.root:  # Slurm's cleanup: root on a user's --root
             from ocirt.state import act_as_root_owner
 
             act_as_root_owner(g.root)
@@ -97,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         if cmd is not None and cmd.name in _PREFIXED:
             msg = f"ocirt {cmd.name} failed: {msg}"
         log.fatal(msg)
-        return exc.exit_code
+        return _failure_code(cmd, acting, exc.exit_code)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -108,7 +145,13 @@ def main(argv: list[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-        return 1
+        return _failure_code(cmd, acting, 1)
+
+
+def _failure_code(cmd: Command | None, acting: bool, code: int) -> int:
+    if acting and cmd is not None and code == 1:
+        return _FAILURE_CODES.get(cmd.name, code)
+    return code
 
 
 def _load(path: str):
@@ -127,10 +170,9 @@ def _help(topics: list[str]) -> int:
         return 0
     lines = [
         "NAME:",
-        "   ocirt - Open Container Initiative runtime",
+        f"   ocirt - {SUMMARY}",
         "",
-        "ocirt runs containers from OCI bundles (a config.json and a root filesystem) and",
-        "from SIF images. Its command line is runc's, so engines can use it in runc's place.",
+        *DESCRIPTION.split("\n"),
         "",
         "USAGE:",
         "   ocirt [global options] command [command options] [arguments...]",

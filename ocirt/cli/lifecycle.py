@@ -34,6 +34,8 @@ def _image_bundle(g: Globals, opts: Options, args: list[str], copts) -> None:  #
     if not opts.image:
         if len(args) > 1:
             raise UsageError("arguments after the container id need --image")
+        if opts.writable_tmpfs:
+            raise UsageError("--writable-tmpfs needs --image")
         return
     if opts.bundle:
         raise UsageError("--image and --bundle exclude each other")
@@ -41,7 +43,8 @@ def _image_bundle(g: Globals, opts: Options, args: list[str], copts) -> None:  #
 
     checked_by = image.policy(opts.key or [], opts.pgp_key or [])
     copts.bundle, copts.sif_lease = image.bundle_from_image(
-        Store(g.root), args[0], opts.image, args[1:], checked_by)
+        Store(g.root), args[0], opts.image, args[1:], checked_by,
+        writable="tmpfs" if opts.writable_tmpfs else None)
     copts.sif_bundle = copts.bundle
 
 

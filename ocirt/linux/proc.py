@@ -8,6 +8,17 @@ import os
 from ocirt.errors import OcirtError, errno_text
 
 
+def in_user_namespace() -> bool:
+    """Whether this process runs in a user namespace other than the initial one (whose
+    uid_map is the identity over the whole range), as runc's userns.RunningInUserNS."""
+    try:
+        with open("/proc/self/uid_map") as f:
+            fields = f.read().split()
+    except OSError:
+        return False
+    return fields != ["0", "0", "4294967295"]
+
+
 def stat_fields(pid: int) -> list[str] | None:
     """Fields of /proc/<pid>/stat after the command name (field 3 is index 0)."""
     try:

@@ -22,6 +22,14 @@ SIGRTMAX = 64
 SIGKILL, SIGTERM, SIGCHLD, SIGWINCH, SIGURG, SIGCONT = 9, 15, 17, 28, 23, 18
 
 
+def pidfd_send_signal(pidfd: int, sig: int) -> None:
+    """pidfd_send_signal(2) through the interpreter's own built-in _signal (no ctypes on
+    the `kill` path); OSError as the kernel reports it."""
+    import _signal
+
+    _signal.pidfd_send_signal(pidfd, sig)
+
+
 def kill_and_reap(*pids: int) -> None:
     """SIGKILL our children `pids` (0 for none), then reap them in reverse order: the
     undo step of a failed create or exec."""
@@ -42,7 +50,8 @@ def kill_and_reap(*pids: int) -> None:
 def parse_signal(text: str) -> int:
     """Number for a signal given as a name (any case, with or without SIG) or a number."""
     raw = text.strip()
-    if raw.isdigit():  # any number: the kernel says whether it is valid, as with runc
+    # any number: the kernel says whether it is valid, as with runc
+    if raw.isascii() and raw.isdigit():
         return int(raw)
     name = raw.upper()
     if name.startswith("SIG"):
@@ -54,7 +63,7 @@ def parse_signal(text: str) -> int:
             return start
         if name.startswith(base) and name[len(base):len(base) + 1] in "+-":
             offset = name[len(base) + 1:]
-            if offset.isdigit():
+            if offset.isascii() and offset.isdigit():
                 num = start + sign * int(offset)
                 if SIGRTMIN <= num <= SIGRTMAX:
                     return num

@@ -56,6 +56,7 @@ class InitContext:
         self.seccomp = seccomp  # a compiled filter (ocirt.seccomp), or None
         self.hooks = hooks  # the ocirt.hooks module when the config has hooks, else None
         self.in_userns = False
+        self.in_cgroups = False  # the init: create said it is in the container's cgroups
         self.host_pid = 0  # our PID as the host sees it (for hooks' state), from the parent
         self.root_fd = -1  # `exec`: the container's root directory (/proc/<init>/root)
         self.exec_pid = 0  # `exec`: the new process's PID as the host sees it
@@ -132,7 +133,7 @@ def intermediate(ctx: InitContext) -> None:
         become_root_in_userns()
     flags = 0
     for kind, path in plan.namespaces.items():
-        if path == "" and kind != "user":
+        if path == "" and kind not in ("user", "cgroup"):  # cgroup: the init makes it
             flags |= c.NAMESPACES[kind][0]
     if flags:
         libc.unshare(flags)
@@ -216,17 +217,22 @@ def init(ctx: InitContext) -> None:
     if plan.creates("network"):
         loopback_up()
     join_session_keyring(ctx)
+    if plan.creates("cgroup"):
+        # Its root is the cgroup we are in when it is made: the container's.
+        wait_for_cgroups(ctx)
+        libc.unshare(c.CLONE_NEWCGROUP)
     if plan.has("mount"):
         root_fd = rootfs.prepare_root(plan)
     else:
         # No mount namespace: the mounts land in the runtime's namespace, below the
         # rootfs (runc does the same); `create` records them and `delete` removes them.
         root_fd = os.open(plan.rootfs, resolve._O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    rootfs.mount_all(root_fd, plan, ctx.idmapped)
+    rootfs.mount_all(root_fd, plan, ctx.idmapped, before_cgroup=lambda: wait_for_cgroups(ctx))
     for fd in ctx.idmapped.values():
         os.close(fd)
     ctx.idmapped = {}
     if plan.setup_dev:
+        wait_for_cgroups(ctx)  # device nodes are made under the container's device rules
         devices.setup_dev(root_fd, plan, ctx.in_userns)
     ctx.channel.send("create-hooks")
     msg, _ = ctx.channel.expect("create-hooks-done")
@@ -284,6 +290,17 @@ def init(ctx: InitContext) -> None:
             os.write(ctx.fifo_fd, ("E" + exc.message).encode())
             os._exit(1)
     exec_process(ctx, exec_path, env, tramp)
+
+
+def wait_for_cgroups(ctx: InitContext) -> None:
+    """Return once `create` has moved us into the container's cgroups (it does that while
+    we make our mounts: see ocirt.process.protocol). Asked once, before the first step
+    that depends on them."""
+    if ctx.in_cgroups:
+        return
+    ctx.channel.send("cgroup-join")
+    ctx.channel.expect("cgroup-joined")
+    ctx.in_cgroups = True
 
 
 def _make_cwd(cwd: str) -> None:
@@ -409,6 +426,7 @@ def prepare_process(ctx: InitContext) -> tuple[str, list[str]]:
     attrs.set_io_priority(proc.io_priority)
     attrs.set_scheduler(proc.scheduler)
     attrs.set_personality(ctx.plan.personality)
+    attrs.set_memory_policy(ctx.plan.memory_policy)
     setgroups_allowed = _setgroups_allowed()
     try:
         os.chdir(proc.cwd)  # as root first; again as the user below (runc)

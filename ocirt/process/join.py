@@ -7,9 +7,12 @@ init's /proc/<pid>/root, so a --no-pivot container works too), sets up its termi
 identity and limits exactly as the init does for its own process, and execs. Both stay
 non-dumpable until execve (CVE-2016-9962). The exchange:
 
-    P -> I  go                  the intermediate is in the container's cgroup
-    I -> P  exec-pid {pid}      the process is forked; the intermediate exits
-    C -> P  ready               P sets rlimits and oom_score_adj on it
+    P -> I  go                  join the namespaces
+    I -> P  exec-pid {pid}      the process is forked; the intermediate exits. P moves
+                                the process into the container's cgroup while it takes
+                                the container's root (ocirt.process.protocol says why)
+    C -> P  ready               P sets rlimits and oom_score_adj on it (it is in the
+                                cgroup by then: P reads this message only afterwards)
     P -> C  ready-ack
     then EOF on the socket when execve succeeded, or `error {message}` when it did not.
 """

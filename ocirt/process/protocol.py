@@ -7,15 +7,26 @@ pickle: the child runs inside namespaces the container controls.
 
 The exchange for `create` (P = runtime, I = intermediate child, C = container init):
 
-    P -> I  go                 cgroups are set up; start making namespaces
+    P -> I  go                 the container's cgroups exist; start making namespaces
     I -> P  idmap-request      I made a user namespace; P writes uid_map/gid_map
     P -> I  idmap-done
-    I -> P  init-pid {pid}     I forked C (PID 1 of the new pid namespace); I exits
+    I -> P  init-pid {pid}     I forked C (PID 1 of the new pid namespace); I exits.
+                               P moves C into the container's cgroups and applies the
+                               resources while C makes its mounts (see below)
+    C -> P  cgroup-join        C is about to depend on its cgroups (a new cgroup
+    P -> C  cgroup-joined      namespace, a cgroup mount, device nodes): P answers once
+                               C is in them
     C -> P  create-hooks       mounts are done; P runs prestart and createRuntime hooks
     P -> C  create-hooks-done
     C -> P  ready              P sets rlimits and oom_score_adj on C
     P -> C  ready-ack
     C -> P  initialized        C waits for `start` now; P records the state and exits
+
+C, not I, is moved into the cgroups, after I has made the namespaces: the kernel's first
+write to a cgroup.procs file waits for an RCU grace period (7-15 ms here), and C's
+mounts go on meanwhile instead of waiting for it (runc hides the same wait behind its
+`runc init` re-exec). Nothing of the container's runs before C is in its cgroups: C asks
+before anything that depends on them, and the hooks and the process come later still.
 
 Either side may send `error {message}` instead, which ends the exchange; the child's error
 is reported whole by the parent. `log {level, msg}` carries the child's warnings.
@@ -34,7 +45,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 MESSAGES = frozenset({
-    "go", "idmap-request", "idmap-done", "init-pid", "create-hooks", "create-hooks-done",
+    "go", "idmap-request", "idmap-done", "init-pid", "cgroup-join", "cgroup-joined",
+    "create-hooks", "create-hooks-done",
     "ready", "ready-ack", "initialized", "error", "log",
     # exec
     "exec-pid",

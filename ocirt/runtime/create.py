@@ -56,7 +56,26 @@ def load_plan(bundle: str, opts: CreateOptions) -> tuple[Plan, dict[str, Any]]:
         if not is_sif(plan.rootfs):
             raise OcirtError(f"rootfs ({plan.rootfs}) does not exist")
         plan.sif_root = True  # root.path names a SIF image: mounted by `create`
+    else:
+        check_unpacked_devices(plan)
     return plan, spec
+
+
+def check_unpacked_devices(plan: Plan) -> None:
+    """A root that `ocirt sif bundle --unpack` extracted from an untrusted image holds no
+    device nodes (the unpack creates none); one there now was written later, e.g. by a
+    container with CAP_MKNOD into its writable root, and is refused, except below the
+    /dev mounts of the spec, which hide it. Ordinary bundles are not checked: runc
+    accepts a rootfs with a static /dev, and engines' rootfs are theirs to vouch for."""
+    from ocirt.sif.bundle import unpacked_rootfs_devices
+
+    hidden = tuple(m.destination for m in plan.mounts
+                   if m.destination == "/dev" or m.destination.startswith("/dev/"))
+    found = unpacked_rootfs_devices(plan.bundle, plan.rootfs, hidden)
+    if found:
+        raise OcirtError(f"rootfs ({plan.rootfs}) was unpacked from a SIF image and holds "
+                         f"device node {found[0]}: refusing it (device nodes belong in "
+                         "the container's /dev mount)")
 
 
 def check_terminal(plan: Plan, opts: CreateOptions) -> None:
@@ -91,6 +110,7 @@ def create(store: Store, cid: str, opts: CreateOptions,
     check_terminal(plan, opts)
     warn_and_keep_grantable(plan)
     check_security_labels(plan)
+    rdt_root = check_intel_rdt(plan, cid)
     seccomp = None
     if plan.seccomp is not None:
         from ocirt.seccomp import compile_filter
@@ -102,7 +122,21 @@ def create(store: Store, cid: str, opts: CreateOptions,
 
         hooks = hooks_module
     keep_fds, extra_env = inherited_fds(opts.preserve_fds)
-    return Creation(store, cid, plan, spec, opts, seccomp, hooks, keep_fds, extra_env).run()
+    creation = Creation(store, cid, plan, spec, opts, seccomp, hooks, keep_fds, extra_env)
+    creation.rdt_root = rdt_root
+    return creation.run()
+
+
+def check_intel_rdt(plan: Plan, cid: str) -> str:
+    """linux.intelRdt needs a mounted resctrl with what the config asks for: checked
+    before anything exists (runc's validator). Returns the resctrl mount point."""
+    if plan.intel_rdt is None:
+        return ""
+    from ocirt import resctrl
+
+    root = resctrl.find_root()
+    resctrl.check(plan.intel_rdt, root, cid)
+    return root
 
 
 def warn_and_keep_grantable(plan: Plan) -> None:
@@ -158,6 +192,7 @@ class Creation:
         self.init_pid = 0
         self.container: Container | None = None
         self.mounts_before: list[list[Any]] = []
+        self.rdt_root = ""  # the resctrl mount point, when the config has linux.intelRdt
 
     def run(self) -> Container:
         from ocirt.process import init as init_code  # noqa: F401  (imported before fork)
@@ -189,12 +224,15 @@ class Creation:
         self.container = container
         from ocirt.runtime import notify
 
+        self.store.save(container)  # from here on `delete --force` knows its creator
         self._sif(container)
         container.data["notify_socket"] = notify.prepare(plan, container.dir)
         self.store.save(container)
         write_atomic(container.path(CONFIG_FILE), _dump(self.spec))
         if not plan.has("mount"):
             self.mounts_before = host_mounts_below(plan.rootfs)
+            container.data["mounts_before"] = self.mounts_before  # see delete.destroy
+            self.store.save(container)
             self.undo.push(self._unmount_new_host_mounts, what="mounts below the rootfs")
         fifo_fd = self._make_fifo(container)
         console_fd = self._console_fd()
@@ -202,8 +240,14 @@ class Creation:
         idmapped = self._idmapped_mounts()
         cg = manager_for_plan(plan, self.cid, systemd=self.opts.systemd_cgroup,
                               rootless=self.opts.rootless)
-        cg.create()
+        # Recorded before it is made, so that `delete --force` after a SIGKILL of this
+        # process at any instant removes every directory create() made.
+        container.data["cgroup"] = cg.planned_state()
+        self.store.save(container)
         self.undo.push(cg.destroy, what="cgroup")
+        cg.create()
+        container.data["cgroup"] = cg.state()
+        self.store.save(container)
         parent, child = socketpair()
         self.undo.push(parent.close, what="sync socket")
         ctx = InitContext(plan, self.cid, child, fifo_fd, console_fd, ns_fds, self.keep_fds,
@@ -223,12 +267,13 @@ class Creation:
             os.close(fd)
         if console_fd >= 0 and console_fd != self.opts.console_fd:
             os.close(console_fd)
-        cg.add(pid)
-        cg.apply(plan.resources)
-        container.data["cgroup"] = cg.state()
-        self._handshake(parent, container)
+        self._handshake(parent, container, cg)
         parent.close()
         self.undo.clear()
+        if self.opts.sif_bundle:
+            from ocirt.runtime.image import unmark_creator
+
+            unmark_creator(self.opts.sif_bundle)  # state.json names it now
         return container
 
     # -- steps ----------------------------------------------------------------------------
@@ -287,7 +332,7 @@ class Creation:
 
         return idmap.prepare(self.plan)
 
-    def _handshake(self, parent: Any, container: Container) -> None:
+    def _handshake(self, parent: Any, container: Container, cg: Any) -> None:
         from ocirt.process import attrs
 
         plan = self.plan
@@ -299,12 +344,22 @@ class Creation:
             parent.send("idmap-done")
             msg, _ = parent.expect("init-pid", on_log=on_log)
         self.init_pid = int(msg["pid"])
+        # The init makes its mounts while we move it (ocirt.process.protocol says why).
+        cg.add(self.init_pid)
+        cg.apply(plan.resources)
+        container.data["cgroup"] = cg.state()
+        if plan.intel_rdt is not None:
+            self._intel_rdt(container)
         self._reap_intermediate()
         if plan.net_devices:
             self._move_net_devices()
         container.data["pid"] = self.init_pid
         container.data["init_start"] = proc.start_time(self.init_pid)
-        parent.expect("create-hooks", on_log=on_log)
+        self.store.save(container)  # the hooks below may outlive us (SIGKILL)
+        msg, _ = parent.expect("cgroup-join", "create-hooks", on_log=on_log)
+        if msg["type"] == "cgroup-join":
+            parent.send("cgroup-joined")
+            parent.expect("create-hooks", on_log=on_log)
         # The state prestart hooks read says "created" (runtime-tools checks it, crun does
         # it); createRuntime hooks see "creating", as runc passes them.
         self._run_hooks(("prestart",), "created")
@@ -319,6 +374,7 @@ class Creation:
         parent.expect("initialized", on_log=on_log)
         container.data["creating"] = False
         container.data.pop("creator", None)
+        container.data.pop("mounts_before", None)
         hooks = {k: v for k, v in plan.hooks.items() if k in ("poststart", "poststop")}
         if hooks:
             container.data["hooks"] = hooks
@@ -329,6 +385,18 @@ class Creation:
         self.store.save(container)
         if self.opts.pid_file:
             write_pid_file(self.opts.pid_file, self.init_pid)
+
+    def _intel_rdt(self, container: Container) -> None:
+        """The init joins its resctrl group; the record is saved before the group is made,
+        so that `delete --force` removes it even after a SIGKILL here."""
+        from ocirt import resctrl
+
+        assert self.plan.intel_rdt is not None
+        rec = resctrl.record(self.plan.intel_rdt, self.rdt_root, self.cid)
+        container.data["intel_rdt"] = rec
+        self.store.save(container)
+        self.undo.push(resctrl.destroy, rec, what="resctrl group")
+        resctrl.apply(self.plan.intel_rdt, rec, self.init_pid)
 
     def _move_net_devices(self) -> None:
         from ocirt.runtime import netdev

@@ -72,6 +72,10 @@ def exec_process(store: Store, cid: str, opts: ExecOptions) -> int:
     if not terminal and opts.console_socket:
         raise OcirtError("cannot use console socket if ocirt will not detach or allocate tty")
     execution = Execution(container, plan, opts)
+    if terminal and not opts.console_socket:
+        from ocirt.runtime.tty import host_console
+
+        execution.console = host_console()
     execution.store_cache = store.cache_dir("seccomp")
     return execution.run()
 
@@ -90,7 +94,7 @@ def exec_spec(container: Container, plan: Plan, opts: ExecOptions) -> Process:
     if opts.process_file:
         from ocirt.spec.load import read_json_file
 
-        raw = read_json_file(opts.process_file)
+        raw = read_json_file(opts.process_file, regular_only=False)
         if not isinstance(raw, dict):
             raise OcirtError(f"{opts.process_file}: the process must be a JSON object")
         proc = build_process(raw, "process")
@@ -99,6 +103,7 @@ def exec_spec(container: Container, plan: Plan, opts: ExecOptions) -> Process:
         return proc
     if not opts.args:
         raise OcirtError("exec: no command given (and no --process file)")
+    _check_utf8(opts)
     raw = dict(container.config().get("process") or {"cwd": "/"})
     raw["args"] = list(opts.args)
     raw["env"] = list(raw.get("env") or []) + list(opts.env)
@@ -124,6 +129,19 @@ def exec_spec(container: Container, plan: Plan, opts: ExecOptions) -> Process:
     raw["capabilities"] = _with_caps(raw.get("capabilities"), opts.caps)
     build_caps({"bounding": opts.caps}, "--cap")  # a typo on the command line: an error
     return build_process(raw, "process")
+
+
+def _check_utf8(opts: ExecOptions) -> None:
+    """Command-line bytes that are not UTF-8 (Python holds them as lone surrogates) can
+    cross neither the JSON of the state nor the sync socket: refused, naming the flag."""
+    named = [(f"argument {i + 1}", a) for i, a in enumerate(opts.args)]
+    named += [("--env", e) for e in opts.env] + [("--cwd", opts.cwd), ("--user", opts.user)]
+    for what, value in named:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise OcirtError(f"exec: {what} {os.fsencode(value)!r} is not UTF-8 text") \
+                from None
 
 
 def _int(text: str, what: str) -> int:
@@ -164,6 +182,7 @@ class Execution:
         self.pid = 0
         self.forwarder: Any = None
         self.store_cache: str | None = None
+        self.console = -1  # our terminal, relayed to the process's pty (no console socket)
 
     def run(self) -> int:
         try:
@@ -218,7 +237,6 @@ class Execution:
         for fd in (*ns_fds.values(), console_fd):
             if fd >= 0:
                 os.close(fd)
-        self._join_cgroup(pid)
         self._handshake(parent)
         self.undo.clear()
         os.close(root_fd)
@@ -248,6 +266,13 @@ class Execution:
         return fds
 
     def _join_cgroup(self, pid: int) -> None:
+        """The container's cgroup, and its resctrl group (exec'd processes are not the
+        init's children, so they do not inherit it)."""
+        rdt = self.container.data.get("intel_rdt")
+        if rdt:
+            from ocirt import resctrl
+
+            resctrl.join(rdt, pid)
         cg = self.container.data.get("cgroup")
         if not cg:
             return
@@ -266,6 +291,7 @@ class Execution:
         parent.send("go")
         msg, _ = parent.expect("exec-pid", on_log=log.emit_from_child)
         self.pid = int(msg["pid"])
+        self._join_cgroup(self.pid)  # nothing of the process's runs before "ready-ack"
         if not self.opts.detach:  # from here on, our signals are the process's
             from ocirt.runtime.run import SignalForwarder
 
@@ -292,7 +318,7 @@ class Execution:
         try:
             if relay_end >= 0:
                 master = _receive_master(relay_end)
-                self.forwarder.attach_terminal(master)
+                self.forwarder.attach_terminal(master, self.console)
             return wait_and_relay(self.pid, master, self.forwarder)
         finally:
             if relay_end >= 0:

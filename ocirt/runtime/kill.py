@@ -33,10 +33,10 @@ def signal_init(container: Container, sig: int) -> None:
     try:
         if proc.start_time(pid) != container.data.get("init_start"):
             raise OcirtError("container not running")
-        from ocirt.linux import libc
+        from ocirt.linux.signals import pidfd_send_signal
 
         try:
-            libc.pidfd_send_signal(pidfd, sig)
+            pidfd_send_signal(pidfd, sig)
         except OSError as exc:
             raise OcirtError(f"unable to signal init: {errno_text(exc.errno or 0)}") from None
     finally:

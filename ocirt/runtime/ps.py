@@ -8,17 +8,15 @@ from ocirt.errors import OcirtError
 def ps_table(pids: list[int], ps_args: list[str]) -> str:
     """runc's table: `ps ARGS` (default -ef), its header, and the lines whose PID column
     names a process of the container."""
-    import subprocess
+    from ocirt.linux.spawn import capture
 
     try:
-        result = subprocess.run(["ps", *(ps_args or ["-ef"])], capture_output=True,
-                                text=True)
+        code, stdout, stderr = capture(["ps", *(ps_args or ["-ef"])])
     except FileNotFoundError:
         raise OcirtError("ps: executable file not found in $PATH") from None
-    if result.returncode != 0:
-        raise OcirtError(f"ps: exit status {result.returncode}: "
-                         f"{(result.stdout + result.stderr).strip()}")
-    lines = result.stdout.split("\n")
+    if code != 0:
+        raise OcirtError(f"ps: exit status {code}: {(stdout + stderr).strip()}")
+    lines = stdout.split("\n")
     header = lines[0]
     try:
         column = header.split().index("PID")

@@ -34,8 +34,11 @@ def run(store: Store, cid: str, opts: CreateOptions, detach: bool, keep: bool) -
         container = create(store, cid, opts, loaded)
         _start_or_destroy(store, container)
         return 0
-    relay_end = -1
+    relay_end = console = -1
     if not opts.console_socket and terminal:
+        from ocirt.runtime.tty import host_console
+
+        console = host_console()  # before anything exists: runc's check
         relay_end, opts.console_fd = _socketpair()
     try:
         container = create(store, cid, opts, loaded)
@@ -47,7 +50,7 @@ def run(store: Store, cid: str, opts: CreateOptions, detach: bool, keep: bool) -
     try:
         if relay_end >= 0:
             master = _receive_master(relay_end)
-        forwarder = SignalForwarder(container.pid, master)
+        forwarder = SignalForwarder(container.pid, master, console)
         _start_or_destroy(store, container)
         status = wait_and_relay(container.pid, master, forwarder)
     finally:
@@ -102,11 +105,12 @@ def _start_or_destroy(store: Store, container: Container) -> None:
 class SignalForwarder:
     """Forward the signals we receive to the container's init."""
 
-    def __init__(self, pid: int, master: int) -> None:
+    def __init__(self, pid: int, master: int, console: int = -1) -> None:
         import _signal as signal  # the C module: `signal` builds enums (~3 ms)
 
         self.pid = pid
         self.master = master
+        self.console = console  # our terminal, whose size the container's pty follows
         self.pending: list[int] = []
         for sig in range(1, signal.NSIG):
             if sig in _NOT_FORWARDED or sig in (32, 33):
@@ -115,13 +119,14 @@ class SignalForwarder:
                 signal.signal(sig, self._on_signal)
             except (OSError, ValueError):
                 pass
-        self.attach_terminal(master)
+        self.attach_terminal(master, console)
 
-    def attach_terminal(self, master: int) -> None:
+    def attach_terminal(self, master: int, console: int) -> None:
         """Follow our terminal's size changes on the container's pty."""
         import _signal as signal  # the C module: `signal` builds enums (~3 ms)
 
         self.master = master
+        self.console = console
         if master >= 0:
             signal.signal(28, self._on_winch)
             self._on_winch(28, None)
@@ -138,7 +143,7 @@ class SignalForwarder:
         from ocirt.linux import consts
 
         try:
-            size = fcntl.ioctl(0, consts.TIOCGWINSZ, b"\0" * 8)
+            size = fcntl.ioctl(self.console, consts.TIOCGWINSZ, b"\0" * 8)
             if size[:4] != b"\0\0\0\0":  # a terminal without a size keeps consoleSize
                 fcntl.ioctl(self.master, consts.TIOCSWINSZ, size)
         except OSError:
@@ -151,7 +156,7 @@ def wait_and_relay(pid: int, master: int, forwarder: SignalForwarder) -> int:
         return _wait(pid)
     from ocirt.runtime.tty import relay
 
-    relay(master, pid)
+    relay(master, pid, forwarder.console)
     return _wait(pid)
 
 

@@ -116,8 +116,10 @@ class _Locked:
     """The exclusive flock of the images directory (created 0700 if missing)."""
 
     def __init__(self, directory: str) -> None:
+        from ocirt.state import make_private_dirs
+
         try:
-            os.makedirs(directory, 0o700, exist_ok=True)
+            make_private_dirs(directory)
             self.fd = os.open(os.path.join(directory, ".lock"),
                               os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as exc:

@@ -1,7 +1,9 @@
 """The adapter: a SIF image becomes an OCI bundle (config.json + rootfs/).
 
 By default the root partition is mounted read-only in place on BUNDLE/rootfs (nothing is
-copied, which is what makes a large image start fast); `unpack` extracts it instead.
+copied, which is what makes a large image start fast); `unpack` extracts it instead,
+into BUNDLE/.ocirt-sif-unpack (private to us) and made safe there (ocirt.sif.unpack)
+before it is renamed to BUNDLE/rootfs.
 What was mounted or created is written to BUNDLE/.ocirt-sif.json before anything else
 can fail, so `remove_bundle` (`ocirt sif unbundle`) can always take it back, and a
 failure half-way undoes every step already taken.
@@ -10,8 +12,7 @@ failure half-way undoes every step already taken.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ from ocirt.undo import Undo
 
 RECORD = ".ocirt-sif.json"
 WORKDIR = ".ocirt-sif"
+UNPACK_DIR = ".ocirt-sif-unpack"
 _MAX_JSON = 16 << 20
 
 
@@ -70,20 +72,19 @@ def _create_bundle(image: Image, bundle: str, opts: BundleOptions) -> dict[str, 
     try:
         _make_empty_dir(bundle, undo)
         rootfs = os.path.join(bundle, "rootfs")
-        if not (opts.lowers and len(opts.lowers) == 1 and not opts.writable):
-            _mkdir(rootfs, undo)
         record: dict[str, Any] = {"image": image.path, "rootfs": "rootfs",
                                   "mode": "unpack" if opts.unpack else "mount"}
         if opts.unpack:
             _write_record(bundle, record, undo)
             if len(layers) != 1:
                 raise SIFError(f"{image.path}: --unpack handles single-layer images only")
-            unpack_partition(image, layers[0], rootfs, opts.progress)
+            _unpack(image, layers[0], bundle, opts.progress, undo)
         elif opts.lowers and len(opts.lowers) == 1 and not opts.writable:
             rootfs = opts.lowers[0]
             record["mounts"] = mount.MountRecord(target=rootfs).to_json()
             _write_record(bundle, record, undo)
         else:
+            _mkdir(rootfs, undo)
             if opts.lowers:
                 mounted = mount.mount_over(opts.lowers, rootfs, os.path.join(bundle, WORKDIR),
                                            writable=opts.writable,
@@ -122,6 +123,10 @@ def _image_metadata(image: Image) -> tuple[Any, Any]:
             raise SIFError(f"{image_path}: object {d.id} (oci-config.json) is too large")
         try:
             doc = jsonio.loads(image.read(d))
+            jsonio.check_tree(doc)
+        except jsonio.JSONContentError as exc:
+            raise SIFError(f"{image_path}: object {d.id} (oci-config.json): "
+                           f"{exc.path_text or 'JSON'}: {exc.problem}") from None
         except ValueError as exc:
             raise SIFError(f"{image_path}: object {d.id} (oci-config.json): {exc}") \
                 from None
@@ -132,7 +137,8 @@ def _image_metadata(image: Image) -> tuple[Any, Any]:
             continue
         try:
             doc = jsonio.loads(image.read(d))
-        except ValueError:
+            jsonio.check_tree(doc, allow_nul=True)  # labels become annotations
+        except ValueError:  # JSONError and JSONContentError: labels are optional
             continue
         if isinstance(doc, dict):
             meta.labels.update({str(k): v for k, v in doc.items() if isinstance(v, str)})
@@ -194,31 +200,46 @@ def _unlink(path: str) -> None:
 
 # --- unpacking -----------------------------------------------------------------------
 
-def unpack_partition(image: Image, layer: Any, dest: str, progress: bool = False) -> None:
-    """Extract a squashfs layer (ocirt.sif.mount.Layer) of the open image with
-    unsquashfs into the (empty) directory `dest`. With `progress` unsquashfs draws its
-    progress bar on stderr."""
-    if layer.fs != "squashfs":
-        raise SIFError("only squashfs partitions can be unpacked")
-    binary = shutil.which("unsquashfs")
-    if binary is None:
-        raise SIFError("--unpack needs unsquashfs (apt install squashfs-tools)")
-    argv = [binary, "-f", "-o", str(layer.offset), "-d", dest]
-    if os.geteuid() != 0:
-        argv.append("-no-xattrs")
-    if not progress:
-        argv.append("-no-progress")
-    argv.append(f"/dev/fd/{image.fd}")  # the file we opened, whatever the path is now
-    import tempfile
+def _unpack(image: Image, layer: Any, bundle: str, progress: bool, undo: Undo) -> None:
+    """Extract into a directory nobody else can enter, make the tree safe there, and
+    only then rename it to BUNDLE/rootfs; any failure removes all of it."""
+    from ocirt.sif.mount import remove_tree
+    from ocirt.sif.unpack import unpack_partition
 
-    with tempfile.TemporaryFile() as err:
-        res = subprocess.run(argv, stdin=subprocess.DEVNULL,
-                             stdout=2 if progress else subprocess.DEVNULL, stderr=err,
-                             check=False, pass_fds=(image.fd,))
-        if res.returncode != 0:
-            err.seek(0)
-            lines = [ln for ln in err.read().decode(errors="replace").splitlines() if ln]
-            raise SIFError(f"unsquashfs failed: {lines[-1] if lines else res.returncode}")
+    staging = os.path.join(bundle, UNPACK_DIR)
+    try:
+        os.mkdir(staging, 0o700)
+    except OSError as exc:
+        raise SIFError(f"mkdir {os_error_text(exc)}") from None
+    undo.push(remove_tree, staging, what=f"remove {staging}")
+    tree = os.path.join(staging, "rootfs")
+    unpack_partition(image, layer, tree, progress)
+    rootfs = os.path.join(bundle, "rootfs")
+    os.rename(tree, rootfs)
+    undo.push(remove_tree, rootfs, what=f"remove {rootfs}")
+    os.rmdir(staging)
+
+
+def unpacked_rootfs_devices(bundle: str, rootfs: str, hidden: tuple[str, ...]) -> list[str]:
+    """For `create`: the device nodes in the root of a bundle `--unpack` made (none for
+    any other bundle), outside the in-root directories in `hidden`."""
+    if os.path.realpath(rootfs) != os.path.realpath(os.path.join(bundle, "rootfs")):
+        return []
+    try:
+        st = os.lstat(os.path.join(bundle, RECORD))
+    except OSError:
+        return []
+    if not stat.S_ISREG(st.st_mode):
+        return []
+    try:
+        mode = read_record(bundle).get("mode")
+    except OcirtError:
+        mode = "unpack"  # a record we cannot trust: check, do not skip
+    if mode != "unpack":
+        return []
+    from ocirt.sif.unpack import device_nodes
+
+    return device_nodes(rootfs, hidden)
 
 
 # --- removing ------------------------------------------------------------------------
@@ -262,7 +283,8 @@ def remove_bundle(bundle: str) -> None:
         _check_steps_inside(bundle, mounts)
         mount.release(mounts)
     else:
-        _remove_tree(rootfs)
+        for tree in (os.path.join(bundle, UNPACK_DIR), rootfs):
+            _remove_tree(tree)
     for path in (os.path.join(bundle, WORKDIR), rootfs):
         try:
             _remove_empty_dir(path)
@@ -286,15 +308,9 @@ def _check_steps_inside(bundle: str, record: Any) -> None:
 
 
 def _remove_tree(path: str) -> None:
-    """rmtree, refusing when something is mounted below `path` (rmtree would descend
-    into it and delete what the mount shows)."""
-    if not os.path.exists(path):
-        return
-    real = os.path.realpath(path)
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) > 4 and (fields[4] == real or fields[4].startswith(real + "/")):
-                raise OcirtError(f"{path}: something is mounted at {fields[4]}; unmount "
-                                 "it first")
-    shutil.rmtree(path)
+    """rmtree (read-only directories included), refusing when something is mounted below
+    `path` (rmtree would descend into it and delete what the mount shows)."""
+    from ocirt.sif.mount import remove_tree
+
+    if os.path.lexists(path):
+        remove_tree(path)

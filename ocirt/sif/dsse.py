@@ -130,8 +130,8 @@ def open_envelope(envelope: dict[str, Any], public_keys: list[Any],
             if kid not in verified and verify_bytes(key, sig, message, hash_type):
                 verified.append(kid)
     if not verified:
-        ids = ", ".join(str(e.get("keyid") or "?") for e in signatures
-                        if isinstance(e, dict))
+        ids = ", ".join(repr(e.get("keyid"))[:80] if e.get("keyid") else "?"
+                        for e in signatures if isinstance(e, dict))
         raise EnvelopeError(f"envelope: no signature verifies with the given keys "
                             f"(signed by {ids})")
     return payload, verified

@@ -75,9 +75,10 @@ def _write_new(path: str, data: bytes, mode: int) -> None:
 
 
 def _read(path: str) -> bytes:
+    from ocirt.linux.files import read_regular
+
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        return read_regular(path)
     except OSError as exc:
         from ocirt.errors import os_error_text
 

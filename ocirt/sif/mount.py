@@ -411,6 +411,8 @@ def _fuse_overlay(options: str, target: str, record: MountRecord) -> None:
     if binary is None:
         raise MountError("a writable session without root needs fuse-overlayfs "
                          "(apt install fuse-overlayfs)")
+    if not is_root():
+        options += f",squash_to_uid={os.geteuid()},squash_to_gid={os.getegid()}"
     _run_daemon([binary, "-o", options, target], f"fuse-overlayfs {target}")
     record.steps.append({"kind": "fuse", "path": target})
 
@@ -436,7 +438,7 @@ def release(record: MountRecord) -> None:
 def _undo(step: dict[str, str]) -> None:
     kind, path = step.get("kind"), step["path"]
     if kind == "tree":
-        _remove_tree(path)
+        remove_tree(path)
     elif kind == "dir":
         try:
             os.rmdir(path)
@@ -452,7 +454,7 @@ def _undo(step: dict[str, str]) -> None:
         raise MountError(f"mount record: unknown step {kind!r}")
 
 
-def _remove_tree(path: str) -> None:
+def remove_tree(path: str) -> None:
     """Remove a scratch tree, never descending into a mount inside it."""
     real = os.path.realpath(path)
     if any(_is_mounted(p) for p in (real,)) or _mounts_below(real):

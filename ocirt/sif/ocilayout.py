@@ -45,10 +45,11 @@ class Layout:
             raise LayoutError(f"{path}: not an OCI image layout (no oci-layout file)")
 
     def _json_file(self, name: str) -> Any:
+        from ocirt.linux.files import read_regular
+
         full = os.path.join(self.path, name)
         try:
-            with open(full, "rb") as f:
-                return jsonio.loads(f.read())
+            return jsonio.loads(read_regular(full))
         except FileNotFoundError:
             raise LayoutError(f"{self.path}: not an OCI image layout (no {name})") from None
         except (OSError, ValueError) as exc:
@@ -60,15 +61,17 @@ class Layout:
             raise LayoutError(f"{self.path}: descriptor without a valid digest")
         algorithm, hexval = digest.split(":", 1)
         if algorithm not in ("sha256", "sha512") or not hexval.isalnum():
-            raise LayoutError(f"{self.path}: unsupported digest {digest}")
+            raise LayoutError(f"{self.path}: unsupported digest {digest!r}")
         return os.path.join(self.path, "blobs", algorithm, hexval)
 
     def open_blob(self, desc: dict[str, Any]) -> _VerifiedReader:
         path = self.blob_path(desc)
+        from ocirt.linux.files import open_regular
+
         try:
-            f = open(path, "rb")  # noqa: SIM115 - closed by the reader
+            f = os.fdopen(open_regular(path), "rb")
         except OSError as exc:
-            raise LayoutError(f"blob {desc.get('digest')}: {exc.strerror}") from None
+            raise LayoutError(f"blob {desc.get('digest')}: {exc.strerror or exc}") from None
         return _VerifiedReader(f, desc)
 
     def read_json_blob(self, desc: dict[str, Any]) -> Any:
@@ -78,9 +81,16 @@ class Layout:
             data = r.read()
             r.finish()
         try:
-            return jsonio.loads(data)
+            doc = jsonio.loads(data)
+            jsonio.check_tree(doc)
+        except jsonio.JSONContentError as exc:
+            raise LayoutError(f"blob {desc.get('digest')}: {exc.path_text or 'JSON'}: "
+                              f"{exc.problem}") from None
         except ValueError as exc:
             raise LayoutError(f"blob {desc.get('digest')}: {exc}") from None
+        if not isinstance(doc, dict):
+            raise LayoutError(f"blob {desc.get('digest')}: not a JSON object")
+        return doc
 
     def manifest(self, ref: str | None, arch: str) -> dict[str, Any]:
         """The image manifest named by `ref` (or the only one), descending into image

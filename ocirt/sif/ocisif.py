@@ -29,7 +29,7 @@ def blob(image: Image, digest: str) -> Descriptor:
     for d in image.find(DataType.OCI_BLOB):
         if d.oci_digest() == digest:
             return d
-    raise SIFError(f"{image.path}: OCI blob {digest} not found")
+    raise SIFError(f"{image.path}: OCI blob {digest!r} not found")
 
 
 def _json(image: Image, d: Descriptor, digest: str | None) -> Any:
@@ -37,11 +37,18 @@ def _json(image: Image, d: Descriptor, digest: str | None) -> Any:
         raise SIFError(f"{image.path}: object {d.id}: JSON blob too large")
     data = image.read(d)
     if digest is not None and "sha256:" + hashlib.sha256(data).hexdigest() != digest:
-        raise SIFError(f"{image.path}: object {d.id}: content does not match {digest}")
+        raise SIFError(f"{image.path}: object {d.id}: content does not match {digest!r}")
     try:
-        return jsonio.loads(data)
+        doc = jsonio.loads(data)
+        jsonio.check_tree(doc)
+    except jsonio.JSONContentError as exc:
+        raise SIFError(f"{image.path}: object {d.id}: {exc.path_text or 'JSON'}: "
+                       f"{exc.problem}") from None
     except ValueError as exc:
         raise SIFError(f"{image.path}: object {d.id}: {exc}") from None
+    if not isinstance(doc, dict):
+        raise SIFError(f"{image.path}: object {d.id}: not a JSON object")
+    return doc
 
 
 def manifest(image: Image, arch: str | None = None) -> dict[str, Any]:
@@ -67,7 +74,9 @@ def _choose(entries: list[Any], arch: str, path: str) -> dict[str, Any]:
     if len(entries) == 1:
         return entries[0]
     for e in entries:
-        platform = e.get("platform") or {}
+        platform = e.get("platform")
+        if not isinstance(platform, dict):
+            continue
         if platform.get("architecture") == arch and platform.get("os", "linux") == "linux":
             return e
     raise SIFError(f"{path}: no OCI image for linux/{arch}")
@@ -87,7 +96,7 @@ def squashfs_layers(image: Image, doc: dict[str, Any]) -> list[Descriptor]:
     for layer in doc["layers"]:
         media = layer.get("mediaType") if isinstance(layer, dict) else None
         if media != SQUASHFS_LAYER:
-            raise SIFError(f"{image.path}: OCI layer type {media} is not supported "
+            raise SIFError(f"{image.path}: OCI layer type {media!r} is not supported "
                            "(squashfs layers only)")
         out.append(blob(image, layer.get("digest", "")))
     if not out:

@@ -59,9 +59,10 @@ def load_policy(path: str | None = None) -> Policy | None:
 
     explicit = path is not None
     path = path or DEFAULT_POLICY_PATH
+    from ocirt.linux.files import read_regular
+
     try:
-        with open(path, "rb") as f:
-            doc = jsonio.loads(f.read())
+        doc = jsonio.loads(read_regular(path))
     except FileNotFoundError:
         if explicit:
             raise PolicyError(f"policy {path}: no such file or directory") from None

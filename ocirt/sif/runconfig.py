@@ -220,6 +220,11 @@ def _table(rootfs: str, path: str) -> list[list[str]]:
             if ln and not ln.startswith("#")]
 
 
+def _is_id(text: str) -> bool:
+    """A uid or gid written as a number: ASCII digits, at most 32 bits."""
+    return text.isascii() and text.isdigit() and len(text) <= 10 and int(text) < 1 << 32
+
+
 def _lookup_user(name: str, passwd: list[list[str]], user: str) -> tuple[int, int]:
     for entry in passwd:
         if len(entry) >= 4 and (entry[0] == name or entry[2] == name):
@@ -227,7 +232,7 @@ def _lookup_user(name: str, passwd: list[list[str]], user: str) -> tuple[int, in
                 return int(entry[2]), int(entry[3])
             except ValueError:
                 break
-    if name.isdigit():
+    if _is_id(name):
         return int(name), 0
     raise SIFError(f"image config: User {user!r}: no such user in the image's /etc/passwd")
 
@@ -239,7 +244,7 @@ def _lookup_group(group: str, groups: list[list[str]], user: str) -> int:
                 return int(entry[2])
             except ValueError:
                 break
-    if group.isdigit():
+    if _is_id(group):
         return int(group)
     raise SIFError(f"image config: User {user!r}: no such group in the image's /etc/group")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from ocirt import jsonio
 from ocirt.errors import ConfigError
 from ocirt.linux import consts as c
 from ocirt.spec import options as opt
@@ -114,6 +115,22 @@ class Process:
         return None
 
 
+class IntelRdt:
+    """linux.intelRdt: the resctrl group the container joins and what is written to it."""
+
+    __slots__ = ("clos_id", "schemata", "l3_cache", "mem_bw", "monitoring")
+
+    def __init__(self) -> None:
+        self.clos_id = ""  # "" = a group named after the container, "/" = the root group
+        self.schemata: list[str] = []  # lines in write order: L3, MB, then `schemata`
+        self.l3_cache = False  # l3CacheSchema is set (needs CAT)
+        self.mem_bw = False  # memBwSchema is set (needs MBA)
+        self.monitoring = False  # enableMonitoring: a MON group of its own
+
+    def __repr__(self) -> str:
+        return f"IntelRdt({self.clos_id!r}, {self.schemata!r}, mon={self.monitoring})"
+
+
 class Plan:
     """Everything `create` needs, decoded and checked."""
 
@@ -149,12 +166,26 @@ class Plan:
         self.no_pivot = False
         self.no_new_keyring = False
         self.net_devices: dict[str, dict[str, Any]] = {}
+        # linux.memoryPolicy: (mode | mode flags, sorted node numbers) for set_mempolicy
+        self.memory_policy: tuple[int, list[int]] | None = None
+        self.intel_rdt: IntelRdt | None = None
 
     def creates(self, ns: str) -> bool:
         return self.namespaces.get(ns) == ""
 
     def has(self, ns: str) -> bool:
         return ns in self.namespaces
+
+
+# The kernel's limits: setgroups(2) takes at most NGROUPS_MAX groups; mknod(2) takes a
+# 32-bit dev_t that holds a 12-bit major and a 20-bit minor (a larger number would be
+# cut to another device).
+NGROUPS_MAX = 65536
+MAX_MAJOR = (1 << 12) - 1
+MAX_MINOR = (1 << 20) - 1
+INT32_MAX = (1 << 31) - 1
+MAX_CPUS = 8192  # the largest CONFIG_NR_CPUS
+MAX_NUMNODES = 1024  # the largest 1 << CONFIG_NODES_SHIFT
 
 
 # --- small typed getters ---------------------------------------------------------------
@@ -192,6 +223,35 @@ def _uint(value: Any, where: str, bits: int = 32) -> int:
     return int(value)
 
 
+def _int_range(value: Any, where: str, lo: int, hi: int) -> int:
+    _check(value, int, where)
+    if not lo <= value <= hi:
+        raise ConfigError(f"{where}: {value} is outside [{lo}, {hi}]")
+    return int(value)
+
+
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes "²", which int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
+def check_strings(doc: Any, where: str) -> None:
+    """Before any field is used: no NUL byte or lone surrogate in any string (the kernel
+    would cut a path or argument at the NUL; a surrogate has no UTF-8 form), and no
+    nesting deeper than any runtime-spec document has. Annotations may hold NUL bytes, as
+    with runc: they are only stored and shown, and CRI-O copies them from Kubernetes
+    objects, where NUL is allowed."""
+    try:
+        if not where and isinstance(doc, dict) and "annotations" in doc:
+            jsonio.check_tree({k: v for k, v in doc.items() if k != "annotations"})
+            jsonio.check_tree({"annotations": doc["annotations"]}, allow_nul=True)
+        else:
+            jsonio.check_tree(doc)
+    except jsonio.JSONContentError as exc:
+        path = jsonio.path_text([where, *exc.path] if where else exc.path)
+        raise ConfigError(f"{path or 'config.json'}: {exc.problem}") from None
+
+
 def _str_list(obj: dict[str, Any], key: str, where: str) -> list[str]:
     items = _get(obj, key, list, where, [])
     for i, item in enumerate(items):
@@ -204,6 +264,9 @@ def _str_list(obj: dict[str, Any], key: str, where: str) -> list[str]:
 def build_plan(spec: dict[str, Any], bundle: str, *, no_pivot: bool = False,
                no_new_keyring: bool = False) -> Plan:
     """Validate `spec` (a parsed config.json) and convert it into a Plan."""
+    if not isinstance(spec, dict):
+        raise ConfigError("config.json: the top level must be a JSON object")
+    check_strings(spec, "")
     p = Plan()
     p.bundle = bundle
     p.no_pivot = no_pivot
@@ -259,8 +322,8 @@ def build_plan(spec: dict[str, Any], bundle: str, *, no_pivot: bool = False,
     if p.net_devices and not p.has("network"):
         raise ConfigError("linux.netDevices: unable to move network devices without a NET "
                           "namespace")
-    if _get(linux, "intelRdt", dict, "linux"):
-        raise ConfigError("linux.intelRdt: Intel RDT is not supported by ocirt on this host")
+    p.memory_policy = _memory_policy(linux)
+    p.intel_rdt = _intel_rdt(linux)
     return p
 
 
@@ -291,6 +354,8 @@ def _namespaces(p: Plan, linux: dict[str, Any]) -> None:
 
 def build_process(proc: dict[str, Any], where: str) -> Process:
     """Decode a runtime-spec process object (config.json's, or exec's process.json)."""
+    _check(proc, dict, where)
+    check_strings(proc, where)
     pr = Process()
     pr.terminal = bool(_get(proc, "terminal", bool, where, False))
     size = _get(proc, "consoleSize", dict, where)
@@ -321,9 +386,12 @@ def build_process(proc: dict[str, Any], where: str) -> Process:
     user = _get(proc, "user", dict, where, {})
     pr.uid = _uint(user.get("uid", 0), f"{where}.user.uid")
     pr.gid = _uint(user.get("gid", 0), f"{where}.user.gid")
+    gids = _get(user, "additionalGids", list, f"{where}.user", [])
+    if len(gids) > NGROUPS_MAX:
+        raise ConfigError(f"{where}.user.additionalGids: {len(gids)} groups, more than the "
+                          f"kernel's limit of {NGROUPS_MAX}")
     pr.additional_gids = [_uint(g, f"{where}.user.additionalGids[{i}]")
-                          for i, g in enumerate(_get(user, "additionalGids", list,
-                                                     f"{where}.user", []))]
+                          for i, g in enumerate(gids)]
     if user.get("umask") is not None:
         pr.umask = _uint(user["umask"], f"{where}.user.umask")
         if pr.umask > 0o777:
@@ -426,17 +494,25 @@ def _scheduler(sched: dict[str, Any] | None, where: str) -> dict[str, int] | Non
 
 def parse_cpu_list(text: str, where: str) -> set[int]:
     """`0-3,7` -> {0, 1, 2, 3, 7}."""
-    cpus: set[int] = set()
+    return _id_list(text, where, "CPU", MAX_CPUS)
+
+
+def _id_list(text: str, where: str, what: str, limit: int) -> set[int]:
+    """A kernel list of CPUs or NUMA nodes (`0-3,7`), each below `limit`."""
+    ids: set[int] = set()
     for part in text.split(","):
         part = part.strip()
         lo, dash, hi = part.partition("-")
-        if not lo.isdigit() or (dash and not hi.isdigit()):
-            raise ConfigError(f"{where}: invalid CPU list {text!r}")
+        if not _digits(lo) or (dash and not _digits(hi)):
+            raise ConfigError(f"{where}: invalid {what} list {text!r}")
         first, last = int(lo), int(hi) if dash else int(lo)
         if last < first:
-            raise ConfigError(f"{where}: invalid CPU range {part!r}")
-        cpus.update(range(first, last + 1))
-    return cpus
+            raise ConfigError(f"{where}: invalid {what} range {part!r}")
+        if last >= limit:
+            raise ConfigError(f"{where}: {what} {last} is beyond the kernel's limit of "
+                              f"{limit} {what}s")
+        ids.update(range(first, last + 1))
+    return ids
 
 
 def parse_mount_options(options: list[str]) -> tuple[int, str, list[int], int, int, bool]:
@@ -556,7 +632,7 @@ def _crun_idmap(option: str, where: str) -> tuple[list[tuple[int, int, int]],
             raise ConfigError(f"{where}: {option!r}: expected uids=...;gids=...")
         for triplet in triplets.split("#"):
             fields = triplet.split("-")
-            if len(fields) != 3 or not all(f.isdigit() for f in fields):
+            if len(fields) != 3 or not all(_digits(f) for f in fields):
                 raise ConfigError(f"{where}: {option!r}: {triplet!r} is not "
                                   f"FSID-HOSTID-LENGTH")
             fs_id, host_id, size = (int(f) for f in fields)
@@ -605,8 +681,8 @@ def _devices(p: Plan, linux: dict[str, Any]) -> None:
         if kind != "p":
             if d.get("major") is None or d.get("minor") is None:
                 raise ConfigError(f"{where}: major and minor are required for type {kind!r}")
-            major = _check(d["major"], int, f"{where}.major")
-            minor = _check(d["minor"], int, f"{where}.minor")
+            major = _int_range(d["major"], f"{where}.major", 0, MAX_MAJOR)
+            minor = _int_range(d["minor"], f"{where}.minor", 0, MAX_MINOR)
         mode = d.get("fileMode")
         mode = 0o666 if mode is None else _uint(mode, f"{where}.fileMode") & 0o7777
         uid = _uint(d.get("uid", 0), f"{where}.uid")
@@ -681,7 +757,7 @@ def _time_offsets(p: Plan, linux: dict[str, Any]) -> None:
         if clock not in opt.TIME_CLOCKS:
             raise ConfigError(f"{where}: unknown clock (use monotonic or boottime)")
         _check(value, dict, where)
-        secs = _check(value.get("secs", 0), int, f"{where}.secs")
+        secs = _int_range(value.get("secs", 0), f"{where}.secs", -(1 << 63), (1 << 63) - 1)
         nanos = _uint(value.get("nanosecs", 0), f"{where}.nanosecs")
         if nanos >= 1_000_000_000:
             raise ConfigError(f"{where}.nanosecs: must be below 1000000000")
@@ -710,11 +786,72 @@ def _hooks(spec: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
                 timeout = _check(h["timeout"], int, f"{where}.timeout")
                 if timeout <= 0:
                     raise ConfigError(f"{where}.timeout: must be greater than zero")
+                timeout = _int_range(timeout, f"{where}.timeout", 1, INT32_MAX)
                 hook["timeout"] = timeout
             checked.append(hook)
         if checked:
             out[name] = checked
     return out
+
+
+def _memory_policy(linux: dict[str, Any]) -> tuple[int, list[int]] | None:
+    """linux.memoryPolicy -> (mode | flags, nodes). The checks are runc's (which nodes a
+    mode takes) plus the flag pair the kernel refuses; whether the nodes are online and
+    in the container's cpuset only set_mempolicy itself can tell."""
+    mpol = _get(linux, "memoryPolicy", dict, "linux")
+    if mpol is None:
+        return None
+    where = "linux.memoryPolicy"
+    mode = _get(mpol, "mode", str, where, "")
+    if mode not in opt.MEMORY_POLICY_MODES:
+        raise ConfigError(f"{where}.mode: invalid memory policy mode {mode!r} (one of "
+                          f"{', '.join(opt.MEMORY_POLICY_MODES)})")
+    value = opt.MEMORY_POLICY_MODES[mode]
+    flags = _str_list(mpol, "flags", where)
+    for i, flag in enumerate(flags):
+        if flag not in opt.MEMORY_POLICY_FLAGS:
+            raise ConfigError(f"{where}.flags[{i}]: invalid memory policy flag {flag!r}")
+        value |= opt.MEMORY_POLICY_FLAGS[flag]
+    if {"MPOL_F_STATIC_NODES", "MPOL_F_RELATIVE_NODES"} <= set(flags):
+        raise ConfigError(f"{where}.flags: MPOL_F_STATIC_NODES and MPOL_F_RELATIVE_NODES "
+                          "exclude each other")
+    text = _get(mpol, "nodes", str, where, "")
+    nodes = _id_list(text, f"{where}.nodes", "node", MAX_NUMNODES) if text.strip() else set()
+    if mode in opt.MEMORY_POLICY_NO_NODES and nodes:
+        raise ConfigError(f"{where}.nodes: memory policy mode {mode} requires 0 nodes but "
+                          f"got {len(nodes)}")
+    if mode in opt.MEMORY_POLICY_NEEDS_NODES and not nodes:
+        raise ConfigError(f"{where}.nodes: memory policy mode {mode} requires at least one "
+                          "node but got 0")
+    return value, sorted(nodes)
+
+
+def _intel_rdt(linux: dict[str, Any]) -> IntelRdt | None:
+    """linux.intelRdt -> the group and the schemata lines; whether resctrl is mounted and
+    has CAT, MBA and monitoring is `create`'s check (ocirt.resctrl)."""
+    conf = _get(linux, "intelRdt", dict, "linux")
+    if conf is None:
+        return None
+    where = "linux.intelRdt"
+    rdt = IntelRdt()
+    rdt.clos_id = _get(conf, "closID", str, where, "")
+    if rdt.clos_id in (".", "..") or (rdt.clos_id != "/" and "/" in rdt.clos_id):
+        raise ConfigError(f"{where}.closID: invalid CLOS ID {rdt.clos_id!r} (a group "
+                          "name in the resctrl filesystem, or \"/\" for the default group)")
+    l3 = _get(conf, "l3CacheSchema", str, where, "")
+    mb = _get(conf, "memBwSchema", str, where, "")
+    if mb and not mb.startswith("MB:"):
+        raise ConfigError(f"{where}.memBwSchema: {mb!r} must start with \"MB:\"")
+    lines = [(f"{where}.l3CacheSchema", l3), (f"{where}.memBwSchema", mb)]
+    lines += [(f"{where}.schemata[{i}]", line)
+              for i, line in enumerate(_str_list(conf, "schemata", where))]
+    for name, line in lines:
+        if "\n" in line:
+            raise ConfigError(f"{name}: must be a single line (no newline)")
+    rdt.schemata = [line for _, line in lines if line]
+    rdt.l3_cache, rdt.mem_bw = bool(l3), bool(mb)
+    rdt.monitoring = bool(_get(conf, "enableMonitoring", bool, where, False))
+    return rdt
 
 
 def _personality(p: Plan, linux: dict[str, Any]) -> None:

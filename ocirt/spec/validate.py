@@ -129,7 +129,19 @@ def validate_bundle(bundle: str) -> list[str]:
     from ocirt.spec.load import CONFIG_NAME, read_json_file, resolve_bundle
 
     path = os.path.join(resolve_bundle(bundle), CONFIG_NAME)
-    return problems(read_json_file(path, CONFIG_NAME), "config", CONFIG_NAME)
+    document = read_json_file(path, CONFIG_NAME)
+    return content_problems(document) + problems(document, "config", CONFIG_NAME)
+
+
+def content_problems(document: Any) -> list[str]:
+    """What `create` refuses before any schema: NUL bytes, lone surrogates, nesting."""
+    from ocirt.spec.plan import check_strings
+
+    try:
+        check_strings(document, "")
+    except OcirtError as exc:
+        return [exc.message]
+    return []
 
 
 def describe(error: ValidationError, top: str) -> str:
@@ -178,17 +190,9 @@ def _required_alternatives(error: ValidationError) -> list[str]:
 def json_path(parts: Any) -> str:
     """`mounts[2].destination`; keys that are not plain words are quoted:
     `annotations["io.kubernetes.cri-o.TTY"]`."""
-    from ocirt.jsonio import dumps
+    from ocirt.jsonio import path_text
 
-    out: list[str] = []
-    for part in parts:
-        if isinstance(part, int):
-            out.append(f"[{part}]")
-        elif part and part.replace("_", "a").isalnum() and part.isascii():
-            out.append(f".{part}" if out else part)
-        else:
-            out.append(f"[{dumps(part)}]")
-    return "".join(out)
+    return path_text(parts)
 
 
 def _sort_key(parts: Any) -> tuple[tuple[int, int, str], ...]:

@@ -33,6 +33,37 @@ def _controllers() -> set[str]:
         return {line.split()[0] for line in f if not line.startswith("#")}
 
 
+def is_unified() -> bool:
+    """A cgroup v2-only host: the cgroup2 mount and no v1 hierarchy with a controller."""
+    known = mounts()
+    return "" in known and not any(k and not k.startswith("name=") for k in known)
+
+
+UNIFIED = is_unified()
+
+
+def by_host(v1: object, v2: object) -> object:
+    """What a cgroup v1 (or hybrid) host shows, or what a v2 host shows."""
+    return v2 if UNIFIED else v1
+
+
+def key_of(controller: str) -> str:
+    """The /proc/<pid>/cgroup key holding `controller` ("" on a v2 host)."""
+    if UNIFIED:
+        return ""
+    for key in mounts():
+        if controller in key.split(","):
+            return key
+    raise KeyError(controller)
+
+
+def relative_base(key: str, own: str) -> str:
+    """Where a relative cgroupsPath goes for a runtime in cgroup `own`: below it, or
+    below its parent on a v2 host (runc's fs2 rule: `own` holds processes)."""
+    top = own in ("/", mounts()[""][0]) if UNIFIED and key == "" else True
+    return own if top else os.path.dirname(own)
+
+
 def membership(pid: int | str = "self") -> dict[str, str]:
     out = {}
     with open(f"/proc/{pid}/cgroup") as f:
@@ -59,6 +90,10 @@ def own_dirs() -> dict[str, str]:
 
 
 def controller_dir(pid: int, controller: str) -> str:
+    """The directory whose `controller` files apply to `pid` (on v2: its one cgroup,
+    where freezer and devices are core files and an eBPF program)."""
+    if UNIFIED:
+        return dirs_of(pid)[""]
     for key, directory in dirs_of(pid).items():
         if controller in key.split(","):
             return directory
@@ -70,9 +105,14 @@ def read(directory: str, name: str) -> str:
         return f.read().strip()
 
 
+def placement_dirs() -> list[str]:
+    """Where our relative cgroupsPath values go, one directory per hierarchy."""
+    return [relative_base(key, d) if key == "" else d for key, d in own_dirs().items()]
+
+
 def leftover_dirs(name: str) -> list[str]:
-    """Directories called `name` directly below our own cgroup in any hierarchy."""
-    return [os.path.join(d, name) for d in own_dirs().values()
+    """Directories called `name` where our relative cgroupsPath values go."""
+    return [os.path.join(d, name) for d in placement_dirs()
             if os.path.isdir(os.path.join(d, name))]
 
 
@@ -99,6 +139,11 @@ class FakeTree:
             self.writes.append((rel, f"REFUSED {value}"))
             raise OSError(self.fail_once.pop(rel), "refused", path)
         self.writes.append((os.path.relpath(path, self.root), value))
+        if path.endswith("cgroup.subtree_control"):  # +x enables, -x disables, as cgroupfs
+            with open(path) as f:
+                enabled = set(f.read().split())
+            enabled = (enabled | {value[1:]}) if value[0] == "+" else (enabled - {value[1:]})
+            value = " ".join(sorted(enabled))
         with open(path, "w") as f:
             f.write(value)
         if path.endswith("cgroup.freeze"):

@@ -1,82 +1,65 @@
 """Absolute cgroupsPath values, run inside a private mount + cgroup namespace whose
-hierarchies are remounted so that "/" of each is our own cgroup (as the shared
-oci-validate and engine-smoke tools do): the container's cgroup must land below our own
-cgroup on the host, whatever absolute path the config names."""
+hierarchies are remounted from inside (conformance.sandbox, as the shared oci-validate
+and engine-smoke tools do): the container's cgroup must land below the namespace's
+root on the host (our own cgroup; on a v2 host a cgroup beside it, since ours holds
+processes), whatever absolute path the config names."""
 
 from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import subprocess
 
 import pytest
 
+from conformance.sandbox import Sandbox
 from tests.cgroups import helpers
 from tests.conftest import IN_CHROOT
 
 pytestmark = pytest.mark.root
 
 
-def sandbox_script(commands: str) -> str:
-    lines = ["set -e", "umount -R -l /sys/fs/cgroup",
-             "mount -n -t tmpfs -o mode=755,nosuid,nodev,noexec ocirt-test /sys/fs/cgroup"]
-    for key, (mountpoint, _) in sorted(helpers.mounts().items()):
-        fstype = "cgroup2" if key == "" else "cgroup"
-        opts = "nosuid,nodev,noexec" + (f",{key}" if key else "")
-        lines += [f"mkdir -p {shlex.quote(mountpoint)}",
-                  f"mount -n -t {fstype} -o {shlex.quote(opts)} {fstype} "
-                  f"{shlex.quote(mountpoint)}"]
-    return "\n".join(lines + [commands])
-
-
-def read_until(proc: subprocess.Popen, marker: str) -> str:
-    """Lines up to `marker`; the sandbox's stderr if it ends before (never spins on EOF)."""
-    lines = []
-    while True:
-        line = proc.stdout.readline()
-        if line == marker:
-            return "".join(lines)
-        if not line:
-            proc.kill()
-            _, err = proc.communicate()
-            raise AssertionError(f"the sandbox ended early: {''.join(lines)}{err}")
-        lines.append(line)
+@pytest.fixture
+def sandbox():
+    box = Sandbox()
+    box.start()
+    yield box
+    box.close()
 
 
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux unshare")
 @pytest.mark.skipif(IN_CHROOT, reason="a private mount namespace needs / to be a mount point")
-def test_absolute_path_inside_a_cgroup_namespace(ocirt_bin, bundle, tmp_path):
+def test_absolute_path_inside_a_cgroup_namespace(ocirt_bin, bundle, tmp_path, sandbox):
     name = f"ocirt-test-abs-{os.getpid()}"
     b = bundle(["sleep", "100"], edit=lambda cfg: cfg["linux"].update(
         cgroupsPath=f"/{name}/c1", resources={"pids": {"limit": 9}}))
-    rt = f"{shlex.quote(ocirt_bin)} --root {shlex.quote(str(tmp_path / 'state'))}"
-    commands = (f"{rt} create --bundle {shlex.quote(b)} c1\n"
-                f"{rt} state c1\n"
-                f"echo END-STATE\n"
-                "pid=$(sed -n 's/.*\"pid\": *\\([0-9]*\\).*/\\1/p' <<<\"$(" + rt + " state c1)\")\n"
-                "cat /proc/$pid/cgroup\n"
-                "echo END-CGROUP\n"
-                "read line\n"
-                f"{rt} delete --force c1\n")
-    proc = subprocess.Popen(["unshare", "--mount", "--cgroup", "--propagation", "private",
-                             "--", "bash", "-c", sandbox_script(commands)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+
+    def rt(*args: str) -> subprocess.CompletedProcess:
+        """The runtime in the sandbox; output through files, since the created
+        container keeps the stdio it was given open."""
+        with open(tmp_path / "out", "w+") as out, open(tmp_path / "err", "w+") as err:
+            done = subprocess.run([*sandbox.prefix(), ocirt_bin, "--root",
+                                   str(tmp_path / "state"), *args], stdin=subprocess.DEVNULL,
+                                  stdout=out, stderr=err, timeout=60)
+            out.seek(0)
+            err.seek(0)
+            done.stdout, done.stderr = out.read(), err.read()
+        return done
+
     try:
-        state = read_until(proc, "END-STATE\n")
-        inside = read_until(proc, "END-CGROUP\n")
-        pid = json.loads(state)["pid"]
+        r = rt("create", "--bundle", b, "c1")
+        assert r.returncode == 0, r.stderr
+        pid = json.loads(rt("state", "c1").stdout)["pid"]
         # as the container sees it (namespace view): exactly the configured path
-        assert f"pids:/{name}/c1" in inside, inside
-        # as the host sees it: below our own cgroup in every hierarchy
-        own = helpers.membership()
-        for key, path in helpers.membership(pid).items():
-            assert path == os.path.join(own[key], name, "c1"), (key, path)
-        pids_dir = helpers.controller_dir(pid, "pids")
-        assert helpers.read(pids_dir, "pids.max") == "9"
+        inside = sandbox.run(["cat", f"/proc/{pid}/cgroup"]).stdout
+        assert f":{helpers.key_of('pids')}:/{name}/c1" in inside, inside
+        # as the host sees it: below the namespace's root in every hierarchy
+        for key, directory in helpers.dirs_of(pid).items():
+            assert directory == os.path.join(sandbox.root_dir(key), name, "c1"), key
+        assert helpers.read(helpers.controller_dir(pid, "pids"), "pids.max") == "9"
     finally:
-        out, err = proc.communicate("go\n", timeout=60)
-    assert proc.returncode == 0, err
-    assert helpers.leftover_dirs(name) == []
+        r = rt("delete", "--force", "c1")
+    assert r.returncode == 0, r.stderr
+    assert not [key for key in helpers.mounts()
+                if os.path.exists(os.path.join(sandbox.root_dir(key), name))]

@@ -37,8 +37,9 @@ def test_container_is_placed_below_our_cgroup_in_every_hierarchy(ocirt, bundle):
     own = helpers.membership()
     theirs = helpers.membership(pid)
     assert set(theirs) == set(own)
-    for key, path in theirs.items():  # relative cgroupsPath nests below our own cgroup
-        assert path == os.path.join(own[key], name, "inner"), (key, path)
+    for key, path in theirs.items():  # below our own cgroup (v2: below its parent)
+        assert path == os.path.join(helpers.relative_base(key, own[key]), name, "inner"), \
+            (key, path)
     ocirt("delete", "--force", "c1", check=True)
     assert helpers.leftover_dirs(name) == []
 
@@ -48,8 +49,9 @@ def test_default_cgroup_path_is_the_container_id(ocirt, bundle):
     b = bundle(["sleep", "100"], edit=lambda cfg: cfg["linux"].pop("cgroupsPath"))
     ocirt("create", "--bundle", b, cid, check=True)
     pid = ocirt.state(cid)["pid"]
-    assert helpers.membership(pid)["memory"] == os.path.join(helpers.membership()["memory"],
-                                                             cid)
+    key = helpers.key_of("memory")
+    base = helpers.relative_base(key, helpers.membership()[key])
+    assert helpers.membership(pid)[key] == os.path.join(base, cid)
     ocirt("delete", "--force", cid, check=True)
     assert helpers.leftover_dirs(cid) == []
 
@@ -60,6 +62,24 @@ LIMITS = {"memory": {"limit": 64 << 20, "reservation": 32 << 20, "swap": 128 << 
           "pids": {"limit": 50}}
 
 
+@pytest.mark.skipif(not helpers.UNIFIED, reason="cgroup v2 files (this host is v1)")
+def test_limits_seen_from_outside_v2(ocirt, bundle):
+    """runc's conversions: memory+swap -> swap only, shares -> weight, quota and
+    period -> cpu.max; swappiness has no v2 file and is reported, not written."""
+    b = bundle(["sleep", "100"], edit=with_resources(LIMITS))
+    r = ocirt("create", "--bundle", b, "c1")
+    assert r.rc == 0, r
+    assert "linux.resources.memory.swappiness: not supported on cgroup v2" in r.err, r
+    d = helpers.controller_dir(ocirt.state("c1")["pid"], "memory")
+    expected = {"memory.max": str(64 << 20), "memory.low": str(32 << 20),
+                "memory.swap.max": str(64 << 20), "cpu.weight": "59",
+                "cpu.max": "50000 100000", "cpuset.cpus": "0", "cpuset.mems": "0",
+                "pids.max": "50"}
+    assert {name: helpers.read(d, name) for name in expected} == expected
+    ocirt("delete", "--force", "c1", check=True)
+
+
+@pytest.mark.skipif(helpers.UNIFIED, reason="cgroup v1 files (this host is v2)")
 def test_limits_seen_from_outside(ocirt, bundle):
     b = bundle(["sleep", "100"], edit=with_resources(LIMITS))
     ocirt("create", "--bundle", b, "c1", check=True)
@@ -79,14 +99,18 @@ def test_limits_seen_from_outside(ocirt, bundle):
 
 
 def test_limits_seen_from_inside(ocirt, bundle):
-    script = ("cat /sys/fs/cgroup/memory/memory.limit_in_bytes "
-              "/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes "
-              "/sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/cpu/cpu.shares "
-              "/sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpuset/cpuset.cpus")
+    files = helpers.by_host(
+        ["memory/memory.limit_in_bytes", "memory/memory.memsw.limit_in_bytes",
+         "pids/pids.max", "cpu/cpu.shares", "cpu/cpu.cfs_quota_us", "cpuset/cpuset.cpus"],
+        ["memory.max", "memory.swap.max", "pids.max", "cpu.weight", "cpu.max",
+         "cpuset.cpus"])
+    script = "cat " + " ".join(f"/sys/fs/cgroup/{name}" for name in files)
     b = bundle(["sh", "-c", script], edit=with_resources(LIMITS, mount=True))
     r = ocirt("run", "--bundle", b, "c1")
     assert r.rc == 0, r
-    assert r.out.split() == [str(64 << 20), str(128 << 20), "50", "512", "50000", "0"], r
+    assert r.out.split() == helpers.by_host(
+        [str(64 << 20), str(128 << 20), "50", "512", "50000", "0"],
+        [str(64 << 20), str(64 << 20), "50", "59", "50000", "100000", "0"]), r
 
 
 def test_pids_limit_is_enforced(ocirt, bundle):
@@ -95,6 +119,23 @@ def test_pids_limit_is_enforced(ocirt, bundle):
                edit=with_resources({"pids": {"limit": 5}}))
     r = ocirt("run", "--bundle", b, "c1", timeout=60)
     assert "can't fork" in r.out + r.err, r
+
+
+@pytest.mark.parametrize("limit, written", [(0, "1"), (-1, "max")])
+def test_pids_limit_zero_is_a_limit_and_minus_one_none(ocirt, bundle, limit, written):
+    """runtime-spec 1.3: 0 is a valid pids limit (runc 1.5 writes it as 1), -1 is none."""
+    b = bundle(["sleep", "100"], edit=with_resources({"pids": {"limit": limit}}))
+    ocirt("create", "--bundle", b, "c1", check=True)
+    pid = ocirt.state("c1")["pid"]
+    assert helpers.read(helpers.controller_dir(pid, "pids"), "pids.max") == written
+    ocirt("delete", "--force", "c1", check=True)
+    b = bundle(["sh", "-c", "sleep 0 && echo forked"],
+               edit=with_resources({"pids": {"limit": limit}}))
+    r = ocirt("run", "--bundle", b, "c2", timeout=60)
+    if limit == 0:
+        assert "can't fork" in r.out + r.err and "forked" not in r.out, r
+    else:
+        assert r.rc == 0 and "forked" in r.out, r
 
 
 def test_oom_kill_gives_137(ocirt, bundle):
@@ -124,6 +165,7 @@ def test_podman_device_rules(ocirt, bundle):
         assert word in r.out, r
 
 
+@pytest.mark.skipif(helpers.UNIFIED, reason="devices.list is cgroup v1 (v2: the test below)")
 def test_device_rules_in_order_in_devices_list(ocirt, bundle):
     rules = [{"allow": False, "access": "rwm"},
              {"allow": True, "type": "c", "major": 10, "minor": 229, "access": "rwm"},
@@ -137,14 +179,54 @@ def test_device_rules_in_order_in_devices_list(ocirt, bundle):
     ocirt("delete", "--force", "c1", check=True)
 
 
+def test_device_rules_in_order_seen_from_inside(ocirt, bundle):
+    """The later rule wins: b 8:20 allowed after deny-all opens as far as the driver
+    (no such disk: ENXIO), b 8:21 is refused by the device filter (EPERM)."""
+    rules = [{"allow": False, "access": "rwm"},
+             {"allow": True, "type": "b", "major": 8, "minor": 20, "access": "rw"}]
+    script = ("mknod /tmp/allowed b 8 20 && mknod /tmp/denied b 8 21 && "
+              "head -c1 /tmp/allowed; head -c1 /tmp/denied; true")
+
+    def edit(cfg: dict) -> None:
+        with_resources({"devices": rules})(cfg)
+        cfg["root"]["readonly"] = False
+        for caps in cfg["process"]["capabilities"].values():
+            caps.append("CAP_MKNOD")
+
+    r = ocirt("run", "--bundle", bundle(["sh", "-c", script], edit=edit), "c1")
+    assert r.rc == 0, r
+    said = r.out + r.err
+    assert "/tmp/denied: Operation not permitted" in said, r
+    assert "/tmp/allowed: Operation not permitted" not in said, r
+    assert "/tmp/allowed: No such device or address" in said, r
+
+
+V1_ONLY = pytest.mark.skipif(helpers.UNIFIED, reason="a v1 file's refusal (v2: below)")
+V2_ONLY = pytest.mark.skipif(not helpers.UNIFIED, reason="a v2 refusal (this host is v1)")
+
+
 @pytest.mark.parametrize("resources,message", [
-    ({"cpu": {"shares": 1}}, "linux.resources.cpu.shares: the minimum allowed cpu-shares is 2"),
-    ({"memory": {"swappiness": 200}}, "linux.resources.memory.swappiness: invalid value 200"),
-    ({"memory": {"limit": 1 << 26, "swap": 1 << 25}},
-     "linux.resources.memory.swap: write '33554432' to "),
+    pytest.param({"cpu": {"shares": 1}},
+                 "linux.resources.cpu.shares: the minimum allowed cpu-shares is 2",
+                 marks=V1_ONLY),  # v2: weight 1, as runc converts it
+    pytest.param({"memory": {"swappiness": 200}},
+                 "linux.resources.memory.swappiness: invalid value 200", marks=V1_ONLY),
+    pytest.param({"memory": {"limit": 1 << 26, "swap": 1 << 25}},
+                 "linux.resources.memory.swap: write '33554432' to ", marks=V1_ONLY),
+    pytest.param({"memory": {"limit": 1 << 26, "swap": 1 << 25}},
+                 "linux.resources.memory.swap: memory+swap limit should be >= memory limit",
+                 marks=V2_ONLY),
     ({"cpu": {"cpus": "999"}}, "linux.resources.cpu.cpus: write '999' to "),
-    ({"unified": {"memory.high": "1"}}, "linux.resources.unified: cannot use unified resources"),
-    ({"network": {"classID": 1}}, "linux.resources.network.classID: cannot set net_cls limit"),
+    pytest.param({"unified": {"memory.high": "1"}},
+                 "linux.resources.unified: cannot use unified resources", marks=V1_ONLY),
+    pytest.param({"unified": {"nosuch.max": "1"}},
+                 "linux.resources.unified.nosuch.max: controller 'nosuch' not available",
+                 marks=V2_ONLY),
+    pytest.param({"cpu": {"realtimeRuntime": 1000}},
+                 "linux.resources.cpu.realtimeRuntime: realtime scheduling limits are not "
+                 "supported on cgroup v2", marks=V2_ONLY),
+    pytest.param({"network": {"classID": 1}},
+                 "linux.resources.network.classID: cannot set net_cls limit", marks=V1_ONLY),
     ({"memory": {"limit": "64m"}}, "linux.resources.memory.limit: must be an integer"),
 ])
 def test_refused_values_fail_create_and_leave_nothing(ocirt, bundle, resources, message):
@@ -184,3 +266,15 @@ def test_a_parent_we_made_outlives_us_while_shared(ocirt, bundle):
     for directory in helpers.leftover_dirs(name):  # c2 did not make it: ours to tidy
         assert not any(os.path.isdir(os.path.join(directory, n)) for n in os.listdir(directory))
         os.rmdir(directory)
+
+
+@pytest.mark.skipif(not helpers.UNIFIED, reason="v1-only settings on a v2 host")
+def test_v1_only_settings_are_reported_on_v2(ocirt, bundle):
+    """runc ignores what v2 has no file for; we do too, but say so on stderr."""
+    b = bundle(["true"], edit=with_resources({"memory": {"swappiness": 10,
+                                                         "disableOOMKiller": True},
+                                              "network": {"classID": 1}}))
+    r = ocirt("run", "--bundle", b, "c1")
+    assert r.rc == 0, r
+    for field in ("memory.swappiness", "memory.disableOOMKiller", "network"):
+        assert f"linux.resources.{field}: " in r.err, (field, r)

@@ -12,8 +12,10 @@ import threading
 
 import pytest
 
-from ocirt.cgroups import dbus, systemd
+from ocirt.cgroups import dbus, sdprops, systemd
 from ocirt.cgroups.detect import Hierarchy, Layout
+from ocirt.cgroups.resources import DeviceRule
+from ocirt.cgroups.resources import parse as parse_resources
 from ocirt.cgroups.systemd import SystemdManager, expand_slice, parse_path, unit_cgroup
 from ocirt.errors import OcirtError
 
@@ -197,3 +199,95 @@ def test_without_systemd_create_fails_clearly(ocirt, bundle):
     r = rt("run", "--bundle", b, "c1")
     assert r.rc == 1 and "--systemd-cgroup: systemd is not running on this host" in r.err, r
     assert ocirt.ids() == []
+
+
+# --- resources as unit properties (ocirt.cgroups.sdprops) ------------------------------------
+
+LIMITS = {"memory": {"limit": 64 << 20, "reservation": 32 << 20, "swap": 128 << 20},
+          "cpu": {"shares": 512, "quota": 50000, "period": 100000, "cpus": "0-3,8",
+                  "mems": "0"},
+          "pids": {"limit": 50}, "blockIO": {"weight": 500},
+          "unified": {"memory.high": "max", "memory.min": "4096"}}
+
+
+def _props(raw, unified=True, rules=None):
+    res = parse_resources(raw)
+    return dict(sdprops.properties(res, res, unified, rules))
+
+
+def test_v2_properties_follow_runc():
+    props = _props(LIMITS)
+    assert props["MemoryMax"] == ("t", 64 << 20)
+    assert props["MemoryLow"] == ("t", 32 << 20)
+    assert props["MemorySwapMax"] == ("t", 64 << 20)  # memory+swap -> swap only
+    assert props["CPUWeight"] == ("t", 59)
+    assert props["CPUQuotaPeriodUSec"] == ("t", 100000)
+    assert props["CPUQuotaPerSecUSec"] == ("t", 500000)
+    assert props["AllowedCPUs"] == ("ay", [0x0F, 0x01])
+    assert props["AllowedMemoryNodes"] == ("ay", [0x01])
+    assert props["TasksMax"] == ("t", 50)
+    assert props["IOWeight"] == ("t", 4950)
+    assert props["MemoryHigh"] == ("t", sdprops.INFINITY)
+    assert props["MemoryMin"] == ("t", 4096)
+
+
+def test_v1_properties_follow_runc():
+    props = _props(LIMITS, unified=False)
+    assert props["MemoryLimit"] == ("t", 64 << 20)
+    assert props["CPUShares"] == ("t", 512)
+    assert props["BlockIOWeight"] == ("t", 500)
+    assert "MemoryMax" not in props and "AllowedCPUs" not in props
+
+
+def test_quota_is_rounded_up_to_systemds_10ms_and_unlimited_is_infinity():
+    assert sdprops.quota_per_sec(33333, 100000) == 340000
+    assert sdprops.quota_per_sec(-1, 100000) == sdprops.INFINITY
+    props = _props({"unified": {"cpu.max": "max 50000", "pids.max": "max"}})
+    assert props["CPUQuotaPerSecUSec"] == ("t", sdprops.INFINITY)
+    assert props["CPUQuotaPeriodUSec"] == ("t", 50000)
+    assert props["TasksMax"] == ("t", sdprops.INFINITY)
+
+
+def test_bad_unified_values_name_the_key():
+    with pytest.raises(OcirtError, match="linux.resources.unified.memory.high: 'lots' is not"):
+        _props({"unified": {"memory.high": "lots"}})
+    with pytest.raises(OcirtError, match="linux.resources.cpu.cpus: invalid range '3-1'"):
+        _props({"cpu": {"cpus": "3-1"}})
+
+
+PROC_DEVICES = "Character devices:\n  1 mem\n 10 misc\n136 pts\n\nBlock devices:\n  8 sd\n"
+
+
+def test_device_rules_as_device_allow(monkeypatch):
+    monkeypatch.setattr(sdprops, "proc_devices", lambda: PROC_DEVICES)
+    rules = [DeviceRule(False, "a", -1, -1, "rwm"), DeviceRule(True, "c", 1, 3, "rwm"),
+             DeviceRule(True, "c", 136, -1, "rwm"), DeviceRule(True, "b", -1, -1, "m"),
+             DeviceRule(True, "c", 250, -1, "r")]  # no such group: left out (runc)
+    props = _props({}, rules=rules)
+    assert props["DevicePolicy"] == ("s", "strict")
+    assert props["DeviceAllow"] == ("a(ss)", [("/dev/char/1:3", "rwm"), ("char-pts", "rwm"),
+                                              ("block-*", "m")])
+    allow_all = _props({}, rules=[DeviceRule(True, "a", -1, -1, "rwm")])
+    assert allow_all["DevicePolicy"] == ("s", "auto")
+
+
+def test_limits_and_updates_reach_systemd(bus, fake_layout):
+    """The unit starts with the limits as properties; update sends SetUnitProperties
+    (runtime only) with just what changed, then writes the files."""
+    (fake_layout / "memory.limit_in_bytes").write_text("")
+    fake = FakeSystemd(bus)
+    fake.start()
+    mgr = SystemdManager("machine.slice", "libpod-abc.scope", "abc", bus=bus,
+                         resources={"memory": {"limit": 64 << 20}, "pids": {"limit": 9}})
+    mgr.add(4242)
+    [(_, _, props, _)] = [body for member, body in fake.calls if member == "StartTransientUnit"]
+    props = dict(props)
+    assert props["TasksMax"] == ("t", 9)
+    assert "MemoryMax" in props or "MemoryLimit" in props
+    mgr.update({"memory": {"limit": 96 << 20}})
+    [sent] = [body for member, body in fake.calls if member == "SetUnitProperties"]
+    assert sent[:2] == ["libpod-abc.scope", True]
+    assert [name for name, _ in sent[2]] in (["MemoryMax"], ["MemoryLimit"])
+    assert (fake_layout / "memory.limit_in_bytes").read_text() == str(96 << 20)
+    mgr.destroy()
+    assert ("ResetFailedUnit", ["libpod-abc.scope"]) in fake.calls

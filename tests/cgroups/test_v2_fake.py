@@ -7,6 +7,7 @@ cgroup files take one line per write), and cgroup.freeze is mirrored into cgroup
 
 from __future__ import annotations
 
+import errno
 import os
 
 import pytest
@@ -32,6 +33,7 @@ def attached(monkeypatch):
     programs: list[tuple[str, bytes]] = []
     monkeypatch.setattr(bpf, "attach", lambda d, code: programs.append((d, code)))
     monkeypatch.setattr("ocirt.cgroups.factory.in_user_namespace", lambda: False)
+    monkeypatch.setattr("ocirt.linux.proc.in_user_namespace", lambda: False)
     return programs
 
 
@@ -103,13 +105,90 @@ def test_made_directories_get_controllers_and_are_removed(tree, attached):
     assert mgr.made == []
 
 
+@pytest.fixture
+def kernel_dirs(tree, monkeypatch):
+    """mkdir fills a new cgroup with its files and rmdir takes a cgroup that has no
+    cgroups below it, files and all, as cgroupfs does."""
+    make_dirs, rmdir = fs.make_dirs, os.rmdir
+
+    def make_cgroups(path: str) -> list[str]:
+        made = make_dirs(path)
+        for directory in made:
+            tree.make_cgroup(os.path.relpath(directory, tree.root))
+        return made
+
+    def remove_cgroup(path: str, **kw) -> None:
+        if kw or not path.startswith(tree.root):
+            return rmdir(path, **kw)
+        if any(entry.is_dir() for entry in os.scandir(path)):
+            raise OSError(errno.ENOTEMPTY, "Directory not empty", path)
+        for entry in os.scandir(path):
+            os.unlink(entry.path)
+        rmdir(path)
+
+    monkeypatch.setattr(fs, "make_dirs", make_cgroups)
+    monkeypatch.setattr(os, "rmdir", remove_cgroup)
+    return tree
+
+
+def test_controllers_are_passed_down_every_ancestor_and_taken_back(kernel_dirs, attached):
+    """An existing ancestor that does not pass memory/pids down gets them enabled, top
+    first; delete disables what we enabled where no other cgroup is left below."""
+    tree = kernel_dirs
+    tree.make_cgroup("slice")
+    mgr = V2Manager(os.path.join(tree.root, "slice", "pod", "c1"))
+    mgr.create()
+    mgr.apply({"memory": {"limit": 1 << 26}, "pids": {"limit": 10}})
+    top, middle = tree.root, os.path.join(tree.root, "slice")
+    assert mgr.state()["enabled"] == [[top, "memory"], [top, "pids"],
+                                      [middle, "memory"], [middle, "pids"]]
+    # pod is ours: it passes down all it has (and goes away with the container)
+    assert {"+memory", "+pids"} <= set(tree.wrote("slice/pod/cgroup.subtree_control"))
+    again = V2Manager.from_state(mgr.state())  # as delete sees it, from state.json
+    again.destroy()
+    assert tree.wrote("slice/cgroup.subtree_control")[-2:] == ["-pids", "-memory"]
+    assert tree.wrote("cgroup.subtree_control") == ["+memory", "+pids"]  # slice is still there
+    assert fs.read(middle, "cgroup.subtree_control") == ""
+    assert again.state() is None or again.state()["enabled"] == []
+
+
+def test_controllers_stay_where_another_cgroup_appeared(kernel_dirs, attached):
+    tree = kernel_dirs
+    tree.make_cgroup("slice")
+    mgr = V2Manager(os.path.join(tree.root, "slice", "c1"))
+    mgr.create()
+    mgr.apply({"pids": {"limit": 10}})
+    tree.make_cgroup("slice/other")  # e.g. a second container, which may rely on pids
+    mgr.destroy()
+    assert fs.read(os.path.join(tree.root, "slice"), "cgroup.subtree_control") == "pids"
+
+
+def test_an_ancestor_with_processes_is_named(kernel_dirs, attached):
+    tree = kernel_dirs
+    tree.make_cgroup("busy.scope")
+    tree.fail_once["busy.scope/cgroup.subtree_control"] = errno.EBUSY
+    mgr = V2Manager(os.path.join(tree.root, "busy.scope", "c1"))
+    mgr.create()
+    with pytest.raises(OcirtError, match=r"linux.resources.memory: cannot pass the memory "
+                       r"controller down from .*busy.scope: that cgroup holds processes"):
+        mgr.apply({"memory": {"limit": 1 << 26}})
+    mgr.destroy()
+
+
 def test_unlimited_values(tree, attached):
     leaf = tree.make_cgroup("c1")
-    V2Manager(leaf).apply({"memory": {"limit": -1}, "cpu": {"quota": -1}, "pids": {"limit": 0}})
+    V2Manager(leaf).apply({"memory": {"limit": -1}, "cpu": {"quota": -1}, "pids": {"limit": -1}})
     assert tree.wrote("c1/memory.swap.max") == ["max"]
     assert tree.wrote("c1/memory.max") == ["max"]
     assert tree.wrote("c1/cpu.max") == ["max 100000"]
     assert tree.wrote("c1/pids.max") == ["max"]
+
+
+def test_pids_limit_zero_is_a_limit():
+    """runtime-spec 1.3: 0 is a valid limit, not "unlimited" (runc 1.5 writes 1)."""
+    from ocirt.cgroups.resources import pids_max
+
+    assert [pids_max(n) for n in (0, -1, -5, 1, 42)] == ["1", "max", "max", "1", "42"]
 
 
 def test_update_keeps_the_other_half_of_cpu_max(tree, attached):

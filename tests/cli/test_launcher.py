@@ -57,3 +57,39 @@ def test_refuses_an_interpreter_path_with_spaces(tmp_path):
     with pytest.raises(OSError, match="spaces"):
         launcher.write(str(tmp_path / "x"), python="/opt/my python/bin/python3")
     assert not (tmp_path / "x").exists()
+
+
+def _pip_script(tmp_path, ocirt_bin) -> str:
+    """bin/ocirt as `pip install` writes it: the interpreter's path on its #! line."""
+    with open(ocirt_bin) as f:
+        python = f.readline()[2:].split()[0]
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(repo, "bin", "ocirt")) as f:
+        source = f.read()
+    dest = tmp_path / "ocirt"
+    dest.write_text(source.replace("#!python\n", f"#!{python}\n", 1))
+    dest.chmod(0o755)
+    return str(dest)
+
+
+def test_pip_script_becomes_the_launcher(tmp_path, ocirt_bin):
+    script = _pip_script(tmp_path, ocirt_bin)
+    for _ in range(2):  # the first run rewrites the file, the second runs the launcher
+        r = subprocess.run([script, "--version"], capture_output=True, text=True, env={})
+        assert r.returncode == 0 and r.stdout.startswith("ocirt version"), r
+    with open(script) as f:
+        assert f.readline().rstrip().endswith(" -IS")
+    assert sorted(os.listdir(tmp_path)) == ["ocirt"], "a staged launcher was left behind"
+    assert os.access(script, os.X_OK)
+
+
+@pytest.mark.root
+def test_pip_script_of_another_owner_is_left_alone(tmp_path, ocirt_bin):
+    script = _pip_script(tmp_path, ocirt_bin)
+    os.chown(script, 65534, 65534)
+    with open(script) as f:
+        before = f.read()
+    r = subprocess.run([script, "--version"], capture_output=True, text=True, env={})
+    assert r.returncode == 0 and r.stdout.startswith("ocirt version"), r
+    with open(script) as f:
+        assert f.read() == before

@@ -76,17 +76,17 @@ def test_bad_process_json_names_the_field(ocirt, running, tmp_path):
     path = tmp_path / "process.json"
     path.write_text(json.dumps({"args": [], "cwd": "/"}))
     r = ocirt("exec", "-p", str(path), "c1")
-    assert r.rc == 1 and "process.args: args must not be empty" in r.err
+    assert r.rc == 255 and "process.args: args must not be empty" in r.err
 
 
 def test_missing_binary_and_stopped_container(ocirt, running):
     r = ocirt("exec", "c1", "no-such-thing")
-    assert r.rc == 1 and "executable file not found in $PATH" in r.err
+    assert r.rc == 255 and "executable file not found in $PATH" in r.err
     ocirt("kill", "c1", "KILL", check=True)
     assert ocirt.wait_status("c1", "stopped")
     r = ocirt("exec", "c1", "true")
-    assert r.rc == 1 and "cannot exec in a stopped container" in r.err
-    assert ocirt("exec", "nope", "true").rc == 1
+    assert r.rc == 255 and "cannot exec in a stopped container" in r.err
+    assert ocirt("exec", "nope", "true").rc == 255
 
 
 def test_detached_process_outlives_exec(ocirt, running, tmp_path):

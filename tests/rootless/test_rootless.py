@@ -12,7 +12,7 @@ import tempfile
 import pytest
 
 from conformance.bundle import make_rootfs
-from tests.conftest import IN_CHROOT
+from tests.conftest import IN_CHROOT, user_runnable_ocirt
 from tests.leaks import mounts_under
 
 USER = "ocirt-test"
@@ -26,26 +26,32 @@ def _user() -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(USER)
     except KeyError:
-        pytest.skip(f"no {USER} user (.ci/run creates it)")
+        pytest.skip(f"no {USER} user (contrib/setup.sh creates it)")
 
 
 @pytest.fixture
 def rootless(ocirt_bin):
     """(run(*args) as the user, its home for bundles, the user's entry)."""
     entry = _user()
-    if subprocess.run(["runuser", "-u", USER, "--", "test", "-x", ocirt_bin]).returncode:
-        pytest.skip(f"{USER} cannot run {ocirt_bin} (checkout in a root-only directory)")
+    ocirt_bin = user_runnable_ocirt(ocirt_bin, USER)
     home = tempfile.mkdtemp(prefix="ocirt-rootless-")
     os.chown(home, entry.pw_uid, entry.pw_gid)
     runtime_dir = os.path.join(home, "run")
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "XDG_RUNTIME_DIR": runtime_dir,
            "HOME": home}
 
-    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    def run(*args: str, check: bool = True, userns: bool = False,
+            environ: dict[str, str | None] | None = None) -> subprocess.CompletedProcess:
+        """As the user; `userns`: as uid 0 of a user namespace of the user's (as rootless
+        podman runs the runtime); `environ` adds variables, None removes one."""
+        merged = {**env, **(environ or {})}
+        # unshare(1) only stages the caller here; the runtime itself never shells out
+        prefix = ["unshare", "--user", "--map-root-user"] if userns else []
         # files, not pipes: a created container keeps the runtime's stdio open
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-            r = subprocess.run(["runuser", "-u", USER, "--", "env",
-                                *(f"{k}={v}" for k, v in env.items()), ocirt_bin, *args],
+            r = subprocess.run(["runuser", "-u", USER, "--", *prefix, "env", "-i",
+                                *(f"{k}={v}" for k, v in merged.items() if v is not None),
+                                ocirt_bin, *args],
                                stdout=out, stderr=err, text=True, timeout=60, cwd=home,
                                stdin=subprocess.DEVNULL)
             out.seek(0)
@@ -92,7 +98,8 @@ def test_rootless_run_maps_the_user_to_root(rootless):
     lines = r.stdout.split("\n")
     assert lines[0] == "0"
     assert lines[1].split() == ["0", str(entry.pw_uid), "1"]
-    assert os.path.isdir(os.path.join(home, "run", "ocirt"))  # state in XDG_RUNTIME_DIR
+    root = os.stat(os.path.join(home, "run", "ocirt"))  # the state is in XDG_RUNTIME_DIR
+    assert (root.st_uid, oct(root.st_mode & 0o7777)) == (entry.pw_uid, "0o1700")  # runc's
 
 
 def test_rootless_cgroupfs_is_read_only(rootless):
@@ -153,6 +160,64 @@ def test_rootless_sif_image_through_squashfuse(rootless):
     r = run("run", "--image", image, "s1")
     assert "runscript: hello from SIF" in r.stdout
     assert mounts_under(home) == []
+
+
+def test_uid_0_in_a_user_namespace_keeps_state_in_xdg_runtime_dir(rootless):
+    """Rootless podman runs the runtime as uid 0 of its user namespace: the state root is
+    $XDG_RUNTIME_DIR/ocirt there too (runc's shouldHonorXDGRuntimeDir), not /run/ocirt,
+    and the container runs without a word about cgroups it may not have."""
+    run, home, entry = rootless
+    def own_ids(config: dict) -> None:  # ids as the namespace the runtime runs in has them
+        for key in ("uidMappings", "gidMappings"):
+            config["linux"][key] = [{"containerID": 0, "hostID": 0, "size": 1}]
+
+    b = make_user_bundle(run, home, entry, ["sh", "-c", "id -u; cat /proc/self/uid_map"],
+                         edit=own_ids)
+    r = run("run", "--bundle", b, "r-userns", userns=True)
+    assert r.stdout.split("\n")[0] == "0"
+    assert r.stderr == ""
+    assert os.path.isdir(os.path.join(home, "run", "ocirt"))
+    assert not os.path.exists("/run/ocirt/r-userns")
+    assert os.stat(os.path.join(home, "run", "ocirt")).st_uid == entry.pw_uid
+
+
+def test_user_root_in_a_user_namespace_uses_the_system_root(rootless):
+    """runc's exception: USER=root inside the namespace means the system's root."""
+    run, home, entry = rootless
+    r = run("list", userns=True, environ={"USER": "root", "XDG_RUNTIME_DIR": None},
+            check=False)
+    assert r.returncode == 0 or "/run/ocirt" in r.stderr, r.stderr
+    assert "XDG_RUNTIME_DIR" not in r.stderr
+
+
+@pytest.mark.parametrize("userns", [False, True])
+def test_a_missing_xdg_runtime_dir_is_named(rootless, userns):
+    run, home, entry = rootless
+    r = run("list", userns=userns, environ={"XDG_RUNTIME_DIR": None}, check=False)
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1 and "XDG_RUNTIME_DIR is not set" in r.stderr
+    assert run("spec", "--bundle", home, userns=userns,
+               environ={"XDG_RUNTIME_DIR": None}).returncode == 0  # needs no state root
+
+
+def test_make_bundle_rootless_gives_a_bundle_the_user_can_run(rootless, ocirt_bin):
+    """The README's rootless recipe: contrib/make-bundle.sh --rootless, then run."""
+    ocirt_bin = user_runnable_ocirt(ocirt_bin, USER)
+    run, home, entry = rootless
+    script = os.path.join(home, "make-bundle.sh")  # the checkout may be closed to the user
+    shutil.copy(os.path.join(os.path.dirname(__file__), "..", "..", "contrib",
+                             "make-bundle.sh"), script)
+    bundle = os.path.join(home, "mine")
+    made = subprocess.run(["runuser", "-u", USER, "--", "env", f"OCIRT={ocirt_bin}",
+                           "PATH=/usr/bin:/bin", "bash", script, "--rootless", bundle, "id"],
+                          capture_output=True, text=True, timeout=60, cwd=home)
+    assert made.returncode == 0, made.stderr
+    with open(os.path.join(bundle, "config.json")) as f:
+        config = json.load(f)
+    assert config["linux"]["uidMappings"] == [
+        {"containerID": 0, "hostID": entry.pw_uid, "size": 1}]
+    r = run("run", "--bundle", bundle, "mine")
+    assert r.stdout.startswith("uid=0(root) gid=0(root)") and r.stderr == ""
 
 
 def test_root_acts_as_the_owner_of_a_users_state_root(rootless, ocirt_bin, tmp_path):

@@ -62,6 +62,6 @@ def test_exec_labels_are_checked_too(ocirt, bundle):
     for flag, value, text in (("--process-label", LABEL, "selinux is disabled"),
                               ("--apparmor", "docker-default", "AppArmor is not enabled")):
         r = ocirt("exec", flag, value, "c1", "true")
-        assert r.rc == 1 and text in r.err and "Traceback" not in r.err, r
+        assert r.rc == 255 and text in r.err and "Traceback" not in r.err, r
     assert procfs.alive(pid) and ocirt.status("c1") == "running"
     assert procfs.children(pid) == []

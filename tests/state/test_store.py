@@ -116,3 +116,29 @@ def test_transitions_are_in_one_table():
 def test_rfc3339_nano_trims_zeros():
     assert rfc3339_nano(1_700_000_000_123_400_000) == "2023-11-14T22:13:20.1234Z"
     assert rfc3339_nano(1_700_000_000_000_000_000) == "2023-11-14T22:13:20Z"
+
+
+def test_an_unwritable_state_root_is_one_line_naming_it():
+    """Not an internal error: the directory and the reason, as runc's mkdir error."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    from conformance.bundle import default_config, make_bundle
+    from tests.conftest import ocirt_binary
+
+    top = tempfile.mkdtemp(prefix="ocirt-unwritable-")  # nobody may enter it, not write
+    try:
+        os.chmod(top, 0o755)
+        bundle = make_bundle(os.path.join(top, "bundle"), config=default_config(["true"]))
+        root = os.path.join(top, "root")
+        os.mkdir(root, 0o755)
+        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                            ocirt_binary(), "--root", root, "create", "--bundle", bundle,
+                            "c1"], capture_output=True, text=True, cwd="/",
+                           env={"PATH": os.environ["PATH"]})
+    finally:
+        shutil.rmtree(top)
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1 and "internal error" not in r.stderr, r.stderr
+    assert f"create state directory {root}/c1: permission denied" in r.stderr
