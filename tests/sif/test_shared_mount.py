@@ -222,3 +222,17 @@ def test_stale_references_and_a_half_made_mount_are_cleaned(ocirt, image):
         if mounts_under(half):
             subprocess.run(["umount", "-l", half], check=False)
     assert_released(ocirt, img)
+
+
+def test_writable_tmpfs_layers_are_per_container_over_one_mount(ocirt, image):
+    img, _ = image
+    for name in ("w1", "w2"):
+        ocirt("run", "-d", "--writable-tmpfs", "--image", img, f"shm-{name}", "--",
+              "sleep", "60", check=True)
+    assert len(squashfs_mounts(ocirt.root)) == 1 and len(loops_of(img)) == 1
+    ocirt("exec", "shm-w1", "sh", "-c", "echo mine > /written", check=True)
+    assert ocirt("exec", "shm-w1", "cat", "/written").out == "mine\n"
+    assert ocirt("exec", "shm-w2", "cat", "/written").rc != 0  # not the other's
+    for name in ("w1", "w2"):
+        ocirt("delete", "--force", f"shm-{name}", check=True)
+    assert_released(ocirt, img)
