@@ -289,11 +289,21 @@ class Creation:
         if self.plan.sif_root:
             checked_by = image.policy(self.opts.sif_keys, self.opts.sif_pgp_keys)
             entries = image.mount_root(self.plan, container.dir, checked_by, self.store,
-                                       self.cid)
+                                       self.cid, self._record_lease)
             container.data.update(entries)
             self.undo.push(image.release, entries, what="SIF mount")
             container.data["rootfs"] = self.plan.rootfs
         self.store.save(container)
+
+    def _record_lease(self, lease: dict[str, Any] | None) -> None:
+        """Saved before the image's shared mount is leased (None: it was not), so that
+        `delete --force` after a SIGKILL of this process at any instant gives it back."""
+        assert self.container is not None
+        if lease:
+            self.container.data["sif_lease"] = lease
+        else:
+            self.container.data.pop("sif_lease", None)
+        self.store.save(self.container)
 
     def _make_fifo(self, container: Container) -> int:
         path = container.path(FIFO_FILE)

@@ -23,6 +23,7 @@ from ocirt.errors import OcirtError
 
 TYPE_CHECKING = False  # importing typing costs ~2 ms; only annotations need it
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from ocirt.spec.plan import Plan
@@ -93,8 +94,6 @@ def bundle_from_image(store: Store, cid: str, image: str, args: list[str],
     shared mount (verified once per image), and with `writable` "tmpfs" a throw-away
     writable layer of its own on top (--writable-tmpfs). Returns the bundle and the
     lease (None when the image had to be mounted for this container alone)."""
-    from ocirt.sif.bundle import BundleOptions, create_bundle_from
-    from ocirt.sif.image import Image
     from ocirt.state import make_private_dirs, validate_id
 
     if not is_sif(image):
@@ -108,8 +107,22 @@ def bundle_from_image(store: Store, cid: str, image: str, args: list[str],
         raise OcirtError("container with given ID already exists")  # being made now
     warn_unverified(image, checked_by)
     mark_creator(directory)
+    try:
+        return _bundle_from_open(store, cid, directory, image, args, checked_by, writable)
+    except BaseException:
+        unmark_creator(directory)  # nothing of it is left (its steps undid themselves)
+        raise
+
+
+def _bundle_from_open(store: Store, cid: str, directory: str, image: str, args: list[str],
+                      checked_by: Any, writable: str | None
+                      ) -> tuple[str, dict[str, Any] | None]:
+    from ocirt.sif.bundle import BundleOptions, create_bundle_from
+    from ocirt.sif.image import Image
+
     with Image.open(os.path.abspath(image)) as opened:  # once: what is verified is used
-        lease = _lease(store, opened, cid, checked_by)
+        lease = _lease(store, opened, cid, checked_by,
+                       lambda planned: mark_creator(directory, planned))
         if lease is None:
             if checked_by is not None:
                 from ocirt.sif.policy import verify_image
@@ -127,16 +140,26 @@ def bundle_from_image(store: Store, cid: str, image: str, args: list[str],
     return directory, lease.to_json()
 
 
-def _lease(store: Store, opened: Any, cid: str, checked_by: Any) -> Any:
-    """A lease on the image's shared mount, or None where it cannot be shared here."""
+def _lease(store: Store, opened: Any, cid: str, checked_by: Any,
+           record: Callable[[dict[str, Any] | None], None]) -> Any:
+    """A lease on the image's shared mount, or None where it cannot be shared here.
+    `record` is given the lease before it is taken (so that `delete --force` after a
+    SIGKILL at any instant gives it back), and None when it was not taken."""
     from ocirt import log
     from ocirt.runtime import sharedroot
 
+    directory = images_dir(store)
+    record(sharedroot.planned(directory, opened, cid).to_json())
     try:
-        return sharedroot.acquire(images_dir(store), opened, cid, checked_by)
+        lease = sharedroot.acquire(directory, opened, cid, checked_by)
     except sharedroot.NotShared as exc:
         log.debug(f"{opened.path}: {exc.message}; mounted for {cid} alone")
+        record(None)
         return None
+    except BaseException:
+        record(None)  # acquire took nothing
+        raise
+    return lease
 
 
 def _release_lease(lease: Any) -> None:
@@ -149,16 +172,20 @@ def _creator_file(directory: str) -> str:
     return directory + ".creator"
 
 
-def mark_creator(directory: str) -> None:
-    """Record, before the bundle exists, which process makes it: `delete --force` removes
-    the bundle of a `create --image` killed before the container's state named it, and
-    never one whose maker still runs."""
+def mark_creator(directory: str, lease: dict[str, Any] | None = None) -> None:
+    """Record, before the bundle exists, which process makes it (and, before it is taken,
+    its lease on the image's shared mount): `delete --force` removes the bundle of a
+    `create --image` killed before the container's state named it, and gives the lease
+    back, and never touches one whose maker still runs."""
     from ocirt import jsonio
     from ocirt.linux import proc
     from ocirt.state import write_atomic
 
     me = os.getpid()
-    write_atomic(_creator_file(directory), jsonio.dumps([me, proc.start_time(me)]).encode())
+    mark: list[Any] = [me, proc.start_time(me)]
+    if lease:
+        mark.append(lease)
+    write_atomic(_creator_file(directory), jsonio.dumps(mark).encode())
 
 
 def unmark_creator(directory: str) -> None:
@@ -190,20 +217,28 @@ def remove_orphan_bundle(store: Store, cid: str) -> None:
     unmount_host_mounts(host_mounts_below(os.path.realpath(directory)))
     if os.path.lexists(directory):
         remove_tree(directory)
+    if len(creator) > 2 and not os.path.lexists(store.dir(cid)):
+        # its lease, maybe taken (a container of that ID, made since, holds its own)
+        release({"sif_lease": creator[2]}, store)
     unmark_creator(directory)
 
 
 def mount_root(plan: Plan, state_dir: str, checked_by: Any = None,
-               store: Store | None = None, cid: str = "") -> dict[str, Any]:
+               store: Store | None = None, cid: str = "",
+               record: Callable[[dict[str, Any] | None], None] | None = None
+               ) -> dict[str, Any]:
     """`root.path` is a SIF image: verify it (against `checked_by`, from `policy`) and
-    make its root the plan's rootfs: the image's shared mount when `store` is given (one
-    per image and state root), else a mount of its own at STATE/rootfs. Returns the
+    make its root the plan's rootfs: the image's shared mount when `store` and `record`
+    are given (one per image and state root; `record` saves the lease in the container's
+    state before it is taken), else a mount of its own at STATE/rootfs. Returns the
     state entries (`sif_mount`, `sif_lease`) that `release` takes."""
     from ocirt.sif.image import Image
 
     warn_unverified(plan.rootfs, checked_by)
     with Image.open(plan.rootfs) as opened:
-        lease = _lease(store, opened, cid, checked_by) if store is not None else None
+        lease = None
+        if store is not None and record is not None:
+            lease = _lease(store, opened, cid, checked_by, record)
         if lease is None:
             out = {"sif_mount": _mount_alone(plan, state_dir, opened, checked_by)}
     if lease is not None:

@@ -135,6 +135,16 @@ class _Locked:
         os.close(self.fd)
 
 
+def planned(directory: str, image: Image, ref: str, fuse: bool | None = None) -> Lease:
+    """The lease `acquire` would give `ref` (without its layers): what a caller records
+    before taking it, so that `release` after a crash at any instant finds it."""
+    from ocirt.sif.mount import is_root
+
+    _check_name(ref, "reference")
+    use_fuse = (not is_root()) if fuse is None else fuse
+    return Lease(directory, image_key(identity(image, use_fuse)), ref, [])
+
+
 def acquire(directory: str, image: Image, ref: str, checked_by: Any = None,
             fuse: bool | None = None) -> Lease:
     """A lease on the shared mount of the open `image` for container `ref`, mounting it
