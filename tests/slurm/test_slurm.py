@@ -53,7 +53,10 @@ def ocirt_bin(ocirt_bin):
         pwd.getpwnam(USER)
     except KeyError:
         pytest.skip(f"no {USER} user (.ci/run creates it)")
-    return user_runnable_ocirt(ocirt_bin, USER)
+    runnable = user_runnable_ocirt(ocirt_bin, USER)
+    yield runnable
+    if runnable != ocirt_bin:  # the copy's directory, made for this module
+        shutil.rmtree(os.path.dirname(runnable), ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
