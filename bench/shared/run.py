@@ -101,6 +101,52 @@ class SlowFS:
                 self.requests, self.service_us = int(fields[1]), float(fields[3])
 
 
+class MountWatch:
+    """While the containers run: the most squashfs superblocks mounted below the state
+    root and loop devices backed by the image seen at once (the shared mount's claim,
+    checked where it matters: N containers of one image at once)."""
+
+    def __init__(self, root: str, image: str) -> None:
+        import threading
+
+        self.root = os.path.realpath(root)
+        self.image = os.path.realpath(image)
+        self.mounts = self.loops = 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> MountWatch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+
+    def _watch(self) -> None:
+        while not self.done.wait(0.05):
+            self.mounts = max(self.mounts, len(self._squashfs()))
+            self.loops = max(self.loops, len(self._loops()))
+
+    def _squashfs(self) -> list[str]:
+        with open("/proc/self/mountinfo") as f:
+            return [line for line in f if line.split(" - ")[1].startswith("squashfs ")
+                    and line.split()[4].startswith(self.root + "/")]
+
+    def _loops(self) -> list[str]:
+        import glob
+
+        out = []
+        for path in glob.glob("/sys/block/loop*/loop/backing_file"):
+            try:
+                with open(path) as f:
+                    if f.read().strip() == self.image:
+                        out.append(path)
+            except OSError:
+                continue
+        return out
+
+
 def start_all(ocirt: str, root: str, argvs: list[list[str]]) -> tuple[float, list[str]]:
     """Run every command at once; (wall seconds until the last exits, failures)."""
     with tempfile.TemporaryDirectory() as logs:
@@ -161,14 +207,16 @@ def measure_one(way: str, n: int, model: str, args: argparse.Namespace, work: st
                            stdout=subprocess.DEVNULL)
             argvs = [["run", "--bundle", sif_bundle, f"{prefix}{i}"] for i in range(n)]
         try:
-            elapsed, failures = start_all(ocirt, state, argvs)
+            with MountWatch(state if way != "bundle" else sif_bundle, image) as watch:
+                elapsed, failures = start_all(ocirt, state, argvs)
         finally:
             if way == "bundle":
                 subprocess.run([ocirt, "sif", "unbundle", sif_bundle], check=False)
     shutil.rmtree(state, ignore_errors=True)
     if failures:
         raise RuntimeError(f"{way} N={n} {model}: {len(failures)} failed: {failures[0]}")
-    return {"seconds": elapsed, "requests": fs.requests, "service_us": fs.service_us}
+    return {"seconds": elapsed, "requests": fs.requests, "service_us": fs.service_us,
+            "mounts": watch.mounts, "loops": watch.loops}
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -194,13 +242,16 @@ def measure(args: argparse.Namespace) -> dict:
                     one = measure_one(way, n, model, args, work, ocirt)
                     samples.setdefault(f"{model}/{n}/{way}", []).append(one)
                     print(f"round {r + 1} {model:9} N={n:<3} {way:6} {one['seconds']:7.2f} s "
-                          f"{one['requests']:8} requests {one['service_us']:5.0f} µs each",
+                          f"{one['requests']:8} requests {one['service_us']:5.0f} µs each, "
+                          f"{one['mounts']} squashfs mounts, {one['loops']} loop devices",
                           flush=True)
     results = {}
     for key, runs in samples.items():
         results[key] = {"median_s": statistics.median(x["seconds"] for x in runs),
                         "requests": statistics.median(x["requests"] for x in runs),
                         "service_us": statistics.median(x["service_us"] for x in runs),
+                        "mounts": max(x["mounts"] for x in runs),
+                        "loops": max(x["loops"] for x in runs),
                         "runs": [x["seconds"] for x in runs]}
     return {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "ns": ns,
             "models": models, "latency_us": args.latency_us,
@@ -232,6 +283,8 @@ def markdown(res: dict) -> str:
         for n in res["ns"]:
             r = {w: res["results"][f"{model}/{n}/{w}"] for w in WAYS}
             cells = [f"{r[w]['median_s']:.2f} s ({r[w]['requests']:.0f} req)" for w in WAYS]
+            if "mounts" in r["image"]:  # the most seen at once while the N containers ran
+                cells[1] += f", {r['image']['mounts']} mount, {r['image']['loops']} loop"
             lines.append(f"| {label} | {n} | {' | '.join(cells)} | "
                          f"{r['plain']['median_s'] / r['image']['median_s']:.1f}× | "
                          f"{r['image']['median_s'] / r['bundle']['median_s']:.2f} |")
