@@ -18,9 +18,10 @@ how it is mounted; a file rewritten in place gets another key, so a mount never 
 a changed file as the one that was verified. Verification is done once per image and
 policy (the policies that passed are remembered in image.json).
 
-The last `release` unmounts and removes KEY/. A reference is stale, and dropped by the
-next `acquire` or `release` of the image, when its container is gone or stopped and the
-process that took it is gone: a crash between the two never keeps a mount alive. A KEY/
+The last `release` unmounts and removes KEY/. A reference is stale when its container is
+gone or stopped and the process that took it is gone; a `release` drops those it meets
+before a live one, and so the last live one's drops them all: a crash between the two
+never keeps a mount alive. A KEY/
 without a valid image.json is what a crash during mounting left: whatever is mounted
 below it is detached and it is made again.
 """
@@ -163,8 +164,7 @@ def acquire(directory: str, image: Image, ref: str, checked_by: Any = None,
             meta = _mount(keydir, image, ident, checked_by, use_fuse)
         elif checked_by is not None:
             _verify_once(keydir, meta, image, checked_by)
-        _drop_stale(directory, keydir)
-        _write_ref(keydir, ref)
+        _write_ref(keydir, ref)  # (stale ones are the last release's to drop)
     log.debug(f"{image.path}: shared mount {keydir} leased to {ref}")
     return Lease(directory, key, ref, list(meta["lowers"]))
 
@@ -179,8 +179,7 @@ def release(lease: Lease) -> None:
             os.unlink(os.path.join(keydir, REFS, lease.ref))
         except FileNotFoundError:
             pass
-        _drop_stale(lease.directory, keydir)
-        if not _refs(keydir):
+        if not _any_live(lease.directory, keydir):
             _unmount(keydir)
 
 
@@ -274,18 +273,31 @@ def _refs(keydir: str) -> list[str]:
 
 def _drop_stale(directory: str, keydir: str) -> None:
     """Remove references whose container is gone (or stopped) and whose taker is gone."""
+    _any_live(directory, keydir, every=True)
+
+
+def _any_live(directory: str, keydir: str, every: bool = False) -> bool:
+    """Whether a live reference is left, dropping the stale ones met before it (`every`:
+    all of them). Stopping at the first live one keeps a lease's give-back O(1) however
+    many containers share the image (checking them all, under the lock, for each of
+    thousands of containers would serialize their starts and exits)."""
     from ocirt.state import Store
 
     store = Store(os.path.dirname(directory))
+    found = False
     for ref in _refs(keydir):
         path = os.path.join(keydir, REFS, ref)
         if _live(store, ref, path):
+            found = True
+            if not every:
+                break
             continue
         log.debug(f"shared image {keydir}: dropping the stale reference of {ref}")
         try:
             os.unlink(path)
         except FileNotFoundError:
             pass
+    return found
 
 
 def _live(store: Any, ref: str, path: str) -> bool:
