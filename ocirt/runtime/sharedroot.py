@@ -114,11 +114,15 @@ def policy_fingerprint(policy: Any) -> str:
 
 
 class _Locked:
-    """The exclusive flock of the images directory (created 0700 if missing)."""
+    """The flock of the images directory (created 0700 if missing): exclusive to mount,
+    unmount or drop the last reference; shared to add a reference to a mount that is
+    there or take one away while others stay (so that the containers of one image start
+    and exit side by side, not one after another)."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, shared: bool = False) -> None:
         from ocirt.state import make_private_dirs
 
+        self.how = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         try:
             make_private_dirs(directory)
             self.fd = os.open(os.path.join(directory, ".lock"),
@@ -129,7 +133,7 @@ class _Locked:
             raise OcirtError(f"shared image mounts: {os_error_text(exc)}") from None
 
     def __enter__(self) -> _Locked:
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        fcntl.flock(self.fd, self.how)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -158,6 +162,14 @@ def acquire(directory: str, image: Image, ref: str, checked_by: Any = None,
     ident = identity(image, use_fuse)
     key = image_key(ident)
     keydir = os.path.join(directory, key)
+    with _Locked(directory, shared=True):  # the common case: it is mounted already
+        meta = _intact_meta(keydir, ident)
+        if meta is not None:
+            if checked_by is not None:
+                _verify_once(keydir, meta, image, checked_by)
+            _write_ref(keydir, ref)
+            log.debug(f"{image.path}: shared mount {keydir} leased to {ref}")
+            return Lease(directory, key, ref, list(meta["lowers"]))
     with _Locked(directory):
         meta = _load_meta(keydir, ident)
         if meta is None:
@@ -174,18 +186,20 @@ def release(lease: Lease) -> None:
     keydir = os.path.join(lease.directory, lease.key)
     if not os.path.isdir(keydir):
         return
-    with _Locked(lease.directory):
+    with _Locked(lease.directory, shared=True):  # the common case: others still use it
         try:
             os.unlink(os.path.join(keydir, REFS, lease.ref))
         except FileNotFoundError:
             pass
+        if _any_live(lease.directory, keydir, drop=False):  # (a take may rewrite one)
+            return
+    with _Locked(lease.directory):  # maybe the last: no lease is taken while we look
         if not _any_live(lease.directory, keydir):
             _unmount(keydir)
 
 
-def _load_meta(keydir: str, ident: dict[str, Any]) -> dict[str, Any] | None:
-    """The image's record when its mount is intact here; otherwise None, after
-    removing what a crash left."""
+def _intact_meta(keydir: str, ident: dict[str, Any]) -> dict[str, Any] | None:
+    """The image's record when its mount is intact here, else None (nothing changed)."""
     if not os.path.lexists(keydir):
         return None
     try:
@@ -196,7 +210,14 @@ def _load_meta(keydir: str, ident: dict[str, Any]) -> dict[str, Any] | None:
                   and all(_is_mounted(p) for p in meta.get("lowers") or [None]))
     except (OSError, ValueError):
         intact = False
-    if intact:
+    return meta if intact else None
+
+
+def _load_meta(keydir: str, ident: dict[str, Any]) -> dict[str, Any] | None:
+    """The image's record when its mount is intact here; otherwise None, after
+    removing what a crash left."""
+    meta = _intact_meta(keydir, ident)
+    if meta is not None or not os.path.lexists(keydir):
         return meta
     if _other_namespace(keydir):
         _drop_stale(os.path.dirname(keydir), keydir)
@@ -276,11 +297,12 @@ def _drop_stale(directory: str, keydir: str) -> None:
     _any_live(directory, keydir, every=True)
 
 
-def _any_live(directory: str, keydir: str, every: bool = False) -> bool:
+def _any_live(directory: str, keydir: str, every: bool = False, drop: bool = True) -> bool:
     """Whether a live reference is left, dropping the stale ones met before it (`every`:
-    all of them). Stopping at the first live one keeps a lease's give-back O(1) however
-    many containers share the image (checking them all, under the lock, for each of
-    thousands of containers would serialize their starts and exits)."""
+    all of them; not `drop`: none, as under the shared lock, where a take may be writing
+    a reference of the same name). Stopping at the first live one keeps a give-back O(1)
+    however many containers share the image (checking them all, under the lock, for each
+    of thousands of containers would serialize their starts and exits)."""
     from ocirt.state import Store
 
     store = Store(os.path.dirname(directory))
@@ -291,6 +313,8 @@ def _any_live(directory: str, keydir: str, every: bool = False) -> bool:
             found = True
             if not every:
                 break
+            continue
+        if not drop:
             continue
         log.debug(f"shared image {keydir}: dropping the stale reference of {ref}")
         try:

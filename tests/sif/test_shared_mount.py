@@ -236,3 +236,18 @@ def test_writable_tmpfs_layers_are_per_container_over_one_mount(ocirt, image):
     for name in ("w1", "w2"):
         ocirt("delete", "--force", f"shm-{name}", check=True)
     assert_released(ocirt, img)
+
+
+def test_containers_that_start_and_exit_at_once_all_run_and_leave_nothing(ocirt, image):
+    """Leases taken and given back side by side (a give-back that finds others keeps the
+    mount; the last one's unmounts, while another may be taking one): every container
+    sees the image, and nothing is left once all are done."""
+    img, _ = image
+    for _ in range(2):
+        results = start_all(ocirt, [["run", "--image", img, f"shm-x{i}", "--", "sh", "-c",
+                                     "cat /.singularity.d/runscript; stat -c %d /"]
+                                    for i in range(N)])
+        assert all(r.returncode == 0 and 'exec "$@"' in r.stdout for r in results), \
+            [(r.returncode, r.stdout, r.stderr) for r in results]
+        assert ocirt.ids() == []
+        assert_released(ocirt, img)
