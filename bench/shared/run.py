@@ -202,22 +202,27 @@ def measure_one(way: str, n: int, model: str, args: argparse.Namespace, work: st
         elif way == "image":
             argvs = [["run", "--image", image, f"{prefix}{i}", "--", "/usr/bin/python3", "-c",
                       IMPORT] for i in range(n)]
-        else:
+        setup = 0.0  # the bundle way's `sif bundle` and `sif unbundle`, outside `seconds`
+        if way == "bundle":  # (run --image mounts and unmounts inside them)
+            start = time.perf_counter()
             subprocess.run([ocirt, "sif", "bundle", image, sif_bundle, "--",
                             "/usr/bin/python3", "-c", IMPORT], check=True,
                            stdout=subprocess.DEVNULL)
+            setup = time.perf_counter() - start
             argvs = [["run", "--bundle", sif_bundle, f"{prefix}{i}"] for i in range(n)]
         try:
             with MountWatch(state if way != "bundle" else sif_bundle, image) as watch:
                 elapsed, failures = start_all(ocirt, state, argvs)
         finally:
             if way == "bundle":
+                start = time.perf_counter()
                 subprocess.run([ocirt, "sif", "unbundle", sif_bundle], check=False)
+                setup += time.perf_counter() - start
     shutil.rmtree(state, ignore_errors=True)
     if failures:
         raise RuntimeError(f"{way} N={n} {model}: {len(failures)} failed: {failures[0]}")
     return {"seconds": elapsed, "requests": fs.requests, "service_us": fs.service_us,
-            "mounts": watch.mounts, "loops": watch.loops}
+            "mounts": watch.mounts, "loops": watch.loops, "setup_s": setup}
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -244,8 +249,9 @@ def measure(args: argparse.Namespace) -> dict:
                     samples.setdefault(f"{model}/{n}/{way}", []).append(one)
                     print(f"round {r + 1} {model:9} N={n:<3} {way:6} {one['seconds']:7.2f} s "
                           f"{one['requests']:8} requests {one['service_us']:5.0f} µs each, "
-                          f"{one['mounts']} squashfs mounts, {one['loops']} loop devices",
-                          flush=True)
+                          f"{one['mounts']} squashfs mounts, {one['loops']} loop devices"
+                          + (f", {one['setup_s']:.2f} s to bundle and unbundle"
+                             if way == "bundle" else ""), flush=True)
     results = {}
     for key, runs in samples.items():
         results[key] = {"median_s": statistics.median(x["seconds"] for x in runs),
@@ -253,6 +259,7 @@ def measure(args: argparse.Namespace) -> dict:
                         "service_us": statistics.median(x["service_us"] for x in runs),
                         "mounts": max(x["mounts"] for x in runs),
                         "loops": max(x["loops"] for x in runs),
+                        "setup_s": statistics.median(x["setup_s"] for x in runs),
                         "runs": [x["seconds"] for x in runs]}
     return {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "ns": ns,
             "models": models, "latency_us": args.latency_us,

@@ -7,7 +7,9 @@ read and decompress the image again.
 
 Layout, under the state root's `@images` (Store.private_dir):
 
-    @images/.lock            flock held while a lease is taken or given back
+    @images/.lock            flock: shared to lease a mount that is there or give a
+                             lease back while others stay, exclusive to mount, unmount
+                             or drop stale references
     @images/KEY/image.json   the image's identity, the mount record, the verified policies
     @images/KEY/layers/lowerN/  the image's layers, mounted read-only (loop + squashfs
                              as root, squashfuse without privileges: one per user and image)
