@@ -42,9 +42,10 @@ def _image_bundle(g: Globals, opts: Options, args: list[str], copts) -> None:  #
     from ocirt.runtime import image
 
     checked_by = image.policy(opts.key or [], opts.pgp_key or [])
-    copts.bundle = copts.sif_bundle = image.bundle_from_image(
+    copts.bundle, copts.sif_lease = image.bundle_from_image(
         Store(g.root), args[0], opts.image, args[1:], checked_by,
         writable="tmpfs" if opts.writable_tmpfs else None)
+    copts.sif_bundle = copts.bundle
 
 
 class _owned_bundle:  # noqa: N801 - a context manager, named like a function
@@ -58,9 +59,9 @@ class _owned_bundle:  # noqa: N801 - a context manager, named like a function
 
     def __exit__(self, kind: object, *rest: object) -> None:
         if kind is not None and self.copts.sif_bundle:
-            from ocirt.runtime.image import remove_bundle
+            from ocirt.runtime.image import release
 
-            remove_bundle(self.copts.sif_bundle)
+            release({"sif_bundle": self.copts.sif_bundle, "sif_lease": self.copts.sif_lease})
 
 
 def create(g: Globals, opts: Options, args: list[str]) -> int:

@@ -36,6 +36,7 @@ class CreateOptions:
         self.preserve_fds = preserve_fds  # --preserve-fds
         self.console_fd = console_fd  # `run` in the foreground with a terminal: our own socket
         self.sif_bundle = ""  # --image: the bundle made from the image, the container's
+        self.sif_lease: dict[str, Any] | None = None  # --image: its share of the image's mount
         self.sif_keys: list[str] = []  # --key: trusted keys for a SIF image (also root.path)
         self.sif_pgp_keys: list[str] = []  # --pgp-key
         self.systemd_cgroup = systemd_cgroup  # global --systemd-cgroup
@@ -287,15 +288,27 @@ class Creation:
         from ocirt.runtime import image
 
         if self.opts.sif_bundle:
-            container.data["sif_bundle"] = self.opts.sif_bundle
-            self.undo.push(image.remove_bundle, self.opts.sif_bundle, what="SIF bundle")
+            owned = {"sif_bundle": self.opts.sif_bundle, "sif_lease": self.opts.sif_lease}
+            container.data.update({k: v for k, v in owned.items() if v})
+            self.undo.push(image.release, owned, what="SIF bundle")
         if self.plan.sif_root:
             checked_by = image.policy(self.opts.sif_keys, self.opts.sif_pgp_keys)
-            record = image.mount_root(self.plan, container.dir, checked_by)
-            container.data["sif_mount"] = record
-            self.undo.push(image.release, {"sif_mount": record}, what="SIF mount")
+            entries = image.mount_root(self.plan, container.dir, checked_by, self.store,
+                                       self.cid, self._record_lease)
+            container.data.update(entries)
+            self.undo.push(image.release, entries, what="SIF mount")
             container.data["rootfs"] = self.plan.rootfs
         self.store.save(container)
+
+    def _record_lease(self, lease: dict[str, Any] | None) -> None:
+        """Saved before the image's shared mount is leased (None: it was not), so that
+        `delete --force` after a SIGKILL of this process at any instant gives it back."""
+        assert self.container is not None
+        if lease:
+            self.container.data["sif_lease"] = lease
+        else:
+            self.container.data.pop("sif_lease", None)
+        self.store.save(self.container)
 
     def _make_fifo(self, container: Container) -> int:
         path = container.path(FIFO_FILE)

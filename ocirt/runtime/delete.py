@@ -99,10 +99,10 @@ def destroy(store: Store, container: Container) -> None:
         from ocirt import resctrl
 
         resctrl.destroy(container.data["intel_rdt"])
-    if container.data.get("sif_mount") or container.data.get("sif_bundle"):
+    if any(container.data.get(k) for k in ("sif_mount", "sif_bundle", "sif_lease")):
         from ocirt.runtime.image import release
 
-        release(container.data)
+        release(container.data, store)
     if container.data.get("host_mounts"):
         from ocirt.runtime.create import unmount_host_mounts
 

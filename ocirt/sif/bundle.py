@@ -37,6 +37,10 @@ class BundleOptions:
     terminal: bool = False
     policy: Any = None
     progress: bool = False
+    # The image's layers already mounted read-only elsewhere (a mount shared by many
+    # containers, ocirt.runtime.sharedroot), bottom first: the bundle's root is the one
+    # layer itself, or a per-bundle overlay of them; nothing is mounted from the image.
+    lowers: list[str] | None = None
 
 
 def create_bundle(image_path: str, bundle: str, opts: BundleOptions) -> dict[str, Any]:
@@ -51,6 +55,11 @@ def create_bundle(image_path: str, bundle: str, opts: BundleOptions) -> dict[str
 
             verify_image(image, opts.policy)
         return _create_bundle(image, os.path.abspath(bundle), opts)
+
+
+def create_bundle_from(image: Image, bundle: str, opts: BundleOptions) -> dict[str, Any]:
+    """`create_bundle` from an already open (and, if need be, verified) image."""
+    return _create_bundle(image, os.path.abspath(bundle), opts)
 
 
 def _create_bundle(image: Image, bundle: str, opts: BundleOptions) -> dict[str, Any]:
@@ -70,15 +79,26 @@ def _create_bundle(image: Image, bundle: str, opts: BundleOptions) -> dict[str, 
             if len(layers) != 1:
                 raise SIFError(f"{image.path}: --unpack handles single-layer images only")
             _unpack(image, layers[0], bundle, opts.progress, undo)
+        elif opts.lowers and len(opts.lowers) == 1 and not opts.writable:
+            rootfs = opts.lowers[0]
+            record["mounts"] = mount.MountRecord(target=rootfs).to_json()
+            _write_record(bundle, record, undo)
         else:
             _mkdir(rootfs, undo)
-            mounted = mount.mount_image(image.path, rootfs, os.path.join(bundle, WORKDIR),
-                                        fuse=True if opts.fuse else None,
-                                        writable=opts.writable, image=image)
+            if opts.lowers:
+                mounted = mount.mount_over(opts.lowers, rootfs, os.path.join(bundle, WORKDIR),
+                                           writable=opts.writable,
+                                           fuse=True if opts.fuse else None)
+            else:
+                mounted = mount.mount_image(image.path, rootfs, os.path.join(bundle, WORKDIR),
+                                            fuse=True if opts.fuse else None,
+                                            writable=opts.writable, image=image)
             undo.push(mount.release, mounted, what="unmount the image")
             record["mounts"] = mounted.to_json()
             _write_record(bundle, record, undo)
         config = _config(rootfs, meta, opts)
+        if rootfs != os.path.join(bundle, "rootfs"):
+            config["root"]["path"] = rootfs  # the shared mount itself
         _write_json(os.path.join(bundle, "config.json"), config, undo)
     except BaseException:
         undo.run()

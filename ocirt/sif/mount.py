@@ -211,17 +211,34 @@ def _mount_stack(image: Image, layers: list[Layer], upper: Layer | None,
                  record: MountRecord) -> None:
     """Mount each layer below `workdir` and stack them (plus an upper layer for a
     writable session) with overlayfs on `target`."""
-    _check_option_path(target)
     _check_option_path(workdir)
     _mkdir(workdir, record)
+    lowers = _mount_lowers(image, layers, workdir, use_fuse, record)
+    _stack(lowers, upper, writable, target, workdir, use_fuse, record, image)
+
+
+def _mount_lowers(image: Image, layers: list[Layer], workdir: str, use_fuse: bool,
+                  record: MountRecord) -> list[str]:
+    """Each layer mounted read-only at WORKDIR/lowerN; returns them bottom first."""
     lowers = []
     for i, layer in enumerate(layers):
         lower = os.path.join(workdir, f"lower{i}")
         _mkdir(lower, record)
         _mount_layer(image, layer, lower, use_fuse, record)
         lowers.append(lower)
+    return lowers
+
+
+def _stack(lowers: list[str], upper: Layer | None, writable: str | None, target: str,
+           workdir: str, use_fuse: bool, record: MountRecord,
+           image: Image | None = None) -> None:
+    """overlayfs of `lowers` (bottom first) on `target`, writable with an upper layer."""
+    _check_option_path(target)
+    for lower in lowers:
+        _check_option_path(lower)
     options = "lowerdir=" + ":".join(reversed(lowers))
     if writable is not None:
+        _mkdir(workdir, record)
         options += _upper_layer(image, upper, workdir, record)
     if use_fuse or not is_root():
         _fuse_overlay(options, target, record)
@@ -230,11 +247,46 @@ def _mount_stack(image: Image, layers: list[Layer], upper: Layer | None,
         _kernel_mount("overlay", target, "overlay", flags, options, record)
 
 
-def _upper_layer(image: Image, upper: Layer | None, workdir: str,
+def mount_layers(image: Image, workdir: str, fuse: bool | None = None
+                 ) -> tuple[MountRecord, list[str]]:
+    """Every root layer of the open image mounted read-only below `workdir` (created):
+    the part of a container's root that many containers can share. Returns the record
+    and the mounted directories, bottom layer first."""
+    use_fuse = (not is_root()) if fuse is None else fuse
+    record = MountRecord(target=workdir)
+    try:
+        layers = root_layers(image)
+        _check_option_path(workdir)
+        _mkdir(workdir, record)
+        lowers = _mount_lowers(image, layers, workdir, use_fuse, record)
+    except BaseException:
+        release(record)
+        raise
+    return record, lowers
+
+
+def mount_over(lowers: list[str], target: str, workdir: str, writable: str | None = None,
+               fuse: bool | None = None) -> MountRecord:
+    """A container's own root on `target` over shared read-only `lowers` (from
+    `mount_layers`): a read-only overlay, or with `writable` "tmpfs" a writable one whose
+    upper layer (below `workdir`) is the container's alone."""
+    if writable not in (None, "tmpfs"):
+        raise MountError(f"a shared image root takes no {writable} upper layer")
+    use_fuse = (not is_root()) if fuse is None else fuse
+    record = MountRecord(target=target, writable=bool(writable))
+    try:
+        _stack(lowers, None, writable, target, workdir, use_fuse, record)
+    except BaseException:
+        release(record)
+        raise
+    return record
+
+
+def _upper_layer(image: Image | None, upper: Layer | None, workdir: str,
                  record: MountRecord) -> str:
     layer = os.path.join(workdir, "upper-fs")
     _mkdir(layer, record)
-    if upper is not None:
+    if upper is not None and image is not None:
         if not is_root():
             raise MountError("the ext3 overlay partition needs root (a loop mount); "
                              "use --writable-tmpfs")

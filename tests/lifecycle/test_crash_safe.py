@@ -61,11 +61,12 @@ def _settle(state_root: str, cid: str, bundle: str, cgroups_path: str) -> list[s
         time.sleep(0.05)
 
 
-def _kill_create_and_delete(ocirt, b: str, cid: str, delay: float | None) -> bool:
-    """Start `create`; SIGKILL it after `delay` seconds (None: a hook does it), then
-    `delete --force`, which must succeed. True when the kill came mid-create (the state
-    directory existed and create had not finished)."""
-    proc = subprocess.Popen(ocirt.cmd("create", "--bundle", b, cid),
+def _kill_create_and_delete(ocirt, b: str, cid: str, delay: float | None,
+                            argv: list[str] | None = None) -> bool:
+    """Start `create` (of bundle `b`, or with `argv`); SIGKILL it after `delay` seconds
+    (None: a hook does it), then `delete --force`, which must succeed. True when the
+    kill came mid-create (the state directory existed and create had not finished)."""
+    proc = subprocess.Popen(ocirt.cmd(*(argv or ["create", "--bundle", b, cid])),
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     if delay is not None:
@@ -179,7 +180,8 @@ def test_sigkill_of_a_sif_root_create_leaves_no_mount_or_loop_device(
     r = ocirt("create", "--bundle", b, "sif-measure")
     full = time.monotonic() - start
     assert r.rc == 0, r
-    assert mounts_under(os.path.join(state_root, "sif-measure")) != []  # it does mount
+    # it does mount: the image's shared mount, under the state root's @images
+    assert mounts_under(os.path.join(state_root, "@images")) != []
     assert attached_loops(os.path.dirname(image)) != {}  # from a loop device
     assert ocirt("delete", "--force", "sif-measure").rc == 0
     assert wait_detached(os.path.dirname(image))
@@ -190,12 +192,68 @@ def test_sigkill_of_a_sif_root_create_leaves_no_mount_or_loop_device(
     for n, delay in enumerate(delays):
         cid = f"sif-{n}"
         _kill_create_and_delete(ocirt, b, cid, delay)
-        left = _settle(state_root, cid, b, _cgroups_path(b))
+        left = _settle(state_root, cid, b, _cgroups_path(b)) + _shared_left(state_root)
         if not wait_detached(os.path.dirname(image)):
             left.append(f"loop devices {attached_loops(os.path.dirname(image))}")
         if left:
             failures.append((round(delay, 3), left))
     assert failures == []
+
+
+def _shared_left(state_root: str) -> list[str]:
+    """The image mounts (@images/KEY) and SIF bundles (@sif-bundles) left in the state
+    root."""
+    what = []
+    for private in ("@images", "@sif-bundles"):
+        d = os.path.join(state_root, private)
+        names = sorted(n for n in os.listdir(d) if n != ".lock") if os.path.isdir(d) else []
+        what += [f"{private}/{n}" for n in names]
+    return what
+
+
+def test_sigkill_of_create_image_leaves_no_mount_lease_or_loop_device(ocirt, state_root,
+                                                                     tmp_path):
+    """`create --image`: the bundle is made under the state root over the image's shared
+    mount, leased before the container's state exists. Killed at any point of a whole
+    create, `delete --force` leaves no bundle, lease, mount, loop device, state, cgroup;
+    an image mount another container still uses stays (and goes with that one)."""
+    import shutil
+
+    from tests.sif.helpers import attached_loops, fixture, wait_detached
+
+    image = str(tmp_path / "img" / "root.sif")  # our own copy: its loops are ours alone
+    os.makedirs(os.path.dirname(image))
+    shutil.copyfile(fixture("a-minimal-busybox.sif"), image)
+    argv = ["create", "--image", image, "{cid}", "--", "sleep", "100"]
+    start = time.monotonic()
+    r = ocirt(*[a.format(cid="img-measure") for a in argv])
+    full = time.monotonic() - start
+    assert r.rc == 0, r
+    assert mounts_under(os.path.join(state_root, "@images")) != []
+    assert ocirt("delete", "--force", "img-measure").rc == 0
+    assert wait_detached(os.path.dirname(image)) and _shared_left(state_root) == []
+    rng = random.Random(7)
+    delays = [full * (0.1 + 1.0 * i / 12) for i in range(12)]
+    delays += [rng.uniform(0, 0.3) for _ in range(6)]
+    failures = []
+    for n, delay in enumerate(delays):
+        cid = f"img-{n}"
+        _kill_create_and_delete(ocirt, "", cid, delay, [a.format(cid=cid) for a in argv])
+        bundles = os.path.join(state_root, "@sif-bundles")
+        left = _settle(state_root, cid, bundles, cid) + _shared_left(state_root)
+        if not wait_detached(os.path.dirname(image)):
+            left.append(f"loop devices {attached_loops(os.path.dirname(image))}")
+        if left:
+            failures.append((round(delay, 3), left))
+    assert failures == []
+    # With another container of the image running, its mount outlives the killed one.
+    ocirt(*[a.format(cid="img-keep") for a in argv], check=True)
+    _kill_create_and_delete(ocirt, "", "img-k", full * 0.6,
+                            [a.format(cid="img-k") for a in argv])
+    assert len(mounts_under(os.path.join(state_root, "@images"))) == 1
+    assert ocirt("delete", "--force", "img-keep").rc == 0
+    assert _settle(state_root, "img-keep", "/nonexistent", "img-keep") == []
+    assert _shared_left(state_root) == [] and wait_detached(os.path.dirname(image))
 
 
 # A createRuntime hook that starts a process in the container's cgroups (in every

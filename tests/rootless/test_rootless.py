@@ -250,3 +250,37 @@ def test_root_acts_as_the_owner_of_a_users_state_root(rootless, ocirt_bin, tmp_p
     assert (victim / "keep").read_text() == "x"  # the user cannot remove it, nor could root
     assert not os.path.exists(os.path.join(root, "r1")), r.stderr
     assert run("list", "-q").stdout == ""
+
+
+def test_rootless_containers_of_one_image_share_one_squashfuse(rootless):
+    """One FUSE mount (and one squashfuse server) per user and image, whatever the number
+    of containers; the last delete unmounts it."""
+    from tests.leaks import processes_naming
+    from tests.sif.helpers import fixture
+
+    run, home, entry = rootless
+    image = os.path.join(home, "image.sif")
+    shutil.copyfile(fixture("a-minimal-busybox.sif"), image)
+    os.chown(image, entry.pw_uid, entry.pw_gid)
+    os.chmod(image, 0o644)
+
+    def edit(config):
+        config["root"] = {"path": image, "readonly": True}
+    b = make_user_bundle(run, home, entry, ["sleep", "60"], edit)
+    for i in range(3):
+        run("run", "-d", "--bundle", b, f"f{i}")
+    images = os.path.join(home, "run", "ocirt", "@images")
+
+    def fuse_mounts() -> list[str]:
+        with open("/proc/self/mountinfo") as f:
+            rows = [line.split() for line in f]
+        return [r[4] for r in rows if r[4].startswith(images + "/")
+                and r[r.index("-") + 1] == "fuse.squashfuse"]
+    (point,) = fuse_mounts()
+    assert len(processes_naming(point)) == 1  # one squashfuse server
+    r = run("exec", "f1", "head", "-1", "/.singularity.d/runscript")
+    assert r.stdout.startswith("#!/bin/sh")
+    for i in range(3):
+        run("delete", "--force", f"f{i}")
+    assert fuse_mounts() == [] and processes_naming(point) == []
+    assert [n for n in os.listdir(images) if n != ".lock"] == []

@@ -119,7 +119,8 @@ def test_root_path_naming_a_sif_image(ocirt, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     ocirt("create", "--bundle", str(tmp_path), "s1", check=True)
     state = ocirt.state("s1")
-    assert state["rootfs"] == os.path.join(ocirt.root, "s1", "rootfs")
+    # the image's shared mount (one per image and state root) is the container's root
+    assert state["rootfs"].startswith(os.path.join(ocirt.root, "@images") + "/")
     assert mounts_under(state["rootfs"]) == [state["rootfs"]]  # mounted while it lives
     ocirt("start", "s1", check=True)
     assert ocirt.wait_status("s1", "stopped")

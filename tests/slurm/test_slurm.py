@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import time
@@ -17,16 +18,15 @@ import time
 import pytest
 
 from conformance.bundle import make_rootfs
-from tests.conftest import IN_CHROOT, REPO
+from tests.conftest import IN_CHROOT, REPO, user_runnable_ocirt
 from tests.leaks import processes_naming, processes_rooted_in
+from tests.sif.helpers import run_sif
 from tests.slurm.cluster import NODE, Cluster, missing_tools
 
 USER = "ocirt-test"
 CONTRIB = os.path.join(REPO, "contrib", "slurm", "oci.conf")
-FIXTURES = os.path.join(REPO, "..", "shared", "fixtures", "sif")
-SIGNED = "a-minimal-busybox-signed-dsse-ecdsa-p256.sif"
-UNSIGNED = "a-minimal-busybox.sif"
-KEY = os.path.join(FIXTURES, "keys", "ecdsa-p256-public.pem")
+SIGNED = "signed.sif"
+UNSIGNED = "unsigned.sif"
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(IN_CHROOT, reason="the kernel refuses user namespaces to "
@@ -46,17 +46,26 @@ def oci_conf(ocirt_bin: str, cluster: Cluster, run_flags: str = "") -> str:
 
 
 @pytest.fixture(scope="module")
+def ocirt_bin(ocirt_bin):
+    """The checkout's ocirt as the job user can run it: itself, or a world-readable copy
+    of it when the checkout is closed to that user (a clone under /root, as CI's)."""
+    try:
+        pwd.getpwnam(USER)
+    except KeyError:
+        pytest.skip(f"no {USER} user (.ci/run creates it)")
+    runnable = user_runnable_ocirt(ocirt_bin, USER)
+    yield runnable
+    if runnable != ocirt_bin:  # the copy's directory, made for this module
+        shutil.rmtree(os.path.dirname(runnable), ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
 def cluster(ocirt_bin):
     missing = missing_tools()
     if missing:
         pytest.skip(f"not installed: {', '.join(missing)} (.ci/run installs slurmctld, "
                     "slurmd, slurm-client, munge)")
-    try:
-        c = Cluster(USER)
-    except KeyError:
-        pytest.skip(f"no {USER} user (.ci/run creates it)")
-    if subprocess.run(["runuser", "-u", USER, "--", "test", "-x", ocirt_bin]).returncode:
-        pytest.skip(f"{USER} cannot run {ocirt_bin} (checkout in a root-only directory)")
+    c = Cluster(USER)
     try:
         c.start()
         yield c
@@ -77,13 +86,23 @@ def configure(cluster, ocirt_bin):
     yield write
     assert wait_for(lambda: not cluster.jobs()), f"jobs left: {cluster.jobs()}"
     state_root = cluster.path("run", str(cluster.user.pw_uid), "ocirt")
-    left = os.listdir(state_root) if os.path.isdir(state_root) else []
+    left = containers(state_root)
     assert left == [], f"containers left in {state_root}: {left}"
+    images = os.path.join(state_root, "@images")
+    shared = [n for n in os.listdir(images) if n != ".lock"] if os.path.isdir(images) else []
+    assert shared == [], f"shared image mounts left: {shared}"
     spool = [n for n in os.listdir(cluster.path("spool")) if n.startswith("oci-job")]
     assert spool == [], f"step spool directories left: {spool}"
     assert cluster.mounts() == []
     assert wait_for(lambda: not live(processes_naming(f"{NODE}.{USER}."))), \
         [cmdline(p) for p in live(processes_naming(f"{NODE}.{USER}."))]
+
+
+def containers(state_root: str) -> list[str]:
+    """Container state directories (the runtime's own are named with '@')."""
+    if not os.path.isdir(state_root):
+        return []
+    return [n for n in os.listdir(state_root) if not n.startswith("@")]
 
 
 def wait_for(cond, timeout: float = 30) -> bool:
@@ -121,6 +140,27 @@ def live(pids: list[int]) -> list[int]:
     return out
 
 
+@pytest.fixture(scope="module")
+def images(cluster):
+    """A busybox SIF signed with a key of the test's own, the same image unsigned, and
+    the public key, made in the cluster's directory (which the job user can read; the
+    checkout and its fixtures may not be): {"signed.sif": path, ..., "key": path}."""
+    top = cluster.path("images")
+    os.mkdir(top, 0o755)
+    rootfs = make_rootfs(os.path.join(top, "rootfs"))
+    unsigned = os.path.join(top, UNSIGNED)
+    run_sif("create", "--rootfs", rootfs, "--runscript", 'exec "$@"', unsigned, check=True)
+    shutil.rmtree(rootfs)
+    run_sif("keygen", "--type", "ecdsa", os.path.join(top, "site"), check=True)
+    signed = os.path.join(top, SIGNED)
+    shutil.copyfile(unsigned, signed)
+    run_sif("sign", "--key", os.path.join(top, "site.key"), signed, check=True)
+    os.unlink(os.path.join(top, "site.key"))
+    for name in os.listdir(top):
+        os.chmod(os.path.join(top, name), 0o644)
+    return {UNSIGNED: unsigned, SIGNED: signed, "key": os.path.join(top, "site.pub")}
+
+
 def user_bundle(cluster: Cluster, ocirt_bin: str, name: str, root: str | None = None) -> str:
     """A rootless bundle owned by the user: busybox, or (`root`) a SIF image as rootfs."""
     bundle = cluster.path(name)
@@ -129,7 +169,7 @@ def user_bundle(cluster: Cluster, ocirt_bin: str, name: str, root: str | None = 
         make_rootfs(os.path.join(bundle, "rootfs"))
     else:
         # Slurm 22.05 rewrites root.path to BUNDLE/rootfs: the image is that file.
-        shutil.copyfile(os.path.join(FIXTURES, root), os.path.join(bundle, "image.sif"))
+        shutil.copyfile(root, os.path.join(bundle, "image.sif"))
         os.chmod(os.path.join(bundle, "image.sif"), 0o644)
         os.symlink("image.sif", os.path.join(bundle, "rootfs"))
     subprocess.run(["chown", "-hR", f"{cluster.user.pw_uid}:{cluster.user.pw_gid}", bundle],
@@ -167,15 +207,15 @@ def test_srun_container_stdout_exit_code_env(cluster, configure, busybox):
     assert "err" in r.stderr
 
 
-def test_srun_container_from_a_signed_sif(cluster, configure, ocirt_bin):
-    configure(f"--key {KEY}")
-    signed = user_bundle(cluster, ocirt_bin, "signed", SIGNED)
+def test_srun_container_from_a_signed_sif(cluster, configure, ocirt_bin, images):
+    configure(f"--key {images['key']}")
+    signed = user_bundle(cluster, ocirt_bin, "signed", images[SIGNED])
     r = cluster.srun(f"--container={signed}", "sh", "-c",
                      "head -1 /.singularity.d/runscript; grep ' / ' /proc/self/mountinfo")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("#!/bin/sh")
     assert "squashfuse" in r.stdout  # the image itself, mounted for the container
-    unsigned = user_bundle(cluster, ocirt_bin, "unsigned", UNSIGNED)
+    unsigned = user_bundle(cluster, ocirt_bin, "unsigned", images[UNSIGNED])
     r = cluster.srun(f"--container={unsigned}", "sh", "-c", "echo ran")
     assert r.returncode != 0 and "ran" not in r.stdout
     assert "signature not found" in r.stderr
@@ -183,9 +223,10 @@ def test_srun_container_from_a_signed_sif(cluster, configure, ocirt_bin):
 
 @pytest.mark.parametrize("image", [None, SIGNED], ids=["busybox", "sif"])
 def test_scancel_of_a_running_container_leaves_nothing(cluster, configure, ocirt_bin, image,
-                                                       tmp_path):
-    configure(f"--key {KEY}" if image else "")
-    bundle = user_bundle(cluster, ocirt_bin, f"cancel-{image or 'busybox'}", image)
+                                                       images, tmp_path):
+    configure(f"--key {images['key']}" if image else "")
+    bundle = user_bundle(cluster, ocirt_bin, f"cancel-{'sif' if image else 'busybox'}",
+                         images[image] if image else None)
     out = str(tmp_path / "srun.out")
     srun = cluster.spawn_srun(f"--container={bundle}", "sh", "-c", "echo started; sleep 1000",
                               out=out)
@@ -195,9 +236,9 @@ def test_scancel_of_a_running_container_leaves_nothing(cluster, configure, ocirt
         assert len(jobs) == 1
         state_root = cluster.path("run", str(cluster.user.pw_uid), "ocirt")
         cid = f"{NODE}.{USER}.{jobs[0]}.0.0"
-        assert os.listdir(state_root) == [cid]
-        if image:
-            assert any(m.endswith(f"{cid}/rootfs") for m in cluster.mounts())
+        assert [n for n in os.listdir(state_root) if not n.startswith("@")] == [cid]
+        if image:  # the image's shared squashfuse mount in the user's state root
+            assert [m for m in cluster.mounts() if m.startswith(state_root + "/@images/")]
         assert live(processes_naming("sleep 1000")) != []
         cluster.scancel(jobs[0])
         srun.wait(timeout=60)
@@ -206,7 +247,7 @@ def test_scancel_of_a_running_container_leaves_nothing(cluster, configure, ocirt
             srun.kill()
             srun.wait()
     assert "CANCELLED" in read(out)  # (srun's own status: 0 once it stops waiting)
-    assert wait_for(lambda: not os.listdir(state_root)), os.listdir(state_root)
+    assert wait_for(lambda: not containers(state_root)), os.listdir(state_root)
     assert live(processes_naming("sleep 1000")) == []
     rootfs = os.path.join(bundle, "rootfs")
     assert processes_rooted_in(os.path.realpath(rootfs)) == []

@@ -1,0 +1,365 @@
+#!/usr/bin/env python3
+"""Import-heavy containers on slow shared storage: a plain directory tree against the same
+tree in one SIF image (the seed's measurement).
+
+    .venv/bin/python bench/shared/run.py [--n 1,8,32,64] [--rounds 3]     # as root
+         [--latency-us 50] [--parallel-threads 16] [--models saturated,parallel]
+         [--ways plain,image,bundle] [--work /var/tmp/ocirt-bench-shared]
+         [--out bench/results/shared]
+
+N containers start at once, each running `python3 -c "import numpy, scipy.stats"` (about
+700 modules from about 5000 files), and the wall time until the last one exits is taken.
+Three ways to give them their root file system, all read from a slow shared file system
+(bench/shared/slowfs.py: FUSE with a delay on every request, since this kernel has no
+NFS server; see its docstring for what the kernel may cache):
+
+  plain    the tree itself, as root.path of a bundle
+  image    the SIF image with `ocirt run --image` per container (one shared, verified
+           mount per image: ocirt.runtime.sharedroot)
+  bundle   the SIF image mounted once by `ocirt sif bundle`, every container `run
+           --bundle` of it
+
+--latency-us is the delay slept per request; with the server's own work a request then
+takes about 180 µs here (the table reports the measured service time), the 100-200 µs of
+the seed's shared storage.
+
+Two server models: `saturated` (one request at a time: a loaded file server, requests
+queue) and `parallel` (--parallel-threads requests at once, each delayed). Every
+measurement mounts the slow file system afresh, so each starts with a cold page cache
+for it (nothing of another measurement is cached). Rounds interleave the ways (round 1:
+plain, image, bundle at every N; round 2: ...) and the medians are reported.
+
+The whole run happens in a private mount + cgroup namespace (conformance.sandbox), as
+bench/run.py does. Writes results.md, results.json and chart.png (python3-matplotlib)
+to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, REPO)
+sys.path.insert(0, HERE)
+
+INSIDE = "OCIRT_BENCH_SHARED_INSIDE"
+WAYS = ("plain", "image", "bundle")
+IMPORT = "import numpy, scipy.stats, sys; print('modules', len(sys.modules))"
+
+
+def enter_sandbox(argv: list[str]) -> int:
+    from conformance.sandbox import setup_lines
+
+    script = "\n".join(setup_lines(hide_unified=True) + ['exec "$@"'])
+    env = dict(os.environ, **{INSIDE: "1"})
+    return subprocess.call(["unshare", "--mount", "--cgroup", "--propagation", "private",
+                            "--", "bash", "-c", script, "bench", sys.executable,
+                            os.path.abspath(__file__), *argv], env=env)
+
+
+def ocirt_binary() -> str:
+    """This checkout's ocirt (its venv), which is what is measured: /usr/local/bin/ocirt
+    may run another checkout's code."""
+    return os.path.join(REPO, ".venv", "bin", "ocirt")
+
+
+class SlowFS:
+    """bench/shared/slowfs.py serving BACKING on MOUNTPOINT for one measurement."""
+
+    def __init__(self, backing: str, mountpoint: str, latency_us: float, threads: int):
+        self.argv = [sys.executable, os.path.join(HERE, "slowfs.py"), backing, mountpoint,
+                     "--latency-us", str(latency_us), "--threads", str(threads)]
+        self.mountpoint = mountpoint
+        self.requests = 0
+        self.service_us = 0.0
+
+    def __enter__(self) -> SlowFS:
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("slowfs did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run(["umount", self.mountpoint], check=False)
+        try:
+            out, _ = self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        for line in out.splitlines():
+            if line.startswith("requests "):
+                fields = line.split()
+                self.requests, self.service_us = int(fields[1]), float(fields[3])
+
+
+class MountWatch:
+    """While the containers run: the most squashfs superblocks mounted below the state
+    root and loop devices backed by the image seen at once (the shared mount's claim,
+    checked where it matters: N containers of one image at once)."""
+
+    def __init__(self, root: str, image: str) -> None:
+        import threading
+
+        self.root = os.path.realpath(root)
+        self.image = os.path.realpath(image)
+        self.mounts = self.loops = 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> MountWatch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+
+    def _watch(self) -> None:
+        while not self.done.wait(0.05):
+            self.mounts = max(self.mounts, len(self._squashfs()))
+            self.loops = max(self.loops, len(self._loops()))
+
+    def _squashfs(self) -> list[str]:
+        with open("/proc/self/mountinfo") as f:
+            return [line for line in f if line.split(" - ")[1].startswith("squashfs ")
+                    and line.split()[4].startswith(self.root + "/")]
+
+    def _loops(self) -> list[str]:
+        import glob
+
+        out = []
+        for path in glob.glob("/sys/block/loop*/loop/backing_file"):
+            try:
+                with open(path) as f:
+                    if f.read().strip() == self.image:
+                        out.append(path)
+            except OSError:
+                continue
+        return out
+
+
+def start_all(ocirt: str, root: str, argvs: list[list[str]]) -> tuple[float, list[str]]:
+    """Run every command at once; (wall seconds until the last exits, failures)."""
+    with tempfile.TemporaryDirectory() as logs:
+        files = [open(os.path.join(logs, str(i)), "w+") for i in range(len(argvs))]  # noqa: SIM115
+        try:
+            start = time.perf_counter()
+            procs = [subprocess.Popen([ocirt, "--root", root, *argv], stdout=f, stderr=f,
+                                      stdin=subprocess.DEVNULL)
+                     for argv, f in zip(argvs, files, strict=True)]
+            for p in procs:
+                p.wait()
+            elapsed = time.perf_counter() - start
+            failures = []
+            for p, f in zip(procs, files, strict=True):
+                f.seek(0)
+                text = f.read()
+                if p.returncode != 0 or "modules" not in text:
+                    failures.append(text[-300:])
+        finally:
+            for f in files:
+                f.close()
+    return elapsed, failures
+
+
+def plain_bundle(work: str, rootfs: str) -> str:
+    from conformance.bundle import default_config
+
+    bundle = os.path.join(work, "plain-bundle")
+    os.makedirs(bundle, exist_ok=True)
+    config = default_config(["/usr/bin/python3", "-c", IMPORT])
+    config["linux"].pop("resources", None)
+    config["root"] = {"path": rootfs, "readonly": True}
+    with open(os.path.join(bundle, "config.json"), "w") as f:
+        json.dump(config, f)
+    return bundle
+
+
+def measure_one(way: str, n: int, model: str, args: argparse.Namespace, work: str,
+                ocirt: str) -> dict:
+    mnt = os.path.join(work, "mnt")
+    state = tempfile.mkdtemp(dir=work, prefix="state-")
+    # IDs no one else uses: a container's cgroup is named by its ID, and a hybrid
+    # host's v1 hierarchies may put ours at their root, beside everyone's
+    prefix = f"bsh{os.getpid()}-{way}-{n}-"
+    threads = 1 if model == "saturated" else args.parallel_threads
+    with SlowFS(os.path.join(work, "backing"), mnt, args.latency_us, threads) as fs:
+        image = os.path.join(mnt, "app.sif")
+        sif_bundle = os.path.join(work, "sif-bundle")
+        if way == "plain":
+            bundle = plain_bundle(work, os.path.join(mnt, "rootfs"))
+            argvs = [["run", "--bundle", bundle, f"{prefix}{i}"] for i in range(n)]
+        elif way == "image":
+            argvs = [["run", "--image", image, f"{prefix}{i}", "--", "/usr/bin/python3", "-c",
+                      IMPORT] for i in range(n)]
+        setup = 0.0  # the bundle way's `sif bundle` and `sif unbundle`, outside `seconds`
+        if way == "bundle":  # (run --image mounts and unmounts inside them)
+            start = time.perf_counter()
+            subprocess.run([ocirt, "sif", "bundle", image, sif_bundle, "--",
+                            "/usr/bin/python3", "-c", IMPORT], check=True,
+                           stdout=subprocess.DEVNULL)
+            setup = time.perf_counter() - start
+            argvs = [["run", "--bundle", sif_bundle, f"{prefix}{i}"] for i in range(n)]
+        try:
+            with MountWatch(state if way != "bundle" else sif_bundle, image) as watch:
+                elapsed, failures = start_all(ocirt, state, argvs)
+        finally:
+            if way == "bundle":
+                start = time.perf_counter()
+                subprocess.run([ocirt, "sif", "unbundle", sif_bundle], check=False)
+                setup += time.perf_counter() - start
+    shutil.rmtree(state, ignore_errors=True)
+    if failures:
+        raise RuntimeError(f"{way} N={n} {model}: {len(failures)} failed: {failures[0]}")
+    return {"seconds": elapsed, "requests": fs.requests, "service_us": fs.service_us,
+            "mounts": watch.mounts, "loops": watch.loops, "setup_s": setup}
+
+
+def measure(args: argparse.Namespace) -> dict:
+    from rootfs import build_image, build_rootfs
+
+    ocirt = args.ocirt or ocirt_binary()
+    work = args.work
+    backing = os.path.join(work, "backing")
+    if not os.path.exists(os.path.join(backing, "app.sif")):
+        shutil.rmtree(backing, ignore_errors=True)
+        os.makedirs(backing)
+        files = build_rootfs(os.path.join(backing, "rootfs"))
+        build_image(os.path.join(backing, "rootfs"), os.path.join(backing, "app.sif"), ocirt)
+        print(f"built the tree ({files} files) and its image", flush=True)
+    os.makedirs(os.path.join(work, "mnt"), exist_ok=True)
+    ns = [int(x) for x in args.n.split(",")]
+    models = args.models.split(",")
+    samples: dict[str, list[dict]] = {}
+    for r in range(args.rounds):
+        for model in models:
+            for n in ns:
+                for way in args.ways.split(","):
+                    one = measure_one(way, n, model, args, work, ocirt)
+                    samples.setdefault(f"{model}/{n}/{way}", []).append(one)
+                    print(f"round {r + 1} {model:9} N={n:<3} {way:6} {one['seconds']:7.2f} s "
+                          f"{one['requests']:8} requests {one['service_us']:5.0f} µs each, "
+                          f"{one['mounts']} squashfs mounts, {one['loops']} loop devices"
+                          + (f", {one['setup_s']:.2f} s to bundle and unbundle"
+                             if way == "bundle" else ""), flush=True)
+    results = {}
+    for key, runs in samples.items():
+        results[key] = {"median_s": statistics.median(x["seconds"] for x in runs),
+                        "requests": statistics.median(x["requests"] for x in runs),
+                        "service_us": statistics.median(x["service_us"] for x in runs),
+                        "mounts": max(x["mounts"] for x in runs),
+                        "loops": max(x["loops"] for x in runs),
+                        "setup_s": statistics.median(x["setup_s"] for x in runs),
+                        "runs": [x["seconds"] for x in runs]}
+    return {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "ns": ns,
+            "models": models, "latency_us": args.latency_us,
+            "parallel_threads": args.parallel_threads, "rounds": args.rounds,
+            "ways": args.ways.split(","),
+            "ocirt": ocirt, "results": results}
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{cpu}, {os.cpu_count()} CPUs, Linux {os.uname().release}"
+
+
+def markdown(res: dict) -> str:
+    plain = [v["service_us"] for k, v in res["results"].items() if k.endswith("/plain")]
+    lines = [f"Measured {res['date']} on {res['machine']}; slow file system: "
+             f"{res['latency_us']:.0f} µs delay per request (served in "
+             f"{statistics.median(plain):.0f} µs), median of {res['rounds']} rounds; "
+             "wall time until the last of N containers has imported numpy + scipy.stats.",
+             "", "| model | N | plain tree | `run --image` | one `sif bundle` | plain / image "
+             "| image / bundle |", "|---|---|---|---|---|---|---|"]
+    for model in res["models"]:
+        label = model if model == "saturated" else \
+            f"parallel ({res['parallel_threads']} at once)"
+        for n in res["ns"]:
+            r = {w: res["results"][f"{model}/{n}/{w}"] for w in WAYS}
+            cells = [f"{r[w]['median_s']:.2f} s ({r[w]['requests']:.0f} req)" for w in WAYS]
+            if "mounts" in r["image"]:  # the most seen at once while the N containers ran
+                cells[1] += f", {r['image']['mounts']} mount, {r['image']['loops']} loop"
+            lines.append(f"| {label} | {n} | {' | '.join(cells)} | "
+                         f"{r['plain']['median_s'] / r['image']['median_s']:.1f}× | "
+                         f"{r['image']['median_s'] / r['bundle']['median_s']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(res: dict, path: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, len(res["models"]), figsize=(5.5 * len(res["models"]), 4),
+                             squeeze=False)
+    for ax, model in zip(axes[0], res["models"], strict=True):
+        for way, label in (("plain", "plain tree"), ("image", "run --image (SIF)"),
+                           ("bundle", "one sif bundle")):
+            ys = [res["results"][f"{model}/{n}/{way}"]["median_s"] for n in res["ns"]]
+            ax.plot(res["ns"], ys, marker="o", label=label)
+        ax.set_title(f"{model} server")
+        ax.set_xlabel("containers started at once")
+        ax.set_ylabel("seconds until the last has imported numpy+scipy")
+        ax.set_xticks(res["ns"])
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", default="1,8,32,64")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--latency-us", type=float, default=50.0)
+    p.add_argument("--parallel-threads", type=int, default=16)
+    p.add_argument("--models", default="saturated,parallel")
+    p.add_argument("--ways", default=",".join(WAYS), help="which of plain, image, bundle "
+                   "to measure (a comparison of some of them; the table wants all three)")
+    p.add_argument("--work", default="/var/tmp/ocirt-bench-shared")
+    p.add_argument("--ocirt", default="", help="the ocirt to measure (default: this "
+                   "checkout's .venv/bin/ocirt)")
+    p.add_argument("--out", default=os.path.join(REPO, "bench", "results", "shared"))
+    args = p.parse_args()
+    if os.geteuid() != 0:
+        print("bench/shared/run.py: run as root", file=sys.stderr)
+        return 1
+    if not os.environ.get(INSIDE):
+        return enter_sandbox(sys.argv[1:])
+    if not set(args.ways.split(",")) <= set(WAYS):
+        print(f"bench/shared/run.py: --ways: choose from {','.join(WAYS)}", file=sys.stderr)
+        return 2
+    res = measure(args)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    if res["ways"] != list(WAYS):
+        return 0  # the log above and results.json say it all
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(markdown(res))
+    chart(res, os.path.join(args.out, "chart.png"))
+    print(markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

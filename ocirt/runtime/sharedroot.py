@@ -1,0 +1,423 @@
+"""One verified, read-only mount per SIF image, shared by every container of a state root.
+
+Why: containers started from the same image on shared storage are only fast together
+when they read through one squashfs superblock, so that what one decompressed the
+others find in the page cache. A loop device and a superblock per container would each
+read and decompress the image again.
+
+Layout, under the state root's `@images` (Store.private_dir):
+
+    @images/.lock            flock: shared to lease a mount that is there or give a
+                             lease back while others stay, exclusive to mount, unmount
+                             or drop stale references
+    @images/KEY/image.json   the image's identity, the mount record, the verified policies
+    @images/KEY/layers/lowerN/  the image's layers, mounted read-only (loop + squashfs
+                             as root, squashfuse without privileges: one per user and image)
+    @images/KEY/refs/REF     one file per container holding a lease
+
+KEY is a digest of the image file's identity (device, inode, size, mtime, ctime) and of
+how it is mounted; a file rewritten in place gets another key, so a mount never serves
+a changed file as the one that was verified. Verification is done once per image and
+policy (the policies that passed are remembered in image.json).
+
+The last `release` unmounts and removes KEY/. A reference is stale when its container is
+gone or stopped and the process that took it is gone; a `release` drops those it meets
+before a live one, and so the last live one's drops them all: a crash between the two
+never keeps a mount alive. A KEY/
+without a valid image.json is what a crash during mounting left: whatever is mounted
+below it is detached and it is made again.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import shutil
+
+from ocirt import jsonio, log
+from ocirt.errors import OcirtError
+from ocirt.linux import proc
+
+TYPE_CHECKING = False  # importing typing costs ~2 ms; only annotations need it
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ocirt.sif.image import Image
+
+IMAGES = "images"
+META = "image.json"
+REFS = "refs"
+
+
+class NotShared(OcirtError):
+    """The image's shared mount lives in another mount namespace that still uses it:
+    the caller mounts the image for its container alone."""
+
+
+class Lease:
+    """A container's share of an image's mount: `lowers` are the mounted layers, bottom
+    first (a single-layer image's root is lowers[0] itself)."""
+
+    __slots__ = ("directory", "key", "ref", "lowers")
+
+    def __init__(self, directory: str, key: str, ref: str, lowers: list[str]) -> None:
+        self.directory = directory
+        self.key = key
+        self.ref = ref
+        self.lowers = lowers
+
+    def to_json(self) -> dict[str, Any]:
+        return {"directory": self.directory, "key": self.key, "ref": self.ref,
+                "lowers": self.lowers}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Lease:
+        try:
+            lease = cls(str(doc["directory"]), str(doc["key"]), str(doc["ref"]),
+                        [str(x) for x in doc["lowers"]])
+        except (KeyError, TypeError):
+            raise OcirtError("shared image lease: malformed record") from None
+        _check_name(lease.key, "key")
+        _check_name(lease.ref, "reference")
+        return lease
+
+
+def _check_name(name: str, what: str) -> None:
+    if not name or name.startswith(".") or "/" in name or "\0" in name:
+        raise OcirtError(f"shared image lease: invalid {what} {name!r}")
+
+
+def identity(image: Image, fuse: bool) -> dict[str, Any]:
+    """What makes two opened files the same image for sharing one mount."""
+    st = os.fstat(image.fd)
+    return {"dev": st.st_dev, "ino": st.st_ino, "size": st.st_size,
+            "mtime": st.st_mtime_ns, "ctime": st.st_ctime_ns, "fuse": fuse,
+            "uid": os.geteuid()}
+
+
+def image_key(ident: dict[str, Any]) -> str:
+    return hashlib.sha256(jsonio.dumps(ident).encode()).hexdigest()[:32]
+
+
+def policy_fingerprint(policy: Any) -> str:
+    """A digest of what a policy checks: its flags and the content of its keys."""
+    h = hashlib.sha256(f"{policy.require}:{policy.legacy}".encode())
+    for path in sorted(policy.keys) + ["--pgp--"] + sorted(policy.pgp_keys):
+        h.update(path.encode() + b"\0")
+        if path != "--pgp--":
+            try:
+                with open(path, "rb") as f:
+                    h.update(hashlib.sha256(f.read()).digest())
+            except OSError:
+                h.update(b"unreadable")
+    return h.hexdigest()
+
+
+class _Locked:
+    """The flock of the images directory (created 0700 if missing): exclusive to mount,
+    unmount or drop the last reference; shared to add a reference to a mount that is
+    there or take one away while others stay (so that the containers of one image start
+    and exit side by side, not one after another)."""
+
+    def __init__(self, directory: str, shared: bool = False) -> None:
+        from ocirt.state import make_private_dirs
+
+        self.how = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+        try:
+            make_private_dirs(directory)
+            self.fd = os.open(os.path.join(directory, ".lock"),
+                              os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            from ocirt.errors import os_error_text
+
+            raise OcirtError(f"shared image mounts: {os_error_text(exc)}") from None
+
+    def __enter__(self) -> _Locked:
+        fcntl.flock(self.fd, self.how)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+
+def planned(directory: str, image: Image, ref: str, fuse: bool | None = None) -> Lease:
+    """The lease `acquire` would give `ref` (without its layers): what a caller records
+    before taking it, so that `release` after a crash at any instant finds it."""
+    from ocirt.sif.mount import is_root
+
+    _check_name(ref, "reference")
+    use_fuse = (not is_root()) if fuse is None else fuse
+    return Lease(directory, image_key(identity(image, use_fuse)), ref, [])
+
+
+def acquire(directory: str, image: Image, ref: str, checked_by: Any = None,
+            fuse: bool | None = None) -> Lease:
+    """A lease on the shared mount of the open `image` for container `ref`, mounting it
+    first when no container of this state root has it; the image is verified against
+    `checked_by` unless it already passed that policy."""
+    from ocirt.sif.mount import is_root
+
+    _check_name(ref, "reference")
+    use_fuse = (not is_root()) if fuse is None else fuse
+    ident = identity(image, use_fuse)
+    key = image_key(ident)
+    keydir = os.path.join(directory, key)
+    with _Locked(directory, shared=True):  # the common case: it is mounted already
+        meta = _intact_meta(keydir, ident)
+        if meta is not None:
+            if checked_by is not None:
+                _verify_once(keydir, meta, image, checked_by)
+            _write_ref(keydir, ref)
+            log.debug(f"{image.path}: shared mount {keydir} leased to {ref}")
+            return Lease(directory, key, ref, list(meta["lowers"]))
+    with _Locked(directory):
+        meta = _load_meta(keydir, ident)
+        if meta is None:
+            meta = _mount(keydir, image, ident, checked_by, use_fuse)
+        elif checked_by is not None:
+            _verify_once(keydir, meta, image, checked_by)
+        _write_ref(keydir, ref)  # (stale ones are the last release's to drop)
+    log.debug(f"{image.path}: shared mount {keydir} leased to {ref}")
+    return Lease(directory, key, ref, list(meta["lowers"]))
+
+
+def release(lease: Lease) -> None:
+    """Give back a lease; the last one unmounts the image."""
+    keydir = os.path.join(lease.directory, lease.key)
+    if not os.path.isdir(keydir):
+        return
+    with _Locked(lease.directory, shared=True):  # the common case: others still use it
+        try:
+            os.unlink(os.path.join(keydir, REFS, lease.ref))
+        except FileNotFoundError:
+            pass
+        if _any_live(lease.directory, keydir, drop=False):  # (a take may rewrite one)
+            return
+    with _Locked(lease.directory):  # maybe the last: no lease is taken while we look
+        if not _any_live(lease.directory, keydir):
+            _unmount(keydir)
+
+
+def _intact_meta(keydir: str, ident: dict[str, Any]) -> dict[str, Any] | None:
+    """The image's record when its mount is intact here, else None (nothing changed)."""
+    if not os.path.lexists(keydir):
+        return None
+    try:
+        with open(os.path.join(keydir, META), "rb") as f:
+            meta = jsonio.loads(f.read())
+        intact = (isinstance(meta, dict) and meta.get("identity") == ident
+                  and meta.get("mntns") == _mount_ns()
+                  and all(_is_mounted(p) for p in meta.get("lowers") or [None]))
+    except (OSError, ValueError):
+        intact = False
+    return meta if intact else None
+
+
+def _load_meta(keydir: str, ident: dict[str, Any]) -> dict[str, Any] | None:
+    """The image's record when its mount is intact here; otherwise None, after
+    removing what a crash left."""
+    meta = _intact_meta(keydir, ident)
+    if meta is not None or not os.path.lexists(keydir):
+        return meta
+    if _other_namespace(keydir):
+        _drop_stale(os.path.dirname(keydir), keydir)
+        if _refs(keydir):
+            raise NotShared(f"shared image mount {keydir} is in use in another mount "
+                            "namespace")
+    _reset(keydir)
+    return None
+
+
+def _mount(keydir: str, image: Image, ident: dict[str, Any], checked_by: Any,
+           use_fuse: bool) -> dict[str, Any]:
+    from ocirt.sif.mount import mount_layers
+    from ocirt.sif.mount import release as release_mount
+
+    verified = []
+    if checked_by is not None:
+        from ocirt.sif.policy import verify_image
+
+        verify_image(image, checked_by)
+        verified.append(policy_fingerprint(checked_by))
+    os.mkdir(keydir, 0o711)
+    try:
+        os.mkdir(os.path.join(keydir, REFS), 0o700)
+        record, lowers = mount_layers(image, os.path.join(keydir, "layers"), fuse=use_fuse)
+    except BaseException:
+        shutil.rmtree(keydir, ignore_errors=True)
+        raise
+    meta = {"identity": ident, "image": image.path, "mntns": _mount_ns(),
+            "record": record.to_json(), "lowers": lowers, "verified": verified}
+    try:
+        _write_meta(keydir, meta)
+    except BaseException:
+        release_mount(record)
+        shutil.rmtree(keydir, ignore_errors=True)
+        raise
+    log.debug(f"{image.path}: mounted once for the state root at {keydir}")
+    return meta
+
+
+def _verify_once(keydir: str, meta: dict[str, Any], image: Image, checked_by: Any) -> None:
+    fingerprint = policy_fingerprint(checked_by)
+    if fingerprint in meta.get("verified", []):
+        log.debug(f"{image.path}: already verified against this policy")
+        return
+    from ocirt.sif.policy import verify_image
+
+    verify_image(image, checked_by)
+    meta.setdefault("verified", []).append(fingerprint)
+    _write_meta(keydir, meta)
+
+
+def _write_meta(keydir: str, meta: dict[str, Any]) -> None:
+    from ocirt.state import write_atomic
+
+    write_atomic(os.path.join(keydir, META), jsonio.dumps(meta).encode())
+
+
+def _write_ref(keydir: str, ref: str) -> None:
+    from ocirt.state import write_atomic
+
+    me = os.getpid()
+    write_atomic(os.path.join(keydir, REFS, ref),
+                 jsonio.dumps({"pid": me, "start": proc.start_time(me)}).encode())
+
+
+def _refs(keydir: str) -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(os.path.join(keydir, REFS))
+                      if not n.endswith(".tmp"))
+    except OSError:
+        return []
+
+
+def _drop_stale(directory: str, keydir: str) -> None:
+    """Remove references whose container is gone (or stopped) and whose taker is gone."""
+    _any_live(directory, keydir, every=True)
+
+
+def _any_live(directory: str, keydir: str, every: bool = False, drop: bool = True) -> bool:
+    """Whether a live reference is left, dropping the stale ones met before it (`every`:
+    all of them; not `drop`: none, as under the shared lock, where a take may be writing
+    a reference of the same name). Stopping at the first live one keeps a give-back O(1)
+    however many containers share the image (checking them all, under the lock, for each
+    of thousands of containers would serialize their starts and exits)."""
+    from ocirt.state import Store
+
+    store = Store(os.path.dirname(directory))
+    found = False
+    for ref in _refs(keydir):
+        path = os.path.join(keydir, REFS, ref)
+        if _live(store, ref, path):
+            found = True
+            if not every:
+                break
+            continue
+        if not drop:
+            continue
+        log.debug(f"shared image {keydir}: dropping the stale reference of {ref}")
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    return found
+
+
+def _live(store: Any, ref: str, path: str) -> bool:
+    from ocirt.state import STOPPED
+
+    try:
+        with open(path, "rb") as f:
+            taker = jsonio.loads(f.read())
+        if proc.is_running(int(taker["pid"]), taker.get("start")):
+            return True
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        return store.load(ref).status() != STOPPED
+    except OcirtError:
+        return False
+
+
+def _unmount(keydir: str) -> None:
+    from ocirt.sif.mount import MountRecord
+    from ocirt.sif.mount import release as release_mount
+
+    try:
+        with open(os.path.join(keydir, META), "rb") as f:
+            record = MountRecord.from_json(jsonio.loads(f.read())["record"])
+        _check_inside(keydir, record)
+        release_mount(record)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    _reset(keydir)
+
+
+def _check_inside(keydir: str, record: Any) -> None:
+    real = os.path.realpath(keydir)
+    for step in record.steps:
+        if not os.path.realpath(step["path"]).startswith(real + os.sep):
+            raise OcirtError(f"{keydir}/{META}: step {step['path']!r} is outside it")
+
+
+def _reset(keydir: str) -> None:
+    """Detach whatever is mounted below `keydir` (deepest first) and remove it."""
+    from ocirt.sif.mount import MountError, MountRecord
+    from ocirt.sif.mount import release as release_mount
+
+    real = os.path.realpath(keydir)
+    below = sorted((m for m in _mount_points() if m.startswith(real + "/")),
+                   key=len, reverse=True)
+    kinds = _fuse_points()
+    steps = [{"kind": "fuse" if m in kinds else "mount", "path": m} for m in below]
+    try:
+        release_mount(MountRecord(list(reversed(steps))))
+    except MountError as exc:
+        raise OcirtError(f"shared image {keydir}: {exc.message}") from None
+    shutil.rmtree(keydir, ignore_errors=True)
+    if os.path.lexists(keydir):
+        raise OcirtError(f"shared image {keydir}: could not be removed")
+
+
+def _mount_points() -> list[str]:
+    from ocirt.linux.mountinfo import unescape
+
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+        return [unescape(line.split()[4]) for line in f]
+
+
+def _fuse_points() -> set[str]:
+    from ocirt.linux.mountinfo import unescape
+
+    out = set()
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            if fields[sep + 1].startswith("fuse"):
+                out.add(unescape(fields[4]))
+    return out
+
+
+def _is_mounted(path: str | None) -> bool:
+    return path is not None and os.path.realpath(path) in _mount_points()
+
+
+def _mount_ns() -> str:
+    try:
+        return os.readlink("/proc/self/ns/mnt")
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return ""
+        raise
+
+
+def _other_namespace(keydir: str) -> bool:
+    try:
+        with open(os.path.join(keydir, META), "rb") as f:
+            return jsonio.loads(f.read()).get("mntns") not in (None, _mount_ns())
+    except (OSError, ValueError, AttributeError):
+        return False
