@@ -66,7 +66,7 @@ def check_unpacked_devices(plan: Plan) -> None:
     container with CAP_MKNOD into its writable root, and is refused, except below the
     /dev mounts of the spec, which hide it. Ordinary bundles are not checked: runc
     accepts a rootfs with a static /dev, and engines' rootfs are theirs to vouch for."""
-    from ocirt.sif.bundle import unpacked_rootfs_devices
+    from ocirt.sif.record import unpacked_rootfs_devices
 
     hidden = tuple(m.destination for m in plan.mounts
                    if m.destination == "/dev" or m.destination.startswith("/dev/"))
