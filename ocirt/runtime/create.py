@@ -12,6 +12,7 @@ import os
 from ocirt import log
 from ocirt.errors import OcirtError, errno_text
 from ocirt.linux import proc
+from ocirt.runtime.hostmounts import host_mounts_below, unmount_host_mounts
 from ocirt.spec.plan import Plan
 from ocirt.state import CONFIG_FILE, FIFO_FILE, Container, Store, rfc3339_nano, write_atomic
 from ocirt.undo import Undo
@@ -484,25 +485,3 @@ def write_id_maps(pid: int, plan: Plan) -> None:
 def _maps_only_self(plan: Plan) -> bool:
     return (len(plan.uid_mappings) == 1 and plan.uid_mappings[0][1:] == (os.geteuid(), 1)
             and len(plan.gid_mappings) == 1 and plan.gid_mappings[0][1:] == (os.getegid(), 1))
-
-
-def host_mounts_below(rootfs: str) -> list[list[Any]]:
-    """[mount id, mount point] of every mount below `rootfs` in our mount namespace, in
-    mount order (for containers without a mount namespace of their own)."""
-    from ocirt.linux.mountinfo import mounts
-
-    prefix = rootfs.rstrip("/") + "/"
-    return [[m.id, m.mountpoint] for m in mounts() if m.mountpoint.startswith(prefix)]
-
-
-def unmount_host_mounts(recorded: list[list[Any]]) -> None:
-    """Detach the recorded mounts, newest first, if they are still the same mounts."""
-    from ocirt.linux import consts, libc
-
-    current = {m[0]: m[1] for m in host_mounts_below("/")}
-    for mount_id, mountpoint in reversed(recorded):
-        if current.get(mount_id) == mountpoint:
-            try:
-                libc.umount(mountpoint, consts.MNT_DETACH | consts.UMOUNT_NOFOLLOW)
-            except OSError as exc:
-                log.warning(f"unmount {mountpoint}: {exc.strerror}")
