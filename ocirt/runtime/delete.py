@@ -130,7 +130,17 @@ def _remove_orphan_bundle(store: Store, cid: str) -> None:
 def unmount_below(directory: str) -> None:
     """Detach whatever is still mounted below the container's state directory (a SIF
     root whose `create` was killed before its mount record was saved): nothing but the
-    container's own mounts is ever made there."""
+    container's own mounts is ever made there.
+
+    Those are made on directories it created there (rootfs, sif-work): a state directory
+    without a subdirectory has nothing mounted below it, and mountinfo is not read. On a
+    Kubernetes node it has thousands of lines, and every delete would parse them."""
+    try:
+        with os.scandir(directory) as entries:
+            if not any(e.is_dir(follow_symlinks=False) for e in entries):
+                return
+    except (FileNotFoundError, NotADirectoryError):
+        return
     from ocirt.runtime.hostmounts import host_mounts_below, unmount_host_mounts
 
     unmount_host_mounts(host_mounts_below(os.path.realpath(directory)))
