@@ -49,6 +49,12 @@ class InvalidState(OcirtError):
     """An operation is not allowed in the container's current state."""
 
 
+class SIFError(OcirtError):
+    """A SIF file is unreadable or an operation on it is not possible; one line. Defined
+    here, not in ocirt.sif.image, so that `create` can read a bundle's SIF record without
+    importing the image code (hashlib, dataclasses: ~15 ms)."""
+
+
 def errno_text(err: int) -> str:
     """strerror in Go's spelling ("no such file or directory"), which engines match on."""
     text = os.strerror(err)

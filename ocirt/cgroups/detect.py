@@ -105,7 +105,7 @@ def detect(mounts: list[mountinfo.MountEntry] | None = None,
     """The layout of this process (arguments are for tests: parsed mountinfo lines and
     /proc/self/cgroup as returned by ocirt.linux.mountinfo)."""
     if mounts is None:
-        mounts = mountinfo.mounts()
+        mounts = mountinfo.mounts(fstypes=("cgroup", "cgroup2"))
     if membership is None:
         membership = mountinfo.cgroup_membership()
     candidates: dict[str, list[Hierarchy]] = {}

@@ -385,7 +385,8 @@ def _mount_cgroup(root_fd: int, plan: Plan, m: Mount) -> None:
     # The host's hierarchies only: a /sys bind-mounted into the rootfs (rootless configs
     # do that) brings copies of them below the rootfs, which our tmpfs is about to cover.
     inside = plan.rootfs.rstrip("/") + "/"
-    entries = [e for e in mountinfo.mounts() if not e.mountpoint.startswith(inside)]
+    entries = [e for e in mountinfo.mounts(fstypes=("cgroup", "cgroup2"))
+               if not e.mountpoint.startswith(inside)]
     own = mountinfo.cgroup_membership()
     v1 = [e for e in entries if e.fstype == "cgroup"]
     cgroupns = plan.has("cgroup")

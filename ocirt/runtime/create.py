@@ -12,6 +12,7 @@ import os
 from ocirt import log
 from ocirt.errors import OcirtError, errno_text
 from ocirt.linux import proc
+from ocirt.runtime.hostmounts import host_mounts_below, unmount_host_mounts
 from ocirt.spec.plan import Plan
 from ocirt.state import CONFIG_FILE, FIFO_FILE, Container, Store, rfc3339_nano, write_atomic
 from ocirt.undo import Undo
@@ -67,7 +68,7 @@ def check_unpacked_devices(plan: Plan) -> None:
     container with CAP_MKNOD into its writable root, and is refused, except below the
     /dev mounts of the spec, which hide it. Ordinary bundles are not checked: runc
     accepts a rootfs with a static /dev, and engines' rootfs are theirs to vouch for."""
-    from ocirt.sif.bundle import unpacked_rootfs_devices
+    from ocirt.sif.record import unpacked_rootfs_devices
 
     hidden = tuple(m.destination for m in plan.mounts
                    if m.destination == "/dev" or m.destination.startswith("/dev/"))
@@ -228,13 +229,15 @@ class Creation:
 
         self.store.save(container)  # from here on `delete --force` knows its creator
         self._sif(container)
+        # What follows up to the cgroup's record lives in the state directory (the notify
+        # directory, config.json, the fifo) or in fds: `delete --force` needs no record of
+        # it, so it is saved with the cgroup's (each save is a rename over the old file,
+        # which ext4 makes flush the new one: ~0.3 ms, several ms on a busy disk).
         container.data["notify_socket"] = notify.prepare(plan, container.dir)
-        self.store.save(container)
         write_atomic(container.path(CONFIG_FILE), _dump(self.spec))
         if not plan.has("mount"):
             self.mounts_before = host_mounts_below(plan.rootfs)
             container.data["mounts_before"] = self.mounts_before  # see delete.destroy
-            self.store.save(container)
             self.undo.push(self._unmount_new_host_mounts, what="mounts below the rootfs")
         fifo_fd = self._make_fifo(container)
         console_fd = self._console_fd()
@@ -243,13 +246,16 @@ class Creation:
         cg = manager_for_plan(plan, self.cid, systemd=self.opts.systemd_cgroup,
                               rootless=self.opts.rootless)
         # Recorded before it is made, so that `delete --force` after a SIGKILL of this
-        # process at any instant removes every directory create() made.
-        container.data["cgroup"] = cg.planned_state()
+        # process at any instant removes every directory create() made (and, without a
+        # mount namespace, what the init mounts below the rootfs: mounts_before).
+        planned = container.data["cgroup"] = cg.planned_state()
         self.store.save(container)
         self.undo.push(cg.destroy, what="cgroup")
         cg.create()
-        container.data["cgroup"] = cg.state()
-        self.store.save(container)
+        made = cg.state()
+        if made != planned:  # a directory that appeared meanwhile is not ours to remove
+            container.data["cgroup"] = made
+            self.store.save(container)
         parent, child = socketpair()
         self.undo.push(parent.close, what="sync socket")
         ctx = InitContext(plan, self.cid, child, fifo_fd, console_fd, ns_fds, self.keep_fds,
@@ -285,6 +291,8 @@ class Creation:
 
     def _sif(self, container: Container) -> None:
         """The container owns its SIF bundle (--image) or its mounted SIF root."""
+        if not (self.opts.sif_bundle or self.plan.sif_root):
+            return
         from ocirt.runtime import image
 
         if self.opts.sif_bundle:
@@ -536,25 +544,3 @@ def write_id_maps(pid: int, plan: Plan) -> None:
 def _maps_only_self(plan: Plan) -> bool:
     return (len(plan.uid_mappings) == 1 and plan.uid_mappings[0][1:] == (os.geteuid(), 1)
             and len(plan.gid_mappings) == 1 and plan.gid_mappings[0][1:] == (os.getegid(), 1))
-
-
-def host_mounts_below(rootfs: str) -> list[list[Any]]:
-    """[mount id, mount point] of every mount below `rootfs` in our mount namespace, in
-    mount order (for containers without a mount namespace of their own)."""
-    from ocirt.linux.mountinfo import mounts
-
-    prefix = rootfs.rstrip("/") + "/"
-    return [[m.id, m.mountpoint] for m in mounts() if m.mountpoint.startswith(prefix)]
-
-
-def unmount_host_mounts(recorded: list[list[Any]]) -> None:
-    """Detach the recorded mounts, newest first, if they are still the same mounts."""
-    from ocirt.linux import consts, libc
-
-    current = {m[0]: m[1] for m in host_mounts_below("/")}
-    for mount_id, mountpoint in reversed(recorded):
-        if current.get(mount_id) == mountpoint:
-            try:
-                libc.umount(mountpoint, consts.MNT_DETACH | consts.UMOUNT_NOFOLLOW)
-            except OSError as exc:
-                log.warning(f"unmount {mountpoint}: {exc.strerror}")

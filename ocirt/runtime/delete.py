@@ -8,7 +8,6 @@ not exist is not an error (engines call `delete --force` after the fact).
 from __future__ import annotations
 
 import os
-import select
 
 from ocirt.errors import ContainerNotExist, OcirtError
 from ocirt.state import CREATING, PAUSED, STOPPED, Container, Store, check_transition
@@ -62,6 +61,8 @@ def stop(container: Container, status: str) -> None:
         if status == PAUSED:
             _thaw(container)  # a frozen process only dies once thawed
         if pidfd >= 0:
+            import select  # a C extension: only a delete that kills loads it
+
             poller = select.poll()
             poller.register(pidfd, select.POLLIN)
             if not poller.poll(KILL_WAIT_SECONDS * 1000):
@@ -104,12 +105,12 @@ def destroy(store: Store, container: Container) -> None:
 
         release(container.data, store)
     if container.data.get("host_mounts"):
-        from ocirt.runtime.create import unmount_host_mounts
+        from ocirt.runtime.hostmounts import unmount_host_mounts
 
         unmount_host_mounts(container.data["host_mounts"])
     elif container.data.get("mounts_before") is not None and container.data.get("rootfs"):
         # its create died: unmount what its init had mounted below the rootfs
-        from ocirt.runtime.create import host_mounts_below, unmount_host_mounts
+        from ocirt.runtime.hostmounts import host_mounts_below, unmount_host_mounts
 
         before = container.data["mounts_before"]
         unmount_host_mounts([m for m in host_mounts_below(container.data.get("rootfs", ""))
@@ -129,8 +130,18 @@ def _remove_orphan_bundle(store: Store, cid: str) -> None:
 def unmount_below(directory: str) -> None:
     """Detach whatever is still mounted below the container's state directory (a SIF
     root whose `create` was killed before its mount record was saved): nothing but the
-    container's own mounts is ever made there."""
-    from ocirt.runtime.create import host_mounts_below, unmount_host_mounts
+    container's own mounts is ever made there.
+
+    Those are made on directories it created there (rootfs, sif-work): a state directory
+    without a subdirectory has nothing mounted below it, and mountinfo is not read. On a
+    Kubernetes node it has thousands of lines, and every delete would parse them."""
+    try:
+        with os.scandir(directory) as entries:
+            if not any(e.is_dir(follow_symlinks=False) for e in entries):
+                return
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    from ocirt.runtime.hostmounts import host_mounts_below, unmount_host_mounts
 
     unmount_host_mounts(host_mounts_below(os.path.realpath(directory)))
 

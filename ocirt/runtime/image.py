@@ -211,7 +211,7 @@ def remove_orphan_bundle(store: Store, cid: str) -> None:
         return  # not made by a create that died (or made before the marks existed)
     if proc.is_running(int(creator[0]), creator[1]):
         return  # still being made
-    from ocirt.runtime.create import host_mounts_below, unmount_host_mounts
+    from ocirt.runtime.hostmounts import host_mounts_below, unmount_host_mounts
     from ocirt.sif.mount import remove_tree
 
     unmount_host_mounts(host_mounts_below(os.path.realpath(directory)))

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import os
 
-from ocirt.spec.plan import Mount, Plan
-
 IN_CONTAINER = "/run/notify/notify.sock"
 DIR_NAME = "notify"
 
 TYPE_CHECKING = False  # importing typing costs ~2 ms; only annotations need it
 if TYPE_CHECKING:
+    from ocirt.spec.plan import Plan
     from ocirt.state import Container
 
 
@@ -34,6 +33,7 @@ def prepare(plan: Plan, state_dir: str) -> str | None:
     if host is None or not plan.has_process or not plan.has("mount"):
         return None
     from ocirt.linux import consts as c
+    from ocirt.spec.plan import Mount  # here: `start` imports this module, not the planner
 
     directory = os.path.join(state_dir, DIR_NAME)
     os.makedirs(directory, 0o755, exist_ok=True)

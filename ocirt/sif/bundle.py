@@ -12,16 +12,15 @@ failure half-way undoes every step already taken.
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass, field
 from typing import Any
 
 from ocirt import jsonio
-from ocirt.errors import OcirtError, os_error_text
+from ocirt.errors import os_error_text
 from ocirt.sif.image import Image, SIFError
+from ocirt.sif.record import RECORD, read_record, unpacked_rootfs_devices  # noqa: F401
 from ocirt.undo import Undo
 
-RECORD = ".ocirt-sif.json"
 WORKDIR = ".ocirt-sif"
 UNPACK_DIR = ".ocirt-sif-unpack"
 _MAX_JSON = 16 << 20
@@ -220,55 +219,7 @@ def _unpack(image: Image, layer: Any, bundle: str, progress: bool, undo: Undo) -
     os.rmdir(staging)
 
 
-def unpacked_rootfs_devices(bundle: str, rootfs: str, hidden: tuple[str, ...]) -> list[str]:
-    """For `create`: the device nodes in the root of a bundle `--unpack` made (none for
-    any other bundle), outside the in-root directories in `hidden`."""
-    if os.path.realpath(rootfs) != os.path.realpath(os.path.join(bundle, "rootfs")):
-        return []
-    try:
-        st = os.lstat(os.path.join(bundle, RECORD))
-    except OSError:
-        return []
-    if not stat.S_ISREG(st.st_mode):
-        return []
-    try:
-        mode = read_record(bundle).get("mode")
-    except OcirtError:
-        mode = "unpack"  # a record we cannot trust: check, do not skip
-    if mode != "unpack":
-        return []
-    from ocirt.sif.unpack import device_nodes
-
-    return device_nodes(rootfs, hidden)
-
-
 # --- removing ------------------------------------------------------------------------
-
-def read_record(bundle: str) -> dict[str, Any]:
-    """The bundle's record. It says what to unmount and remove, so it must be ours: a
-    regular file owned by the caller (or root), writable by nobody else."""
-    path = os.path.join(bundle, RECORD)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise SIFError(f"{bundle}: not a bundle made by `ocirt sif bundle` (no {RECORD})") \
-            from None
-    except OSError as exc:
-        raise SIFError(f"{path}: {exc.strerror}") from None
-    st = os.fstat(fd)
-    if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
-        os.close(fd)
-        raise SIFError(f"{path}: not written by this user (owner {st.st_uid}): refusing "
-                       "to act on it")
-    try:
-        with os.fdopen(fd, "rb") as f:
-            doc = jsonio.loads(f.read())
-    except (OSError, ValueError) as exc:
-        raise SIFError(f"{path}: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("mode") not in ("mount", "unpack"):
-        raise SIFError(f"{path}: not a SIF bundle record")
-    return doc
-
 
 def remove_bundle(bundle: str) -> None:
     """Unmount and remove everything `create_bundle` made; the bundle directory itself

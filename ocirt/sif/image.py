@@ -16,16 +16,12 @@ import time as _time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ocirt.errors import OcirtError
+from ocirt.errors import SIFError  # noqa: F401  (its old home: ocirt.sif.image.SIFError)
 from ocirt.sif import format as fmt
 from ocirt.sif.format import DataType, Descriptor, Header, PartType
 
 _CHUNK = 1 << 20
 _MAX_DESCRIPTORS = 1 << 20
-
-
-class SIFError(OcirtError):
-    """A SIF file is unreadable or an operation on it is not possible; one line."""
 
 
 def now() -> int:

@@ -1,0 +1,60 @@
+"""What each lifecycle command imports, counted on real containers (bench/count.py).
+
+Engines run the runtime for every create, start, state, kill and delete, so an import a
+change drags onto one of these paths costs every container. These modules were each
+measured on a path that did not need them (ocirt.sif.image and dataclasses: ~30 ms per
+create; ctypes and the planner: ~3 ms per delete).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+pytestmark = pytest.mark.root
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+COUNTER = os.path.join(REPO, "bench", "count.py")
+
+# Never on the path of a lifecycle command on a plain bundle.
+NOWHERE = {"typing", "dataclasses", "hashlib", "inspect", "re", "enum", "jsonschema",
+           "ocirt.sif.image", "ocirt.sif.bundle", "ocirt.sif.format"}
+# Not on the short commands either (create needs them for the init).
+NOT_SHORT = NOWHERE | {"ctypes", "ocirt.linux.libc", "ocirt.spec.plan",
+                       "ocirt.runtime.create", "ocirt.process.init"}
+
+
+def loaded(ocirt, tmp_path, *args: str) -> set[str]:
+    """Modules of the command's own process at its exit; the command must succeed."""
+    with open(ocirt.binary, "rb") as f:
+        python = f.readline().decode()[2:].split()
+    report = str(tmp_path / "count.json")
+    # stderr to a file, not a pipe: a container's init inherits it and keeps it open
+    with open(tmp_path / "count.err", "w+") as err:
+        proc = subprocess.run([*python, COUNTER, report, ocirt.binary, "--root", ocirt.root,
+                               *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=err, timeout=60)
+        err.seek(0)
+        assert proc.returncode == 0, err.read()
+    with open(report) as f:
+        return set(json.load(f)["modules"])
+
+
+def test_lifecycle_commands_import_only_what_they_use(ocirt, bundle, tmp_path):
+    b = bundle(["true"])
+    assert not loaded(ocirt, tmp_path, "create", "--bundle", b, "c1") & NOWHERE
+    assert not loaded(ocirt, tmp_path, "state", "c1") & NOT_SHORT
+    assert not loaded(ocirt, tmp_path, "start", "c1") & NOT_SHORT
+    assert ocirt.wait_status("c1", "stopped")
+    # a stopped container's delete: no process to wait for, so no select either
+    assert not loaded(ocirt, tmp_path, "delete", "c1") & (NOT_SHORT | {"select"})
+    assert ocirt.ids() == []
+    s = bundle(["sleep", "1000"])
+    ocirt("run", "-d", "--bundle", s, "c2", check=True)
+    assert not loaded(ocirt, tmp_path, "--log", str(tmp_path / "log.json"), "--log-format",
+                      "json", "kill", "c2", "KILL") & NOT_SHORT
+    assert ocirt.wait_status("c2", "stopped")
+    ocirt("delete", "c2", check=True)
