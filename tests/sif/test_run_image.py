@@ -14,6 +14,10 @@ from conformance.bundle import default_config
 from tests.leaks import mounts_under
 from tests.sif.helpers import fixture, wait_detached
 
+# run --image names the container's cgroup after its ID (at a v1 hierarchy's root):
+# an ID of this process's own, so that no other run of the suite shares it.
+CID = f"s1-{os.getpid()}"
+
 pytestmark = pytest.mark.root
 
 def test_run_image_prints_the_runscript(ocirt, tmp_path):
@@ -21,7 +25,7 @@ def test_run_image_prints_the_runscript(ocirt, tmp_path):
     # and other sessions attach loop devices of their own meanwhile).
     image = str(tmp_path / "a.sif")
     shutil.copyfile(fixture("a-minimal-busybox.sif"), image)
-    r = ocirt("run", "--image", image, "s1")
+    r = ocirt("run", "--image", image, CID)
     assert r.rc == 0, r
     assert "runscript: hello from SIF" in r.out
     assert ocirt.ids() == []
@@ -36,7 +40,7 @@ UNVERIFIED = "running an unverified SIF image (no --key given and no /etc/ocirt/
                     reason="this host has a SIF policy")
 def test_an_unverified_image_runs_with_one_warning_line(ocirt):
     image = fixture("a-minimal-busybox.sif")
-    r = ocirt("run", "--image", image, "s1")
+    r = ocirt("run", "--image", image, CID)
     assert r.rc == 0 and "hello from SIF" in r.out, r
     warnings = [line for line in r.err.splitlines() if "level=warning" in line]
     assert len(warnings) == 1 and f"{image}: {UNVERIFIED}" in warnings[0], r.err
@@ -68,11 +72,11 @@ def test_writable_tmpfs_gives_a_writable_root_and_leaves_the_image_alone(ocirt, 
     os.chmod(image, 0o644)
     with open(image, "rb") as f:
         before = hashlib.sha256(f.read()).hexdigest()
-    assert ocirt("create", "--writable-tmpfs", "--image", image, "s1").rc == 0
-    r = ocirt("exec", "s1", "sh", "-c", "touch /etc/new /tmp/new /new && echo written && "
+    assert ocirt("create", "--writable-tmpfs", "--image", image, CID).rc == 0
+    r = ocirt("exec", CID, "sh", "-c", "touch /etc/new /tmp/new /new && echo written && "
                                         "echo x >> /etc/passwd && ls -ld /etc /tmp")
     assert r.rc == 0 and "written" in r.out, r
-    assert ocirt("delete", "--force", "s1").rc == 0
+    assert ocirt("delete", "--force", CID).rc == 0
     with open(image, "rb") as f:
         assert hashlib.sha256(f.read()).hexdigest() == before
     assert mounts_under(ocirt.root) == []
@@ -85,18 +89,18 @@ def test_writable_tmpfs_gives_a_writable_root_and_leaves_the_image_alone(ocirt, 
 
 
 def test_writable_tmpfs_needs_an_image(ocirt, bundle):
-    r = ocirt("run", "--writable-tmpfs", "--bundle", bundle(["true"]), "s1")
+    r = ocirt("run", "--writable-tmpfs", "--bundle", bundle(["true"]), CID)
     assert r.rc == 1 and "--writable-tmpfs needs --image" in r.err, r
 
 
 def test_arguments_after_the_id_go_to_the_runscript(ocirt):
-    r = ocirt("run", "--image", fixture("a-minimal-busybox.sif"), "s1", "--", "one", "two")
+    r = ocirt("run", "--image", fixture("a-minimal-busybox.sif"), CID, "--", "one", "two")
     assert r.rc == 0 and "args: one two" in r.out, r
 
 
 def test_policy_refuses_an_unsigned_image(ocirt):
     key = fixture("keys/ecdsa-p256-public.pem")
-    r = ocirt("run", "--image", fixture("a-minimal-busybox.sif"), "--key", key, "s1")
+    r = ocirt("run", "--image", fixture("a-minimal-busybox.sif"), "--key", key, CID)
     assert r.rc == 1 and "verification failed" in r.err and "signature not found" in r.err
     assert ocirt.ids() == [] and mounts_under(ocirt.root) == []
 
@@ -104,7 +108,7 @@ def test_policy_refuses_an_unsigned_image(ocirt):
 def test_policy_accepts_the_signed_image_and_refuses_a_tampered_one(ocirt):
     key = fixture("keys/ecdsa-p256-public.pem")
     r = ocirt("run", "--image", fixture("a-minimal-busybox-signed-dsse-ecdsa-p256.sif"),
-              "--key", key, "s1")
+              "--key", key, CID)
     assert r.rc == 0 and "hello from SIF" in r.out, r
     r = ocirt("run", "--image", fixture("g-tampered-dsse-ecdsa-partition.sif"), "--key", key,
               "s2")
@@ -117,14 +121,14 @@ def test_root_path_naming_a_sif_image(ocirt, tmp_path):
                                          "touch /x 2>&1 || true"])
     config["root"] = {"path": fixture("a-minimal-busybox.sif")}
     (tmp_path / "config.json").write_text(json.dumps(config))
-    ocirt("create", "--bundle", str(tmp_path), "s1", check=True)
-    state = ocirt.state("s1")
+    ocirt("create", "--bundle", str(tmp_path), CID, check=True)
+    state = ocirt.state(CID)
     # the image's shared mount (one per image and state root) is the container's root
     assert state["rootfs"].startswith(os.path.join(ocirt.root, "@images") + "/")
     assert mounts_under(state["rootfs"]) == [state["rootfs"]]  # mounted while it lives
-    ocirt("start", "s1", check=True)
-    assert ocirt.wait_status("s1", "stopped")
-    ocirt("delete", "s1", check=True)
+    ocirt("start", CID, check=True)
+    assert ocirt.wait_status(CID, "stopped")
+    ocirt("delete", CID, check=True)
     assert mounts_under(ocirt.root) == []
 
 
