@@ -63,9 +63,23 @@ _SEALS = 0x1 | 0x2 | 0x4 | 0x8  # F_SEAL_SEAL | SHRINK | GROW | WRITE
 NAME = "ocirt-init"
 
 
+# What uname reports for a 64-bit kernel to a process with the PER_LINUX32 personality
+# (linux.personality LINUX32): the CPU still runs our ELF64, as it runs this interpreter.
+_LINUX32_NAMES = {"i686": "x86_64", "armv8l": "aarch64"}
+
+
+def host_machine() -> str:
+    """The architecture this interpreter runs on. uname's answer is bent by the
+    LINUX32 personality; a 64-bit interpreter proves the kernel and CPU are 64-bit."""
+    machine = os.uname().machine
+    if struct.calcsize("P") == 8:
+        return _LINUX32_NAMES.get(machine, machine)
+    return machine
+
+
 def elf_image(machine: str | None = None) -> bytes | None:
     """A minimal static ELF64 (one read+exec PT_LOAD segment) for `machine`."""
-    entry = _CODE.get(machine or os.uname().machine)
+    entry = _CODE.get(machine or host_machine())
     if entry is None:
         return None
     e_machine, code = entry
@@ -86,7 +100,7 @@ class TrampolineError(OcirtError):
 def sealed_fd(machine: str | None = None) -> int:
     """The trampoline in a sealed, execute-only memfd (close-on-exec). Raises
     TrampolineError naming what is missing when this machine cannot have one."""
-    machine = machine or os.uname().machine
+    machine = machine or host_machine()
     image = elf_image(machine)
     if image is None:
         raise TrampolineError(f"no sealed init trampoline for the {machine} architecture "
