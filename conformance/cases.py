@@ -4,7 +4,7 @@
     def test_create_does_not_run_args(h): '''create applies config but not process.args'''
 
 The docstring's first line is the case title in the report. Levels: MUST, SHOULD, MAY
-(RFC 2119 words of the runtime-spec, v1.2.0 unless the reference says otherwise),
+(RFC 2119 words of the runtime-spec, v1.3.0 unless the reference says otherwise),
 RUNC for behaviour the spec leaves open and runc's CLI defines (engines depend on it),
 and SEC for the hardening that the runtime CVEs of ../shared/docs/security.md call for.
 
@@ -24,7 +24,7 @@ LEVELS = ("MUST", "SHOULD", "MAY", "RUNC", "SEC")
 FAMILIES = ("runc", "crun", "ocirt", "youki")
 
 # The spec revision the references point into.
-SPEC_VERSION = "v1.2.0"
+SPEC_VERSION = "v1.3.0"
 SPEC_BASE = f"https://github.com/opencontainers/runtime-spec/blob/{SPEC_VERSION}/"
 
 

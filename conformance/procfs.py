@@ -58,6 +58,13 @@ def status(pid: int | str) -> dict[str, str]:
     return fields
 
 
+def numa_policy(pid: int | str) -> str:
+    """The NUMA memory policy of `pid`'s first mapping (its program text), as numa_maps
+    shows it: the task's own policy unless the mapping has one (`bind=static:0`)."""
+    with open(f"/proc/{pid}/numa_maps") as f:
+        return f.readline().split()[1]
+
+
 def caps(pid: int | str) -> dict[str, set[str]]:
     """{set name: capability names} from /proc/<pid>/status."""
     st = status(pid)

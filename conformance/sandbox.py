@@ -83,14 +83,21 @@ def v2_root_for(own: str, mountpoint: str) -> str | None:
 
 
 class Sandbox:
-    def __init__(self, hide_unified: bool = False) -> None:
+    """`net`: a private network namespace too, reachable from nowhere else (for daemons
+    such as Slurm's): its loopback up with a private address besides 127.0.0.1, since
+    getaddrinfo(AI_ADDRCONFIG) finds nothing to bind where only 127.0.0.1 exists."""
+
+    def __init__(self, hide_unified: bool = False, net: bool = False) -> None:
         self.hide_unified = hide_unified
+        self.net = net
         self.proc: subprocess.Popen[bytes] | None = None
         self.v2_root: str | None = None  # the namespace's root on a unified host
         self.enabled: list[str] = []  # controllers we enabled in our parent
 
     def _script(self) -> str:
         lines = setup_lines(self.hide_unified)
+        if self.net:
+            lines += ["ip link set lo up", "ip addr add 10.254.254.1/32 dev lo"]
         if self.v2_root:  # the root keeps no process: the holder moves to a leaf
             lines.append('echo $$ >/sys/fs/cgroup/holder/cgroup.procs')
         return "\n".join([*lines, "echo ready", "cat >/dev/null"])
@@ -122,14 +129,17 @@ class Sandbox:
                 raise SandboxError(f"{tool} not found (util-linux)")
         self.proc = subprocess.Popen(
             [*self._make_v2_root(),
-             "unshare", "--mount", "--cgroup", "--propagation", propagation_option(), "--",
+             "unshare", "--mount", "--cgroup", *(["--net"] if self.net else []),
+             "--propagation", propagation_option(), "--",
              "/bin/sh", "-c", self._script()],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if line.strip() != b"ready":
-            self.close()
+            if self.proc.stdin:
+                self.proc.stdin.close()
             err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+            self.close()
             raise SandboxError(f"sandbox setup failed: {err.strip() or line!r}")
 
     @property
@@ -144,8 +154,10 @@ class Sandbox:
         # --root: entering a mount namespace resets the root to the namespace's; in a
         # chroot that is not ours.
         leaf = _join(os.path.join(self.v2_root, "runtime")) if self.v2_root else []
+        net = [f"--net=/proc/{self.pid}/ns/net"] if self.net else []
         return [*leaf, "nsenter", f"--mount=/proc/{self.pid}/ns/mnt",
-                f"--cgroup=/proc/{self.pid}/ns/cgroup", f"--root=/proc/{self.pid}/root", "--",
+                f"--cgroup=/proc/{self.pid}/ns/cgroup", *net, f"--root=/proc/{self.pid}/root",
+                "--",
                 "/bin/sh", "-c", 'cd -- "$0" && exec "$@"', cwd or os.getcwd()]
 
     def run(self, argv: list[str], **kw: object) -> subprocess.CompletedProcess:

@@ -1,5 +1,6 @@
 """process: args, env, cwd, user, umask, capabilities, rlimits, no_new_privs, oom_score_adj,
-hostname; each checked from the host (/proc/<pid>) and, where it matters, from inside."""
+hostname, the NUMA memory policy; each checked from the host (/proc/<pid>) and, where it
+matters, from inside."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import subprocess
 import pytest
 
 from conformance import procfs
-from conformance.cases import case, deviation
+from conformance.cases import case, deviation, needs
 from conformance.runner import wait_for
 
 pytestmark = pytest.mark.root
@@ -399,3 +400,40 @@ def test_stdio_of_detached(h):
     c = h.start(h.bundle(["sh", "-c", "echo to-out; echo to-err >&2"]))
     c.wait_stopped()
     assert "to-out" in c.output() and "to-err" in c.errors()
+
+
+# --- linux.memoryPolicy (runtime-spec v1.3.0) -------------------------------------------
+
+def _memory_policy(policy):
+    def edit(cfg):
+        cfg["linux"]["memoryPolicy"] = policy
+    return edit
+
+
+@needs("numa")
+@deviation("runc", "runc 1.1.5 predates linux.memoryPolicy (runc 1.4): it ignores it")
+@deviation("crun", "crun 1.8.1 predates linux.memoryPolicy: it ignores it")
+@case("PR-32", "config-linux.md#memory-policy", "MUST")
+def test_memory_policy(h):
+    """linux.memoryPolicy is the process's NUMA policy: MPOL_BIND, MPOL_F_STATIC_NODES on
+    node 0 shows as bind=static:0 in the host's /proc/<pid>/numa_maps, for the container
+    process and for an exec'd one"""
+    c = _running(h, _memory_policy({"mode": "MPOL_BIND", "nodes": "0",
+                                    "flags": ["MPOL_F_STATIC_NODES"]}))
+    assert procfs.numa_policy(c.pid) == "bind=static:0"
+    r = h.rt("exec", c.cid, "sh", "-c", "head -n 1 /proc/self/numa_maps")
+    assert r.rc == 0, r
+    assert r.out.split()[1] == "bind=static:0", r.out
+
+
+@needs("numa")
+@deviation("runc", "runc 1.1.5 predates linux.memoryPolicy (runc 1.4): it ignores it")
+@deviation("crun", "crun 1.8.1 predates linux.memoryPolicy: it ignores it")
+@case("PR-33", "config-linux.md#memory-policy runtime.md#errors", "MUST")
+def test_memory_policy_unknown_mode_fails(h):
+    """a memoryPolicy mode that is not one of the spec's constants is an error at create,
+    and no container is left"""
+    b = h.bundle(WAIT, edit=_memory_policy({"mode": "MPOL_NOPE", "nodes": "0"}))
+    c = h.create(b, check=False)
+    assert not c.result.ok, c.result
+    assert h.rt.status(c.cid) is None

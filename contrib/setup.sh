@@ -7,7 +7,8 @@
 # Installs the Debian packages ocirt and its tests need, creates a virtual environment
 # in .venv (from Debian's /usr/bin/python3, independent of any pyenv or user site),
 # installs ocirt into it, links /usr/local/bin/ocirt, builds a demo bundle from
-# busybox-static and runs it. It also creates the unprivileged user ocirt-test (subordinate
+# busybox-static and runs it. It installs the man pages and the bash completion under
+# /usr/local/share. It also creates the unprivileged user ocirt-test (subordinate
 # ids 200000:65536) that the rootless tests run as, so the README's test command runs them.
 # ocirt is installed editable: the venv and the launcher run the code of this checkout, so
 # a change to ocirt/ needs no reinstall.
@@ -35,12 +36,15 @@ packages=(
     # them), hypothesis for the fuzz tests, and the tools the tests drive
     runc crun python3-hypothesis
     procps util-linux iproute2 gnupg golang-go golang-github-sylabs-sif-dev
-    # podman runs ocirt through contrib/podman/ocirt.conf in tests/engines
-    podman
+    # podman runs ocirt through contrib/podman/ocirt.conf in tests/engines; slirp4netns is
+    # its rootless network (a Recommends, which --no-install-recommends leaves out)
+    podman slirp4netns
     # --systemd-cgroup tests talk to a private bus
     dbus-daemon
     # bench/run.py's chart
     python3-matplotlib
+    # `man ocirt` and tab completion of ocirt's commands, flags and container IDs
+    man-db bash-completion
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -77,6 +81,13 @@ fi
 # directories written in (see ocirt/launcher.py): ~5 ms less for every engine call.
 "$venv/bin/python" -I -m ocirt.launcher /usr/local/bin/ocirt
 echo "setup.sh: $(/usr/local/bin/ocirt --version | head -1) installed as /usr/local/bin/ocirt"
+# The man pages (ocirt(8), ocirt-COMMAND(8), generated from the command table) and the bash
+# completion, where man and bash-completion look for locally installed software.
+install -D -m 0644 -t /usr/local/share/man/man8 "$repo"/contrib/man/*.8
+install -D -m 0644 "$repo/contrib/completions/bash/ocirt" \
+    /usr/local/share/bash-completion/completions/ocirt
+echo "setup.sh: man pages in /usr/local/share/man/man8 (man ocirt), bash completion in" \
+    "/usr/local/share/bash-completion/completions/ocirt"
 
 [ $demo = 1 ] || exit 0
 

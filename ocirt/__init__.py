@@ -7,4 +7,4 @@ kill and delete, and every module imported here is paid for on each of those cal
 __version__ = "0.1.0"
 
 # The runtime-spec version this runtime implements (reported in `state` and `features`).
-OCI_VERSION = "1.2.0"
+OCI_VERSION = "1.3.0"

@@ -276,6 +276,24 @@ class Store:
         return sorted(n for n in names if os.path.isfile(os.path.join(self.root, n, STATE_FILE)))
 
 
+def make_private_dirs(path: str) -> None:
+    """os.makedirs, but every directory it makes is 0700: makedirs gives the parents
+    0777 & ~umask, so a first container with a seccomp filter (the cache under the state
+    root) or a SIF image left a fresh state root world-readable (runc's is 0700)."""
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            pass
+
+
 def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
     """Write via a temporary file and rename, so readers never see a partial file."""
     tmp = f"{path}.{os.getpid()}.tmp"
@@ -296,3 +314,33 @@ def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
         if exc.errno == errno.ENOENT:
             raise ContainerNotExist() from None
         raise
+
+
+def root_owner(root: str) -> tuple[int, int] | None:
+    """(uid, gid) of the non-root user who owns the state root (the directory, a symlink
+    naming it, or the directory holding it), None when root owns all of them or the root
+    does not exist yet.
+
+    Why: Slurm runs its RunTimeQuery/RunTimeDelete commands as root against the job
+    user's own state root; state written by a user (its mount records, cgroup paths) must
+    never be acted on with root's privileges, so root becomes that user first.
+    """
+    parent = os.path.dirname(os.path.abspath(root))
+    for path, follow in ((root, False), (root, True), (parent, True)):
+        try:
+            st = os.stat(path, follow_symlinks=follow)
+        except OSError:
+            continue
+        if st.st_uid != 0:
+            return st.st_uid, st.st_gid
+    return None
+
+
+def act_as_root_owner(root: str) -> None:
+    """Called as root: continue as the user who owns the state root, if that is not root."""
+    owner = root_owner(root)
+    if owner is not None:
+        from ocirt import log
+
+        log.debug(f"state root {root} belongs to uid {owner[0]}: acting as that user")
+        proc.become_user(*owner)

@@ -47,6 +47,33 @@ def ocirt_binary() -> str:
     return found
 
 
+def user_runnable_ocirt(binary: str, user: str) -> str:
+    """`binary` when `user` can run it; else a copy of the checkout's ocirt package in a
+    directory everyone may read, with a launcher of its own (a checkout under /root is
+    closed to the unprivileged test user, who must still run the checkout's code)."""
+    import subprocess
+    import tempfile
+
+    if subprocess.run(["runuser", "-u", user, "--", "test", "-x", binary]).returncode == 0:
+        return binary
+    from ocirt import launcher
+
+    top = tempfile.mkdtemp(prefix="ocirt-user-bin-")
+    shutil.copytree(os.path.join(REPO, "ocirt"), os.path.join(top, "ocirt"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    python = os.path.realpath(sys.executable)
+    paths = [top] + [p for p in launcher.site_paths(python)
+                     if not os.path.realpath(p).startswith(REPO + os.sep) and p != REPO]
+    dest = os.path.join(top, "ocirt-bin")
+    with open(dest, "w") as f:
+        f.write(launcher.TEMPLATE.format(python=python, paths=paths))
+    for directory, _, files in os.walk(top):
+        os.chmod(directory, 0o755)
+        for name in files:
+            os.chmod(os.path.join(directory, name), 0o755 if name == "ocirt-bin" else 0o644)
+    return dest
+
+
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     if IS_ROOT:
         return

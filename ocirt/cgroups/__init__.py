@@ -7,6 +7,7 @@ The runtime talks to cgroups only through `Manager`:
     mgr.add(pid)            # place a process (the intermediate, before it forks the init)
     mgr.apply(resources)    # linux.resources (runtime-spec); raise OcirtError naming the field
     mgr.state()             # JSON-able description kept in state.json ("cgroup")
+    mgr.planned_state()     # the same, recorded before create() makes anything
     manager_from_state(d)   # the same manager again, for later commands
     mgr.is_frozen() / freeze() / thaw() / pids() / destroy()
     frozen_from_state(d)    # is_frozen() of manager_from_state(d), without the managers
@@ -51,6 +52,11 @@ class Manager:
 
     def state(self) -> dict[str, Any] | None:
         return None
+
+    def planned_state(self) -> dict[str, Any] | None:
+        """state() as it will be once create() has made everything: saved before
+        create() runs, so that `delete --force` after a SIGKILL mid-create finds it."""
+        return self.state()
 
     def is_frozen(self) -> bool:
         return False

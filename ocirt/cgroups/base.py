@@ -146,6 +146,21 @@ class FsManager(Manager):
         data.update(self._extra_state())
         return data
 
+    def planned_state(self) -> dict[str, Any] | None:
+        """Every directory create() is about to make counts as made: destroy() removes
+        those that exist (the leaf with what is below it, the parents only if empty) and
+        never one that existed before, so a create killed at any instant leaves none."""
+        made = list(self.made)
+        for directory in self.dirs():
+            if self._would_skip(directory):
+                continue
+            made += [d for d in fs.missing_dirs(directory) if d not in made]
+        saved, self.made = self.made, made
+        try:
+            return self.state()
+        finally:
+            self.made = saved
+
     def pids(self) -> list[int]:
         for directory in self.dirs():
             if fs.exists(directory, "cgroup.procs"):

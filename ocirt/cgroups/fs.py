@@ -71,8 +71,8 @@ def exists(directory: str, name: str) -> bool:
     return os.path.exists(os.path.join(directory, name))
 
 
-def make_dirs(path: str) -> list[str]:
-    """mkdir -p; returns the directories this call created, outermost first."""
+def missing_dirs(path: str) -> list[str]:
+    """The directories `make_dirs(path)` would create now, outermost first."""
     missing = []
     current = os.path.normpath(path)
     while not os.path.isdir(current):
@@ -81,8 +81,13 @@ def make_dirs(path: str) -> list[str]:
         if parent == current:
             break
         current = parent
+    return missing[::-1]
+
+
+def make_dirs(path: str) -> list[str]:
+    """mkdir -p; returns the directories this call created, outermost first."""
     made = []
-    for directory in reversed(missing):
+    for directory in missing_dirs(path):
         try:
             os.mkdir(directory, 0o755)
             made.append(directory)

@@ -96,6 +96,13 @@ class Resources:
                                            "hugepageLimits", "network", "rdma", "unified"))
 
 
+def pids_max(limit: int) -> str:
+    """pids.max for linux.resources.pids.limit: -1 (any negative) is "max"; 0 is a real
+    limit (runtime-spec 1.3) that runc 1.5 writes as 1, as systemd's TasksMax cannot be
+    0: either way no process of the container can fork."""
+    return str(limit) if limit > 0 else "1" if limit == 0 else "max"
+
+
 def _fail(where: str, msg: str) -> ConfigError:
     return ConfigError(f"{where}: {msg}")
 

@@ -17,6 +17,7 @@ import time
 from ocirt import log
 from ocirt.cgroups import fs, v1_frozen, v2_frozen
 from ocirt.cgroups.base import PREFIX, FsManager
+from ocirt.cgroups.resources import pids_max
 from ocirt.errors import OcirtError, errno_text
 
 TYPE_CHECKING = False  # importing typing costs ~2 ms on the `state` path
@@ -83,7 +84,7 @@ class V1Manager(FsManager):
         if _cpu_fields(res):
             _set_cpu(p["cpu"], res)
         if res.pids_limit is not None:
-            limit = str(res.pids_limit) if res.pids_limit > 0 else "max"
+            limit = pids_max(res.pids_limit)
             fs.write(p["pids"], "pids.max", limit, f"{PREFIX}.pids.limit")
         if res.blkio:
             _set_blkio(p["blkio"], res)

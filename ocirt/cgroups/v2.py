@@ -27,6 +27,7 @@ import time
 from ocirt import log
 from ocirt.cgroups import fs, v2_frozen
 from ocirt.cgroups.base import PREFIX, FsManager
+from ocirt.cgroups.resources import pids_max
 from ocirt.errors import OcirtError
 
 TYPE_CHECKING = False  # importing typing costs ~2 ms on the `state` path
@@ -100,7 +101,7 @@ class V2Manager(FsManager):
         self._enable_needed(res)
         d = self.path
         if res.pids_limit is not None:
-            limit = str(res.pids_limit) if res.pids_limit > 0 else "max"
+            limit = pids_max(res.pids_limit)
             fs.write(d, "pids.max", limit, f"{PREFIX}.pids.limit")
         if res.memory:
             set_memory(d, res, full)

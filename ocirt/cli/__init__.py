@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ocirt.cli.commands import COMMANDS, GLOBAL_FLAGS
+from ocirt.cli.commands import COMMANDS, DESCRIPTION, GLOBAL_FLAGS, SUMMARY
 from ocirt.cli.parser import Command, Options, check_arg_count, command_help, parse
 from ocirt.errors import OcirtError, UnknownCommand, UsageError
 
@@ -54,7 +54,16 @@ def default_root() -> str:
 
         raise OcirtError("XDG_RUNTIME_DIR is not set: a rootless ocirt keeps its state in "
                          "$XDG_RUNTIME_DIR/ocirt (set it, or pass --root DIR)")
-    return os.path.join(xdg, "ocirt")
+    root = os.path.join(xdg, "ocirt")
+    try:  # as runc: 0700, and sticky so that the XDG cleaner never prunes it
+        os.makedirs(root, 0o700, exist_ok=True)
+        os.chmod(root, 0o1700)
+    except OSError as exc:
+        from ocirt.errors import OcirtError
+
+        raise OcirtError(f"state root {root} (from XDG_RUNTIME_DIR): "
+                         f"{os.strerror(exc.errno or 0)}") from None
+    return root
 
 
 def _honors_xdg_runtime_dir() -> bool:
@@ -108,7 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         check_arg_count(cmd, args)
         handler = _load(cmd.handler)
         acting = True
-        return int(handler(Globals(gopts), opts, args) or 0)
+        g = Globals(gopts)
+        if os.geteuid() == 0 and gopts.root:  # Slurm's cleanup: root on a user's --root
+            from ocirt.state import act_as_root_owner
+
+            act_as_root_owner(g.root)
+        return int(handler(g, opts, args) or 0)
     except UsageError as exc:
         sys.stderr.write(f"Incorrect Usage: {exc.message}\n\n")
         if cmd is not None:
@@ -156,10 +170,9 @@ def _help(topics: list[str]) -> int:
         return 0
     lines = [
         "NAME:",
-        "   ocirt - Open Container Initiative runtime",
+        f"   ocirt - {SUMMARY}",
         "",
-        "ocirt runs containers from OCI bundles (a config.json and a root filesystem) and",
-        "from SIF images. Its command line is runc's, so engines can use it in runc's place.",
+        *DESCRIPTION.split("\n"),
         "",
         "USAGE:",
         "   ocirt [global options] command [command options] [arguments...]",

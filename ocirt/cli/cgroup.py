@@ -65,17 +65,19 @@ def events(g: Globals, opts: Options, args: list[str]) -> int:
 
 
 def update(g: Globals, opts: Options, args: list[str]) -> int:
+    from ocirt.runtime.control import intel_rdt_for_update, update_intel_rdt
     from ocirt.runtime.control import update as do_update
 
-    if opts.l3_cache_schema:
-        raise OcirtError("Intel RDT/CAT: l3 cache schema is not enabled")
-    if opts.mem_bw_schema:
-        raise OcirtError("Intel RDT/MBA: memory bandwidth schema is not enabled")
+    rdt = opts.l3_cache_schema or opts.mem_bw_schema
+    rdt_root = intel_rdt_for_update(opts.l3_cache_schema, opts.mem_bw_schema) if rdt else ""
     if opts.resources:
         resources = read_resources(opts.resources)
     else:
         resources = resources_from_flags(opts)
     do_update(Store(g.root), args[0], resources)
+    if rdt:
+        update_intel_rdt(Store(g.root), args[0], rdt_root, opts.l3_cache_schema,
+                         opts.mem_bw_schema)
     return 0
 
 

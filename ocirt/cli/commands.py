@@ -7,6 +7,13 @@ from __future__ import annotations
 
 from ocirt.cli.parser import BOOL, INT, LIST, STR, Command, Flag
 
+# The program's one-line summary and description: `ocirt --help` and ocirt(8) show them.
+SUMMARY = "Open Container Initiative runtime"
+DESCRIPTION = (
+    "ocirt runs containers from OCI bundles (a config.json and a root filesystem) and\n"
+    "from SIF images. Its command line is runc's, so engines can use it in runc's place."
+)
+
 GLOBAL_FLAGS = (
     Flag("debug", BOOL, "enable debug logging"),
     Flag("log", STR, "set the log file to write ocirt logs to (default is '/dev/stderr')", ""),
@@ -48,10 +55,13 @@ _IMAGE = (
     Flag("image", STR, "run a SIF image: its bundle is made (verified, mounted in place) and "
          "removed with the container; arguments after the id replace its command", "",
          metavar="IMAGE.sif"),
-    Flag("key", LIST, "a trusted public key (PEM) the SIF image must be signed with",
+    Flag("key", LIST, "a trusted public key (PEM) the SIF image (--image, or a root.path "
+         "naming a .sif) must be signed with",
          metavar="PUBLIC.pem"),
     Flag("pgp-key", LIST, "a trusted OpenPGP public key for the SIF image",
          metavar="PUBLIC.asc"),
+    Flag("writable-tmpfs", BOOL, "with --image: a writable root, its changes in a tmpfs "
+         "(a scratch directory without root) that goes with the container"),
 )
 
 _add(Command(

@@ -18,11 +18,13 @@ if TYPE_CHECKING:
 def _create_options(g: Globals, opts: Options):  # type: ignore[no-untyped-def]
     from ocirt.runtime.create import CreateOptions
 
-    return CreateOptions(
+    copts = CreateOptions(
         bundle=opts.bundle, pid_file=opts.pid_file, console_socket=opts.console_socket,
         no_pivot=opts.no_pivot, no_new_keyring=opts.no_new_keyring,
         preserve_fds=opts.preserve_fds, systemd_cgroup=g.systemd_cgroup, rootless=g.rootless,
     )
+    copts.sif_keys, copts.sif_pgp_keys = opts.key or [], opts.pgp_key or []
+    return copts
 
 
 def _image_bundle(g: Globals, opts: Options, args: list[str], copts) -> None:  # type: ignore[no-untyped-def]
@@ -32,6 +34,8 @@ def _image_bundle(g: Globals, opts: Options, args: list[str], copts) -> None:  #
     if not opts.image:
         if len(args) > 1:
             raise UsageError("arguments after the container id need --image")
+        if opts.writable_tmpfs:
+            raise UsageError("--writable-tmpfs needs --image")
         return
     if opts.bundle:
         raise UsageError("--image and --bundle exclude each other")
@@ -39,7 +43,8 @@ def _image_bundle(g: Globals, opts: Options, args: list[str], copts) -> None:  #
 
     checked_by = image.policy(opts.key or [], opts.pgp_key or [])
     copts.bundle = copts.sif_bundle = image.bundle_from_image(
-        Store(g.root), args[0], opts.image, args[1:], checked_by)
+        Store(g.root), args[0], opts.image, args[1:], checked_by,
+        writable="tmpfs" if opts.writable_tmpfs else None)
 
 
 class _owned_bundle:  # noqa: N801 - a context manager, named like a function

@@ -39,10 +39,15 @@ def _sub(cmd: Command) -> None:
 _sub(Command("list", "list", "list the data objects of an image (like siftool list)",
              "IMAGE", (), 1, 1))
 _sub(Command("header", "header", "show the global header of an image", "IMAGE", (), 1, 1))
+# siftool writes the object ID first (`siftool info 2 image.sif`); ocirt's own order is
+# IMAGE ID. Both are taken: the image is the argument that names a file (ocirt.cli.sif
+# _image_and_id).
+_EITHER_ORDER = ("The image and the object ID may come in either order: IMAGE ID, or ID IMAGE "
+                 "as siftool\ntakes them.")
 _sub(Command("info", "info", "show everything a descriptor says about one object",
-             "IMAGE ID", (), 2, 2))
-_sub(Command("dump", "dump", "write the data of one object to standard output", "IMAGE ID",
-             (), 2, 2))
+             "IMAGE ID | ID IMAGE", (), 2, 2, _EITHER_ORDER))
+_sub(Command("dump", "dump", "write the data of one object to standard output",
+             "IMAGE ID | ID IMAGE", (), 2, 2, _EITHER_ORDER))
 _sub(Command(
     "new", "new", "create an empty image", "IMAGE",
     (Flag("launch-script", STR, "launch script (the first line of the file)", ""),
@@ -75,20 +80,34 @@ _sub(Command(
           "encrypted squashfs)", 1),
      Flag("parttype", INT, "partition type (1 system, 2 primary system, 3 data, 4 overlay)",
           3),
-     Flag("partarch", STR, "partition architecture (Go name; default: the host's)", ""),
+     Flag("partarch", STR, "partition architecture: a Go name (amd64) or siftool's number "
+          "(2); default: the host's", ""),
+     Flag("signhash", STR, "signature hash: 1 sha256, 2 sha384, 3 sha512, 4 blake2s-256, "
+          "5 blake2b-256 (default sha256)", ""),
+     Flag("signentity", STR, "signing entity: the key's 40-hex-digit fingerprint", ""),
+     Flag("sbomformat", STR, "SBOM format (needed with --datatype sbom): cyclonedx-json, "
+          "cyclonedx-xml, github-json, spdx-json, spdx-rdf, spdx-tag-value, spdx-yaml, "
+          "syft-json", ""),
+     Flag("cmformat", STR, "cryptographic message format: 1 openpgp, 2 pem", ""),
+     Flag("cmtype", STR, "cryptographic message type: 0x100 clear-signature, 0x200 rsa-oaep",
+          ""),
      Flag("groupid", INT, "group (default 1)", 1),
      Flag("no-group", BOOL, "put the object in no group"),
-     Flag("linkid", INT, "link to this object ID", 0),
+     Flag("linkid, link", INT, "link to this object ID", 0),
      Flag("link-group", INT, "link to this group", 0),
      Flag("alignment", INT, "data alignment (default 4096 for partitions, none otherwise)",
           -1),
-     Flag("name", STR, "object name (default: the file's base name)", None)), 2, 2))
+     Flag("name, filename", STR, "object name (default: the file's base name)", None)), 2, 2,
+    "The metadata flags are siftool's (--signhash, --signentity, --sbomformat, --link,\n"
+    "--filename); --cmformat and --cmtype set what the reference library's\n"
+    "OptCryptoMessageMetadata does. Each is refused with a data type it does not apply to."))
 _sub(Command(
-    "del", "delete", "delete a data object", "IMAGE ID",
+    "del", "delete", "delete a data object", "IMAGE ID | ID IMAGE",
     (Flag("zero", BOOL, "overwrite the object's data with zeros"),
-     Flag("compact", BOOL, "shrink the file (only when the object is the last one)")), 2, 2))
-_sub(Command("setprim", "setprim", "make a system partition the primary one", "IMAGE ID",
-             (), 2, 2))
+     Flag("compact", BOOL, "shrink the file (only when the object is the last one)")), 2, 2,
+    _EITHER_ORDER))
+_sub(Command("setprim", "setprim", "make a system partition the primary one",
+             "IMAGE ID | ID IMAGE", (), 2, 2, _EITHER_ORDER))
 _sub(Command(
     "keygen", "keygen", "generate a signing key pair: PREFIX.key and PREFIX.pub (pgp: "
     "PREFIX.secret.asc and PREFIX.asc)", "PREFIX",
@@ -178,6 +197,33 @@ def _ints(values: list[str] | None, what: str) -> list[int]:
     return [_int(v, what) for v in values or []]
 
 
+def _image_and_id(args: list[str]) -> tuple[str, int]:
+    """(image, object ID) from `IMAGE ID` (ocirt) or `ID IMAGE` (siftool): the image is
+    the argument that names a file and the ID the one that is a number. Only when both
+    are numbers naming files is the order unclear, and that is an error."""
+    first, second = args
+
+    def number(text: str) -> int | None:
+        try:
+            return int(text, 10)
+        except ValueError:
+            return None
+
+    fits = [(image, number(oid)) for image, oid in ((first, second), (second, first))
+            if number(oid) is not None and os.path.exists(image)]
+    if len(fits) == 2:
+        raise UsageError(f"{first!r} and {second!r} are both numbers and files: write the "
+                         f"image as ./{first} or ./{second}")
+    if not fits:  # no file yet: the number is the ID, and opening the other says why
+        if number(second) is None and number(first) is not None:
+            fits = [(second, number(first))]
+        else:
+            fits = [(first, _int(second, "object ID"))]
+    image, oid = fits[0]
+    assert oid is not None
+    return image, oid
+
+
 # --- inspection ----------------------------------------------------------------------
 
 def _list(opts: Options, args: list[str]) -> int:
@@ -256,8 +302,9 @@ def _info(opts: Options, args: list[str]) -> int:
     from ocirt.sif.format import DataType
     from ocirt.sif.image import Image
 
-    with Image.open(args[0]) as image:
-        d = image.get(_int(args[1], "object ID"))
+    path, oid = _image_and_id(args)
+    with Image.open(path) as image:
+        d = image.get(oid)
         link, is_group = d.link
         rows = [("Data Type:", d.type_name), ("ID:", str(d.id)),
                 ("Group ID:", str(d.group) if d.group else "NONE"),
@@ -299,8 +346,9 @@ def _type_rows(d, DataType) -> list[tuple[str, str]]:  # noqa: N803 - the enum, 
 def _dump(opts: Options, args: list[str]) -> int:
     from ocirt.sif.image import Image
 
-    with Image.open(args[0]) as image:
-        d = image.get(_int(args[1], "object ID"))
+    path, oid = _image_and_id(args)
+    with Image.open(path) as image:
+        d = image.get(oid)
         out = sys.stdout.buffer
         for chunk in image.chunks(d):
             out.write(chunk)
@@ -380,20 +428,13 @@ def _datatype(text: str) -> int:
 
 
 def _add(opts: Options, args: list[str]) -> int:
-    from ocirt.sif import format as fmt
-    from ocirt.sif.format import DataType
     from ocirt.sif.image import Image, ObjectInput, SIFError
 
     data_type = _datatype(opts.datatype)
-    extra = b"\0" * fmt.EXTRA_SIZE
-    if data_type == DataType.PARTITION:
-        try:
-            extra = fmt.partition_extra(opts.partfs, opts.parttype,
-                                        opts.partarch or fmt.host_arch())
-        except ValueError as exc:
-            raise SIFError(str(exc)) from None
-    elif data_type == DataType.SIGNATURE:
-        extra = fmt.signature_extra(fmt.HashType.SHA256, None)
+    try:
+        extra = _extra(opts, data_type)
+    except ValueError as exc:
+        raise SIFError(str(exc)) from None
     obj = ObjectInput(
         data_type, path=args[1],
         name=os.path.basename(args[1]) if opts.name is None else opts.name,
@@ -406,19 +447,101 @@ def _add(opts: Options, args: list[str]) -> int:
     return 0
 
 
+# Which --datatype each metadata flag belongs to (given with another: a usage error).
+_META_FLAGS = {"signhash": "signature", "signentity": "signature", "sbomformat": "sbom",
+               "cmformat": "cryptomessage", "cmtype": "cryptomessage"}
+
+
+def _extra(opts: Options, data_type: int) -> bytes:
+    """The descriptor's type-specific metadata from the add flags, as siftool (and the
+    reference library's Opt*Metadata) encode it."""
+    from ocirt.sif import format as fmt
+    from ocirt.sif.format import DataType
+
+    wanted = {DataType.SIGNATURE: "signature", DataType.SBOM: "sbom",
+              DataType.CRYPTO_MESSAGE: "cryptomessage"}.get(data_type)
+    for name, kind in _META_FLAGS.items():
+        if getattr(opts, name) and kind != wanted:
+            raise UsageError(f"--{name} goes with --datatype {kind}")
+    if data_type == DataType.PARTITION:
+        return fmt.partition_extra(opts.partfs, opts.parttype, _arch(opts.partarch))
+    if data_type == DataType.SIGNATURE:
+        return fmt.signature_extra(_named(opts.signhash or "sha256", "--signhash", _HASHES),
+                                   _fingerprint(opts.signentity))
+    if data_type == DataType.SBOM:
+        if not opts.sbomformat:
+            raise UsageError("with --datatype sbom, --sbomformat must be given")
+        return fmt.sbom_extra(_named(opts.sbomformat, "--sbomformat", _SBOM_FORMATS))
+    if data_type == DataType.CRYPTO_MESSAGE and (opts.cmformat or opts.cmtype):
+        if not (opts.cmformat and opts.cmtype):
+            raise UsageError("--cmformat and --cmtype go together")
+        return fmt.crypto_message_extra(_named(opts.cmformat, "--cmformat", _CM_FORMATS),
+                                        _named(opts.cmtype, "--cmtype", _CM_TYPES))
+    return b"\0" * fmt.EXTRA_SIZE
+
+
+_HASHES = {"sha256": 1, "sha384": 2, "sha512": 3, "blake2s-256": 4, "blake2b-256": 5}
+_SBOM_FORMATS = {"cyclonedx-json": 1, "cyclonedx-xml": 2, "github-json": 3, "github": 3,
+                 "spdx-json": 4, "spdx-rdf": 5, "spdx-tag-value": 6, "spdx-yaml": 7,
+                 "syft-json": 8}
+_CM_FORMATS = {"openpgp": 1, "pem": 2}
+_CM_TYPES = {"clear-signature": 0x100, "rsa-oaep": 0x200}
+
+
+def _named(text: str, flag: str, names: dict[str, int]) -> int:
+    """A value by name or by its number (as siftool takes it)."""
+    value = names.get(text.lower())
+    if value is None:
+        try:
+            value = int(text, 0)
+        except ValueError:
+            value = None
+    if value not in names.values():
+        raise UsageError(f"{flag}: unknown value {text!r} (one of {', '.join(names)})")
+    return value
+
+
+def _fingerprint(text: str) -> bytes | None:
+    if not text:
+        return None
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raise UsageError(f"--signentity: {text!r} is not hexadecimal") from None
+    if len(raw) != 20:
+        raise UsageError(f"--signentity: a fingerprint has 20 bytes (40 hex digits), got "
+                         f"{len(raw)}")
+    return raw
+
+
+def _arch(text: str) -> str:
+    """A Go architecture name, from a name or siftool's --partarch number."""
+    from ocirt.sif import format as fmt
+
+    if not text:
+        return fmt.host_arch()
+    if text.isdigit():
+        by_code = {int(code): name for name, code in fmt.ARCH_CODES.items()}
+        if int(text) in by_code:
+            return by_code[int(text)]
+    return text
+
+
 def _delete(opts: Options, args: list[str]) -> int:
     from ocirt.sif.image import Image
 
-    with Image.open(args[0], writable=True) as image:
-        image.delete(_int(args[1], "object ID"), zero=opts.zero, compact=opts.compact)
+    path, oid = _image_and_id(args)
+    with Image.open(path, writable=True) as image:
+        image.delete(oid, zero=opts.zero, compact=opts.compact)
     return 0
 
 
 def _setprim(opts: Options, args: list[str]) -> int:
     from ocirt.sif.image import Image
 
-    with Image.open(args[0], writable=True) as image:
-        image.set_primary(_int(args[1], "object ID"))
+    path, oid = _image_and_id(args)
+    with Image.open(path, writable=True) as image:
+        image.set_primary(oid)
     return 0
 
 

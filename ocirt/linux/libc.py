@@ -20,9 +20,9 @@ _syscall.restype = ctypes.c_long
 # same on every architecture.
 _NR = {
     "x86_64": {"pivot_root": 155, "ioprio_set": 251, "ioprio_get": 252, "keyctl": 250,
-               "sched_setattr": 314, "seccomp": 317, "bpf": 321},
+               "sched_setattr": 314, "seccomp": 317, "bpf": 321, "set_mempolicy": 238},
     "aarch64": {"pivot_root": 41, "ioprio_set": 30, "ioprio_get": 31, "keyctl": 219,
-                "sched_setattr": 274, "seccomp": 277, "bpf": 280},
+                "sched_setattr": 274, "seccomp": 277, "bpf": 280, "set_mempolicy": 237},
 }.get(os.uname().machine, {})
 _NR.update({
     "open_tree": 428, "move_mount": 429, "fsopen": 430,
@@ -229,6 +229,22 @@ def sched_setattr(pid: int, policy: int, flags: int, nice: int, priority: int,
     attr = _SchedAttr(ctypes.sizeof(_SchedAttr), policy, flags, nice, priority, runtime,
                       deadline, period)
     sys_call("sched_setattr", ctypes.c_int(pid), ctypes.byref(attr), ctypes.c_uint(0))
+
+
+def set_mempolicy(mode: int, nodes: list[int]) -> None:
+    """set_mempolicy(2) for the calling thread: `mode` with its MPOL_F_* flags, `nodes`
+    as a bitmask. The mask gets one spare high bit, as libnuma passes it: older kernels
+    read one bit less than `maxnode` says."""
+    if not nodes:
+        sys_call("set_mempolicy", ctypes.c_int(mode), None, ctypes.c_ulong(0))
+        return
+    bits = ctypes.sizeof(ctypes.c_ulong) * 8
+    mask = (ctypes.c_ulong * (max(nodes) // bits + 1))()
+    for node in nodes:
+        mask[node // bits] |= 1 << (node % bits)
+    if max(nodes) % bits == bits - 1:
+        mask = (ctypes.c_ulong * (len(mask) + 1))(*mask)
+    sys_call("set_mempolicy", ctypes.c_int(mode), mask, ctypes.c_ulong(len(mask) * bits))
 
 
 def keyctl(op: int, arg2: int | bytes | None = 0, arg3: int = 0) -> int:

@@ -87,3 +87,22 @@ def write_id_map(pid: int, name: str, entries: list[tuple[int, int, int]]) -> No
     """uid_map or gid_map of the user namespace of `pid`: (inside, outside, size) lines."""
     write_file(pid, name, "".join(f"{inside} {outside} {size}\n"
                                   for inside, outside, size in entries))
+
+
+def become_user(uid: int, gid: int) -> None:
+    """Drop every privilege and continue as `uid` (its groups from the user database, or
+    only `gid` when it has no entry there): what that user running us would be."""
+    import pwd
+
+    try:
+        try:
+            entry = pwd.getpwuid(uid)
+        except KeyError:
+            os.setgroups([])
+        else:
+            os.initgroups(entry.pw_name, entry.pw_gid)
+            gid = entry.pw_gid
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+    except OSError as exc:
+        raise OcirtError(f"switch to user {uid}: {errno_text(exc.errno or 0)}") from None

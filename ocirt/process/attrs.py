@@ -14,6 +14,7 @@ import os
 from ocirt.errors import OcirtError, errno_text
 from ocirt.linux import consts as c
 from ocirt.linux import libc
+from ocirt.spec import options as opt
 from ocirt.spec.plan import Process, parse_cpu_list
 
 RLIMIT_NAMES = {0: "RLIMIT_CPU", 1: "RLIMIT_FSIZE", 2: "RLIMIT_DATA", 3: "RLIMIT_STACK",
@@ -108,6 +109,32 @@ def set_personality(persona: int | None) -> None:
         except OSError as exc:
             raise OcirtError(f"unable to set personality: {errno_text(exc.errno or 0)}") \
                 from None
+
+
+def set_memory_policy(policy: tuple[int, list[int]] | None) -> None:
+    """linux.memoryPolicy, set by the process itself just before exec (as runc does, for
+    the init and for `exec`): the policy is the calling thread's and survives execve."""
+    if policy is None:
+        return
+    mode, nodes = policy
+    try:
+        libc.set_mempolicy(mode, nodes)
+    except OSError as exc:
+        hint = ""
+        if exc.errno == errno.EINVAL:
+            hint = (" (the nodes must exist, be online and be in the container's cpuset; "
+                    "the flags must suit the mode)")
+        raise OcirtError(f"linux.memoryPolicy: set_mempolicy {memory_policy_text(policy)}: "
+                         f"{errno_text(exc.errno or 0)}{hint}") from None
+
+
+def memory_policy_text(policy: tuple[int, list[int]]) -> str:
+    """`MPOL_BIND|MPOL_F_STATIC_NODES nodes 0,1` for an error message."""
+    mode, nodes = policy
+    names = [name for name, value in opt.MEMORY_POLICY_MODES.items()
+             if value == mode & ~sum(opt.MEMORY_POLICY_FLAGS.values())]
+    names += [name for name, value in opt.MEMORY_POLICY_FLAGS.items() if mode & value]
+    return "|".join(names) + (f" nodes {','.join(map(str, nodes))}" if nodes else "")
 
 
 def set_affinity(cpus: str, which: str) -> None:

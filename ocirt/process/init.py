@@ -426,6 +426,7 @@ def prepare_process(ctx: InitContext) -> tuple[str, list[str]]:
     attrs.set_io_priority(proc.io_priority)
     attrs.set_scheduler(proc.scheduler)
     attrs.set_personality(ctx.plan.personality)
+    attrs.set_memory_policy(ctx.plan.memory_policy)
     setgroups_allowed = _setgroups_allowed()
     try:
         os.chdir(proc.cwd)  # as root first; again as the user below (runc)

@@ -36,6 +36,8 @@ class CreateOptions:
         self.preserve_fds = preserve_fds  # --preserve-fds
         self.console_fd = console_fd  # `run` in the foreground with a terminal: our own socket
         self.sif_bundle = ""  # --image: the bundle made from the image, the container's
+        self.sif_keys: list[str] = []  # --key: trusted keys for a SIF image (also root.path)
+        self.sif_pgp_keys: list[str] = []  # --pgp-key
         self.systemd_cgroup = systemd_cgroup  # global --systemd-cgroup
         self.rootless = rootless  # global --rootless
 
@@ -107,6 +109,7 @@ def create(store: Store, cid: str, opts: CreateOptions,
     check_terminal(plan, opts)
     warn_and_keep_grantable(plan)
     check_security_labels(plan)
+    rdt_root = check_intel_rdt(plan, cid)
     seccomp = None
     if plan.seccomp is not None:
         from ocirt.seccomp import compile_filter
@@ -118,7 +121,21 @@ def create(store: Store, cid: str, opts: CreateOptions,
 
         hooks = hooks_module
     keep_fds, extra_env = inherited_fds(opts.preserve_fds)
-    return Creation(store, cid, plan, spec, opts, seccomp, hooks, keep_fds, extra_env).run()
+    creation = Creation(store, cid, plan, spec, opts, seccomp, hooks, keep_fds, extra_env)
+    creation.rdt_root = rdt_root
+    return creation.run()
+
+
+def check_intel_rdt(plan: Plan, cid: str) -> str:
+    """linux.intelRdt needs a mounted resctrl with what the config asks for: checked
+    before anything exists (runc's validator). Returns the resctrl mount point."""
+    if plan.intel_rdt is None:
+        return ""
+    from ocirt import resctrl
+
+    root = resctrl.find_root()
+    resctrl.check(plan.intel_rdt, root, cid)
+    return root
 
 
 def warn_and_keep_grantable(plan: Plan) -> None:
@@ -174,6 +191,7 @@ class Creation:
         self.init_pid = 0
         self.container: Container | None = None
         self.mounts_before: list[list[Any]] = []
+        self.rdt_root = ""  # the resctrl mount point, when the config has linux.intelRdt
 
     def run(self) -> Container:
         from ocirt.process import init as init_code  # noqa: F401  (imported before fork)
@@ -205,12 +223,15 @@ class Creation:
         self.container = container
         from ocirt.runtime import notify
 
+        self.store.save(container)  # from here on `delete --force` knows its creator
         self._sif(container)
         container.data["notify_socket"] = notify.prepare(plan, container.dir)
         self.store.save(container)
         write_atomic(container.path(CONFIG_FILE), _dump(self.spec))
         if not plan.has("mount"):
             self.mounts_before = host_mounts_below(plan.rootfs)
+            container.data["mounts_before"] = self.mounts_before  # see delete.destroy
+            self.store.save(container)
             self.undo.push(self._unmount_new_host_mounts, what="mounts below the rootfs")
         fifo_fd = self._make_fifo(container)
         console_fd = self._console_fd()
@@ -218,8 +239,14 @@ class Creation:
         idmapped = self._idmapped_mounts()
         cg = manager_for_plan(plan, self.cid, systemd=self.opts.systemd_cgroup,
                               rootless=self.opts.rootless)
-        cg.create()
+        # Recorded before it is made, so that `delete --force` after a SIGKILL of this
+        # process at any instant removes every directory create() made.
+        container.data["cgroup"] = cg.planned_state()
+        self.store.save(container)
         self.undo.push(cg.destroy, what="cgroup")
+        cg.create()
+        container.data["cgroup"] = cg.state()
+        self.store.save(container)
         parent, child = socketpair()
         self.undo.push(parent.close, what="sync socket")
         ctx = InitContext(plan, self.cid, child, fifo_fd, console_fd, ns_fds, self.keep_fds,
@@ -242,6 +269,10 @@ class Creation:
         self._handshake(parent, container, cg)
         parent.close()
         self.undo.clear()
+        if self.opts.sif_bundle:
+            from ocirt.runtime.image import unmark_creator
+
+            unmark_creator(self.opts.sif_bundle)  # state.json names it now
         return container
 
     # -- steps ----------------------------------------------------------------------------
@@ -254,7 +285,8 @@ class Creation:
             container.data["sif_bundle"] = self.opts.sif_bundle
             self.undo.push(image.remove_bundle, self.opts.sif_bundle, what="SIF bundle")
         if self.plan.sif_root:
-            record = image.mount_root(self.plan, container.dir)
+            checked_by = image.policy(self.opts.sif_keys, self.opts.sif_pgp_keys)
+            record = image.mount_root(self.plan, container.dir, checked_by)
             container.data["sif_mount"] = record
             self.undo.push(image.release, {"sif_mount": record}, what="SIF mount")
             container.data["rootfs"] = self.plan.rootfs
@@ -313,11 +345,14 @@ class Creation:
         cg.add(self.init_pid)
         cg.apply(plan.resources)
         container.data["cgroup"] = cg.state()
+        if plan.intel_rdt is not None:
+            self._intel_rdt(container)
         self._reap_intermediate()
         if plan.net_devices:
             self._move_net_devices()
         container.data["pid"] = self.init_pid
         container.data["init_start"] = proc.start_time(self.init_pid)
+        self.store.save(container)  # the hooks below may outlive us (SIGKILL)
         msg, _ = parent.expect("cgroup-join", "create-hooks", on_log=on_log)
         if msg["type"] == "cgroup-join":
             parent.send("cgroup-joined")
@@ -336,6 +371,7 @@ class Creation:
         parent.expect("initialized", on_log=on_log)
         container.data["creating"] = False
         container.data.pop("creator", None)
+        container.data.pop("mounts_before", None)
         hooks = {k: v for k, v in plan.hooks.items() if k in ("poststart", "poststop")}
         if hooks:
             container.data["hooks"] = hooks
@@ -346,6 +382,18 @@ class Creation:
         self.store.save(container)
         if self.opts.pid_file:
             write_pid_file(self.opts.pid_file, self.init_pid)
+
+    def _intel_rdt(self, container: Container) -> None:
+        """The init joins its resctrl group; the record is saved before the group is made,
+        so that `delete --force` removes it even after a SIGKILL here."""
+        from ocirt import resctrl
+
+        assert self.plan.intel_rdt is not None
+        rec = resctrl.record(self.plan.intel_rdt, self.rdt_root, self.cid)
+        container.data["intel_rdt"] = rec
+        self.store.save(container)
+        self.undo.push(resctrl.destroy, rec, what="resctrl group")
+        resctrl.apply(self.plan.intel_rdt, rec, self.init_pid)
 
     def _move_net_devices(self) -> None:
         from ocirt.runtime import netdev

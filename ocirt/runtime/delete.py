@@ -20,7 +20,8 @@ def delete(store: Store, cid: str, force: bool = False) -> None:
     try:
         lock = store.lock(cid)
     except ContainerNotExist:
-        if force:
+        if force:  # its `create --image` may have died before the state directory
+            _remove_orphan_bundle(store, cid)
             return
         raise
     with lock:
@@ -28,7 +29,9 @@ def delete(store: Store, cid: str, force: bool = False) -> None:
             container = store.load(cid)
         except ContainerNotExist:
             if force:  # a directory without state: a create that died very early
+                unmount_below(store.dir(cid))
                 store.remove(cid)
+                _remove_orphan_bundle(store, cid)
                 return
             raise
         status = container.status()
@@ -92,6 +95,10 @@ def destroy(store: Store, container: Container) -> None:
         from ocirt.cgroups import manager_from_state
 
         manager_from_state(cg).destroy()
+    if container.data.get("intel_rdt"):
+        from ocirt import resctrl
+
+        resctrl.destroy(container.data["intel_rdt"])
     if container.data.get("sif_mount") or container.data.get("sif_bundle"):
         from ocirt.runtime.image import release
 
@@ -100,8 +107,32 @@ def destroy(store: Store, container: Container) -> None:
         from ocirt.runtime.create import unmount_host_mounts
 
         unmount_host_mounts(container.data["host_mounts"])
+    elif container.data.get("mounts_before") is not None and container.data.get("rootfs"):
+        # its create died: unmount what its init had mounted below the rootfs
+        from ocirt.runtime.create import host_mounts_below, unmount_host_mounts
+
+        before = container.data["mounts_before"]
+        unmount_host_mounts([m for m in host_mounts_below(container.data.get("rootfs", ""))
+                             if m not in before])
+    unmount_below(container.dir)
     store.remove(container.id)
+    _remove_orphan_bundle(store, container.id)
     run_poststop(container)
+
+
+def _remove_orphan_bundle(store: Store, cid: str) -> None:
+    from ocirt.runtime.image import remove_orphan_bundle
+
+    remove_orphan_bundle(store, cid)
+
+
+def unmount_below(directory: str) -> None:
+    """Detach whatever is still mounted below the container's state directory (a SIF
+    root whose `create` was killed before its mount record was saved): nothing but the
+    container's own mounts is ever made there."""
+    from ocirt.runtime.create import host_mounts_below, unmount_host_mounts
+
+    unmount_host_mounts(host_mounts_below(os.path.realpath(directory)))
 
 
 def run_poststop(container: Container) -> None:

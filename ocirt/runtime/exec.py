@@ -266,6 +266,13 @@ class Execution:
         return fds
 
     def _join_cgroup(self, pid: int) -> None:
+        """The container's cgroup, and its resctrl group (exec'd processes are not the
+        init's children, so they do not inherit it)."""
+        rdt = self.container.data.get("intel_rdt")
+        if rdt:
+            from ocirt import resctrl
+
+            resctrl.join(rdt, pid)
         cg = self.container.data.get("cgroup")
         if not cg:
             return

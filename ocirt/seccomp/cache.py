@@ -65,10 +65,10 @@ def _read(path: str) -> tuple[bytes | None, int]:
 
 def _store(directory: str, path: str, filt: Filter) -> None:
     """Best effort: a failure to cache never fails the container."""
-    from ocirt.state import write_atomic
+    from ocirt.state import make_private_dirs, write_atomic
 
     try:
-        os.makedirs(directory, 0o700, exist_ok=True)
+        make_private_dirs(directory)
         _trim(directory)
         write_atomic(path, FORMAT + struct.pack("<I", filt.flags) + filt.program)
     except OSError:

@@ -244,11 +244,24 @@ class Image:
         if not self.writable:
             raise SIFError(f"{self.path}: image opened read-only")
 
+    @property
+    def deterministic(self) -> bool:
+        """Nil UUID and zero times (made with --deterministic): the reference (2.11.1+) keeps
+        such an image reproducible by stamping later edits with the zero time too."""
+        h = self.header
+        return h.id == b"\0" * 16 and h.created == fmt.ZERO_TIME and \
+            h.modified == fmt.ZERO_TIME
+
+    def _when(self, when: int | None) -> int:
+        if when is not None:
+            return when
+        return fmt.ZERO_TIME if self.deterministic else now()
+
     def add(self, obj: ObjectInput, when: int | None = None) -> Descriptor:
         """Append one data object into the first free slot; on failure the file is as it
         was."""
         self._require_writable()
-        when = now() if when is None else when
+        when = self._when(when)
         slot = next((d.slot for d in self.slots if not d.used), None)
         if slot is None:
             raise SIFError(f"{self.path}: insufficient descriptor capacity to add data "
@@ -339,14 +352,16 @@ class Image:
         if d.data_type == DataType.PARTITION and d.partition()[1] == PartType.PRIMSYS:
             self.header.arch = fmt.ARCH_UNKNOWN
         self.header.descriptors_free += 1
-        self.header.modified = now() if when is None else when
+        self.header.modified = self._when(when)
         self.slots[d.slot] = Descriptor(slot=d.slot)
         self._write_table()
         self._write_header()
 
     def set_primary(self, object_id: int, when: int | None = None) -> None:
         """Make a system partition the primary one (the previous primary becomes a plain
-        system partition); the header arch follows the new primary."""
+        system partition); the header arch follows the new primary, and both descriptors
+        and the header get the modification time (the reference since 2.11; signatures do
+        not cover it)."""
         self._require_writable()
         d = self.get(object_id)
         if d.data_type != DataType.PARTITION:
@@ -357,13 +372,16 @@ class Image:
         if part != PartType.SYSTEM:
             raise SIFError(f"{self.path}: object {object_id}: data object not a system "
                            "partition")
+        when = self._when(when)
         old = self.primary_partition()
         if old is not None:
             ofs, _, oarch = old.partition()
             old.extra = _partition_extra(ofs, PartType.SYSTEM, oarch)
+            old.modified = when
         d.extra = _partition_extra(fs, PartType.PRIMSYS, arch)
+        d.modified = when
         self.header.arch = d.extra[8:11]
-        self.header.modified = now() if when is None else when
+        self.header.modified = when
         self._write_table()
         self._write_header()
 

@@ -359,6 +359,8 @@ def _fuse_overlay(options: str, target: str, record: MountRecord) -> None:
     if binary is None:
         raise MountError("a writable session without root needs fuse-overlayfs "
                          "(apt install fuse-overlayfs)")
+    if not is_root():
+        options += f",squash_to_uid={os.geteuid()},squash_to_gid={os.getegid()}"
     _run_daemon([binary, "-o", options, target], f"fuse-overlayfs {target}")
     record.steps.append({"kind": "fuse", "path": target})
 

@@ -24,7 +24,10 @@ def features() -> dict[str, Any]:
         "seccomp": _module_features("ocirt.seccomp", {"enabled": False}),
         "apparmor": {"enabled": True},
         "selinux": {"enabled": True},
-        "intelRdt": {"enabled": False},
+        # What the config can ask for, whatever this host has (ocirt.resctrl says then).
+        "intelRdt": {"enabled": True, "schemata": True, "monitoring": True},
+        "memoryPolicy": {"modes": sorted(opt.MEMORY_POLICY_MODES),
+                         "flags": sorted(opt.MEMORY_POLICY_FLAGS)},
         "mountExtensions": {"idmap": {"enabled": True}},
         "netDevices": {"enabled": True},
     }

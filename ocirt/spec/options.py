@@ -128,6 +128,21 @@ SCHED_FLAGS = {
 
 PERSONALITY_DOMAINS = {"LINUX": 0x0000, "LINUX32": 0x0008}
 
+# linux.memoryPolicy (runtime-spec 1.3): set_mempolicy(2) modes and mode flags, from
+# <linux/mempolicy.h>. Which modes take nodes: none (DEFAULT, LOCAL), at least one (the
+# "nodes" set), or either (PREFERRED: no node means local allocation).
+MEMORY_POLICY_MODES = {
+    "MPOL_DEFAULT": 0, "MPOL_PREFERRED": 1, "MPOL_BIND": 2, "MPOL_INTERLEAVE": 3,
+    "MPOL_LOCAL": 4, "MPOL_PREFERRED_MANY": 5, "MPOL_WEIGHTED_INTERLEAVE": 6,
+}
+MEMORY_POLICY_NO_NODES = ("MPOL_DEFAULT", "MPOL_LOCAL")
+MEMORY_POLICY_NEEDS_NODES = ("MPOL_BIND", "MPOL_INTERLEAVE", "MPOL_PREFERRED_MANY",
+                             "MPOL_WEIGHTED_INTERLEAVE")
+MEMORY_POLICY_FLAGS = {
+    "MPOL_F_STATIC_NODES": 1 << 15, "MPOL_F_RELATIVE_NODES": 1 << 14,
+    "MPOL_F_NUMA_BALANCING": 1 << 13,
+}
+
 # Time namespace clocks: spec name -> name in /proc/<pid>/timens_offsets
 TIME_CLOCKS = {"monotonic": "monotonic", "boottime": "boottime"}
 

@@ -115,6 +115,22 @@ class Process:
         return None
 
 
+class IntelRdt:
+    """linux.intelRdt: the resctrl group the container joins and what is written to it."""
+
+    __slots__ = ("clos_id", "schemata", "l3_cache", "mem_bw", "monitoring")
+
+    def __init__(self) -> None:
+        self.clos_id = ""  # "" = a group named after the container, "/" = the root group
+        self.schemata: list[str] = []  # lines in write order: L3, MB, then `schemata`
+        self.l3_cache = False  # l3CacheSchema is set (needs CAT)
+        self.mem_bw = False  # memBwSchema is set (needs MBA)
+        self.monitoring = False  # enableMonitoring: a MON group of its own
+
+    def __repr__(self) -> str:
+        return f"IntelRdt({self.clos_id!r}, {self.schemata!r}, mon={self.monitoring})"
+
+
 class Plan:
     """Everything `create` needs, decoded and checked."""
 
@@ -150,6 +166,9 @@ class Plan:
         self.no_pivot = False
         self.no_new_keyring = False
         self.net_devices: dict[str, dict[str, Any]] = {}
+        # linux.memoryPolicy: (mode | mode flags, sorted node numbers) for set_mempolicy
+        self.memory_policy: tuple[int, list[int]] | None = None
+        self.intel_rdt: IntelRdt | None = None
 
     def creates(self, ns: str) -> bool:
         return self.namespaces.get(ns) == ""
@@ -166,6 +185,7 @@ MAX_MAJOR = (1 << 12) - 1
 MAX_MINOR = (1 << 20) - 1
 INT32_MAX = (1 << 31) - 1
 MAX_CPUS = 8192  # the largest CONFIG_NR_CPUS
+MAX_NUMNODES = 1024  # the largest 1 << CONFIG_NODES_SHIFT
 
 
 # --- small typed getters ---------------------------------------------------------------
@@ -302,8 +322,8 @@ def build_plan(spec: dict[str, Any], bundle: str, *, no_pivot: bool = False,
     if p.net_devices and not p.has("network"):
         raise ConfigError("linux.netDevices: unable to move network devices without a NET "
                           "namespace")
-    if _get(linux, "intelRdt", dict, "linux"):
-        raise ConfigError("linux.intelRdt: Intel RDT is not supported by ocirt on this host")
+    p.memory_policy = _memory_policy(linux)
+    p.intel_rdt = _intel_rdt(linux)
     return p
 
 
@@ -474,20 +494,25 @@ def _scheduler(sched: dict[str, Any] | None, where: str) -> dict[str, int] | Non
 
 def parse_cpu_list(text: str, where: str) -> set[int]:
     """`0-3,7` -> {0, 1, 2, 3, 7}."""
-    cpus: set[int] = set()
+    return _id_list(text, where, "CPU", MAX_CPUS)
+
+
+def _id_list(text: str, where: str, what: str, limit: int) -> set[int]:
+    """A kernel list of CPUs or NUMA nodes (`0-3,7`), each below `limit`."""
+    ids: set[int] = set()
     for part in text.split(","):
         part = part.strip()
         lo, dash, hi = part.partition("-")
         if not _digits(lo) or (dash and not _digits(hi)):
-            raise ConfigError(f"{where}: invalid CPU list {text!r}")
+            raise ConfigError(f"{where}: invalid {what} list {text!r}")
         first, last = int(lo), int(hi) if dash else int(lo)
         if last < first:
-            raise ConfigError(f"{where}: invalid CPU range {part!r}")
-        if last >= MAX_CPUS:
-            raise ConfigError(f"{where}: CPU {last} is beyond the kernel's limit of "
-                              f"{MAX_CPUS} CPUs")
-        cpus.update(range(first, last + 1))
-    return cpus
+            raise ConfigError(f"{where}: invalid {what} range {part!r}")
+        if last >= limit:
+            raise ConfigError(f"{where}: {what} {last} is beyond the kernel's limit of "
+                              f"{limit} {what}s")
+        ids.update(range(first, last + 1))
+    return ids
 
 
 def parse_mount_options(options: list[str]) -> tuple[int, str, list[int], int, int, bool]:
@@ -767,6 +792,66 @@ def _hooks(spec: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
         if checked:
             out[name] = checked
     return out
+
+
+def _memory_policy(linux: dict[str, Any]) -> tuple[int, list[int]] | None:
+    """linux.memoryPolicy -> (mode | flags, nodes). The checks are runc's (which nodes a
+    mode takes) plus the flag pair the kernel refuses; whether the nodes are online and
+    in the container's cpuset only set_mempolicy itself can tell."""
+    mpol = _get(linux, "memoryPolicy", dict, "linux")
+    if mpol is None:
+        return None
+    where = "linux.memoryPolicy"
+    mode = _get(mpol, "mode", str, where, "")
+    if mode not in opt.MEMORY_POLICY_MODES:
+        raise ConfigError(f"{where}.mode: invalid memory policy mode {mode!r} (one of "
+                          f"{', '.join(opt.MEMORY_POLICY_MODES)})")
+    value = opt.MEMORY_POLICY_MODES[mode]
+    flags = _str_list(mpol, "flags", where)
+    for i, flag in enumerate(flags):
+        if flag not in opt.MEMORY_POLICY_FLAGS:
+            raise ConfigError(f"{where}.flags[{i}]: invalid memory policy flag {flag!r}")
+        value |= opt.MEMORY_POLICY_FLAGS[flag]
+    if {"MPOL_F_STATIC_NODES", "MPOL_F_RELATIVE_NODES"} <= set(flags):
+        raise ConfigError(f"{where}.flags: MPOL_F_STATIC_NODES and MPOL_F_RELATIVE_NODES "
+                          "exclude each other")
+    text = _get(mpol, "nodes", str, where, "")
+    nodes = _id_list(text, f"{where}.nodes", "node", MAX_NUMNODES) if text.strip() else set()
+    if mode in opt.MEMORY_POLICY_NO_NODES and nodes:
+        raise ConfigError(f"{where}.nodes: memory policy mode {mode} requires 0 nodes but "
+                          f"got {len(nodes)}")
+    if mode in opt.MEMORY_POLICY_NEEDS_NODES and not nodes:
+        raise ConfigError(f"{where}.nodes: memory policy mode {mode} requires at least one "
+                          "node but got 0")
+    return value, sorted(nodes)
+
+
+def _intel_rdt(linux: dict[str, Any]) -> IntelRdt | None:
+    """linux.intelRdt -> the group and the schemata lines; whether resctrl is mounted and
+    has CAT, MBA and monitoring is `create`'s check (ocirt.resctrl)."""
+    conf = _get(linux, "intelRdt", dict, "linux")
+    if conf is None:
+        return None
+    where = "linux.intelRdt"
+    rdt = IntelRdt()
+    rdt.clos_id = _get(conf, "closID", str, where, "")
+    if rdt.clos_id in (".", "..") or (rdt.clos_id != "/" and "/" in rdt.clos_id):
+        raise ConfigError(f"{where}.closID: invalid CLOS ID {rdt.clos_id!r} (a group "
+                          "name in the resctrl filesystem, or \"/\" for the default group)")
+    l3 = _get(conf, "l3CacheSchema", str, where, "")
+    mb = _get(conf, "memBwSchema", str, where, "")
+    if mb and not mb.startswith("MB:"):
+        raise ConfigError(f"{where}.memBwSchema: {mb!r} must start with \"MB:\"")
+    lines = [(f"{where}.l3CacheSchema", l3), (f"{where}.memBwSchema", mb)]
+    lines += [(f"{where}.schemata[{i}]", line)
+              for i, line in enumerate(_str_list(conf, "schemata", where))]
+    for name, line in lines:
+        if "\n" in line:
+            raise ConfigError(f"{name}: must be a single line (no newline)")
+    rdt.schemata = [line for _, line in lines if line]
+    rdt.l3_cache, rdt.mem_bw = bool(l3), bool(mb)
+    rdt.monitoring = bool(_get(conf, "enableMonitoring", bool, where, False))
+    return rdt
 
 
 def _personality(p: Plan, linux: dict[str, Any]) -> None:

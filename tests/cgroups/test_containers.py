@@ -123,6 +123,23 @@ def test_pids_limit_is_enforced(ocirt, bundle):
     assert "can't fork" in r.out + r.err, r
 
 
+@pytest.mark.parametrize("limit, written", [(0, "1"), (-1, "max")])
+def test_pids_limit_zero_is_a_limit_and_minus_one_none(ocirt, bundle, limit, written):
+    """runtime-spec 1.3: 0 is a valid pids limit (runc 1.5 writes it as 1), -1 is none."""
+    b = bundle(["sleep", "100"], edit=with_resources({"pids": {"limit": limit}}))
+    ocirt("create", "--bundle", b, "c1", check=True)
+    pid = ocirt.state("c1")["pid"]
+    assert helpers.read(helpers.controller_dir(pid, "pids"), "pids.max") == written
+    ocirt("delete", "--force", "c1", check=True)
+    b = bundle(["sh", "-c", "sleep 0 && echo forked"],
+               edit=with_resources({"pids": {"limit": limit}}))
+    r = ocirt("run", "--bundle", b, "c2", timeout=60)
+    if limit == 0:
+        assert "can't fork" in r.out + r.err and "forked" not in r.out, r
+    else:
+        assert r.rc == 0 and "forked" in r.out, r
+
+
 def test_oom_kill_gives_137(ocirt, bundle):
     b = bundle(["tail", "/dev/zero"],
                edit=with_resources({"memory": {"limit": 16 << 20, "swap": 16 << 20}}))

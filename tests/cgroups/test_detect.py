@@ -99,6 +99,20 @@ def test_paths_relative_nest_below_own_cgroup_absolute_from_root():
     assert paths[""] == "/sys/fs/cgroup/unified/user.slice/c7"  # hybrid: joined like runc
 
 
+def test_on_a_v2_host_a_relative_path_goes_beside_our_cgroup():
+    """runc's fs2: the caller's cgroup (a systemd service, say) holds processes, so v2
+    would let it enable no controller for a child; the container goes below its parent."""
+    unified = entries("30 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n")
+    service = detect(unified, {"": "/system.slice/ocirt.service"})
+    mgr = cgroupfs_manager(service, "", "c7", rootless=False)
+    assert mgr.paths() == {"": "/sys/fs/cgroup/system.slice/c7"}
+    assert cgroupfs_manager(service, "/abs/c7", "c7", rootless=False).paths() == {
+        "": "/sys/fs/cgroup/abs/c7"}
+    at_root = detect(unified, {"": "/"})  # e.g. in a cgroup namespace of our own
+    assert cgroupfs_manager(at_root, "k/c7", "c7", rootless=False).paths() == {
+        "": "/sys/fs/cgroup/k/c7"}
+
+
 def test_absolute_path_outside_a_bind_mount_is_an_error():
     layout = detect(entries("60 40 0:32 /sup /sys/fs/cgroup/memory rw - cgroup cgroup "
                             "rw,memory\n"), {"memory": "/sup"})

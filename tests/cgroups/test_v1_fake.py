@@ -178,3 +178,20 @@ def test_rootless_skips_what_it_may_not_create(tree, monkeypatch, capfd):
         V1Manager(paths, rootless=True, explicit=True).create()  # cgroupsPath was given
     with pytest.raises(OcirtError, match="create cgroup .*: permission denied"):
         V1Manager(paths).create()
+
+
+def test_planned_state_counts_what_create_will_make_and_never_what_existed(tmp_path):
+    """The state saved before create() makes anything (a SIGKILL may come at any
+    instant): the directories it is about to make count as made, so destroy() of that
+    state removes them, and never the parent that was there before."""
+    parent = tmp_path / "pids" / "existing"
+    parent.mkdir(parents=True)
+    leaf = str(parent / "mid" / "leaf")
+    mgr = V1Manager({"pids": leaf})
+    planned = mgr.planned_state()
+    assert planned["made"] == [str(parent / "mid"), leaf]
+    assert mgr.made == []  # nothing is made yet, nor counted as made
+    os.makedirs(leaf)  # create() got this far, then was killed
+    V1Manager.from_state(planned).destroy()
+    assert not os.path.exists(parent / "mid") and parent.is_dir()
+    V1Manager.from_state(planned).destroy()  # killed before anything: nothing to do

@@ -177,11 +177,18 @@ def test_an_ancestor_with_processes_is_named(kernel_dirs, attached):
 
 def test_unlimited_values(tree, attached):
     leaf = tree.make_cgroup("c1")
-    V2Manager(leaf).apply({"memory": {"limit": -1}, "cpu": {"quota": -1}, "pids": {"limit": 0}})
+    V2Manager(leaf).apply({"memory": {"limit": -1}, "cpu": {"quota": -1}, "pids": {"limit": -1}})
     assert tree.wrote("c1/memory.swap.max") == ["max"]
     assert tree.wrote("c1/memory.max") == ["max"]
     assert tree.wrote("c1/cpu.max") == ["max 100000"]
     assert tree.wrote("c1/pids.max") == ["max"]
+
+
+def test_pids_limit_zero_is_a_limit():
+    """runtime-spec 1.3: 0 is a valid limit, not "unlimited" (runc 1.5 writes 1)."""
+    from ocirt.cgroups.resources import pids_max
+
+    assert [pids_max(n) for n in (0, -1, -5, 1, 42)] == ["1", "max", "max", "1", "42"]
 
 
 def test_update_keeps_the_other_half_of_cpu_max(tree, attached):

@@ -98,6 +98,14 @@ def test_features_match_the_tables(ocirt_bin):
         "cgroup", "ipc", "mount", "network", "pid", "time", "user", "uts"}
     assert "CAP_SYS_ADMIN" in features["linux"]["capabilities"]
     assert features["linux"]["mountExtensions"]["idmap"]["enabled"] is True
+    # runtime-spec 1.3, as runc 1.5 reports it: both implemented.
+    assert features["ociVersionMax"] == "1.3.0"
+    assert features["linux"]["intelRdt"] == {"enabled": True, "schemata": True,
+                                             "monitoring": True}
+    assert features["linux"]["memoryPolicy"] == {
+        "modes": ["MPOL_BIND", "MPOL_DEFAULT", "MPOL_INTERLEAVE", "MPOL_LOCAL",
+                  "MPOL_PREFERRED", "MPOL_PREFERRED_MANY", "MPOL_WEIGHTED_INTERLEAVE"],
+        "flags": ["MPOL_F_NUMA_BALANCING", "MPOL_F_RELATIVE_NODES", "MPOL_F_STATIC_NODES"]}
     assert features["hooks"] == ["prestart", "createRuntime", "createContainer",
                                  "startContainer", "poststart", "poststop"]
 

@@ -15,7 +15,7 @@ import tempfile
 import pytest
 
 from conformance.bundle import make_rootfs
-from tests.conftest import IN_CHROOT
+from tests.conftest import IN_CHROOT, user_runnable_ocirt
 from tests.leaks import mounts_under
 
 USER = "ocirt-test"
@@ -36,6 +36,7 @@ def user_podman(ocirt_bin):
         entry = pwd.getpwnam(USER)
     except KeyError:
         pytest.skip(f"no {USER} user (contrib/setup.sh creates it)")
+    ocirt_bin = user_runnable_ocirt(ocirt_bin, USER)
     top = tempfile.mkdtemp(prefix="ocirt-up-")
     home, runtime_dir = os.path.join(top, "home"), os.path.join(top, "run")
     dropin = os.path.join(home, ".config", "containers", "containers.conf.d")
@@ -78,5 +79,18 @@ def test_rootless_podman_runs_ocirt_from_the_drop_in(user_podman):
     assert r.stdout == "hi\n"
     assert "ocirt" not in r.stderr, r.stderr  # no error or warning of ours
     state_root = os.path.join(runtime_dir, "ocirt")
-    assert os.path.isdir(state_root)
+    assert oct(os.stat(state_root).st_mode & 0o7777) == "0o1700"  # runc's mode
     assert [n for n in os.listdir(state_root) if not n.startswith("@")] == []  # --rm deleted it
+
+
+def test_rootless_podman_container_sees_its_user_namespace(user_podman):
+    """What the process sees: root inside, which is the test user outside (podman maps
+    the user's subordinate ids after it, through newuidmap)."""
+    run, rootfs, runtime_dir = user_podman
+    r = run("--runtime", "ocirt", "run", "--rm", "--network", "none", "--ulimit",
+            "nofile=1024:1024", "--ulimit", "nproc=4096:4096", "--rootfs", rootfs,
+            "sh", "-c", "id -u; cat /proc/self/uid_map")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "0"
+    assert lines[1].split() == ["0", str(pwd.getpwnam(USER).pw_uid), "1"], r.stdout

@@ -14,6 +14,7 @@ and output. The guest has no network device.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import os
 import re
@@ -169,6 +170,15 @@ def build(kind: Kind, log=print) -> str:
     directory = image_dir(kind)
     if os.path.exists(os.path.join(directory, "ready")):
         return directory
+    os.makedirs(CACHE, exist_ok=True)
+    with open(os.path.join(CACHE, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time: they share .partial
+        if os.path.exists(os.path.join(directory, "ready")):
+            return directory
+        return _build(kind, directory, log)
+
+
+def _build(kind: Kind, directory: str, log) -> str:
     for tool in ("debootstrap", "mke2fs", "qemu-system-x86_64", "qemu-img"):
         if shutil.which(tool) is None:
             raise SystemExit(f"tests.hosts: {tool} is missing (apt install debootstrap "

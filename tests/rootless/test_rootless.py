@@ -12,7 +12,7 @@ import tempfile
 import pytest
 
 from conformance.bundle import make_rootfs
-from tests.conftest import IN_CHROOT
+from tests.conftest import IN_CHROOT, user_runnable_ocirt
 from tests.leaks import mounts_under
 
 USER = "ocirt-test"
@@ -33,8 +33,7 @@ def _user() -> pwd.struct_passwd:
 def rootless(ocirt_bin):
     """(run(*args) as the user, its home for bundles, the user's entry)."""
     entry = _user()
-    if subprocess.run(["runuser", "-u", USER, "--", "test", "-x", ocirt_bin]).returncode:
-        pytest.skip(f"{USER} cannot run {ocirt_bin} (checkout in a root-only directory)")
+    ocirt_bin = user_runnable_ocirt(ocirt_bin, USER)
     home = tempfile.mkdtemp(prefix="ocirt-rootless-")
     os.chown(home, entry.pw_uid, entry.pw_gid)
     runtime_dir = os.path.join(home, "run")
@@ -99,7 +98,8 @@ def test_rootless_run_maps_the_user_to_root(rootless):
     lines = r.stdout.split("\n")
     assert lines[0] == "0"
     assert lines[1].split() == ["0", str(entry.pw_uid), "1"]
-    assert os.path.isdir(os.path.join(home, "run", "ocirt"))  # state in XDG_RUNTIME_DIR
+    root = os.stat(os.path.join(home, "run", "ocirt"))  # the state is in XDG_RUNTIME_DIR
+    assert (root.st_uid, oct(root.st_mode & 0o7777)) == (entry.pw_uid, "0o1700")  # runc's
 
 
 def test_rootless_cgroupfs_is_read_only(rootless):
@@ -202,8 +202,11 @@ def test_a_missing_xdg_runtime_dir_is_named(rootless, userns):
 
 def test_make_bundle_rootless_gives_a_bundle_the_user_can_run(rootless, ocirt_bin):
     """The README's rootless recipe: contrib/make-bundle.sh --rootless, then run."""
+    ocirt_bin = user_runnable_ocirt(ocirt_bin, USER)
     run, home, entry = rootless
-    script = os.path.join(os.path.dirname(__file__), "..", "..", "contrib", "make-bundle.sh")
+    script = os.path.join(home, "make-bundle.sh")  # the checkout may be closed to the user
+    shutil.copy(os.path.join(os.path.dirname(__file__), "..", "..", "contrib",
+                             "make-bundle.sh"), script)
     bundle = os.path.join(home, "mine")
     made = subprocess.run(["runuser", "-u", USER, "--", "env", f"OCIRT={ocirt_bin}",
                            "PATH=/usr/bin:/bin", "bash", script, "--rootless", bundle, "id"],
@@ -215,3 +218,35 @@ def test_make_bundle_rootless_gives_a_bundle_the_user_can_run(rootless, ocirt_bi
         {"containerID": 0, "hostID": entry.pw_uid, "size": 1}]
     r = run("run", "--bundle", bundle, "mine")
     assert r.stdout.startswith("uid=0(root) gid=0(root)") and r.stderr == ""
+
+
+def test_root_acts_as_the_owner_of_a_users_state_root(rootless, ocirt_bin, tmp_path):
+    """Slurm runs RunTimeQuery/RunTimeDelete as root against the job user's state root:
+    ocirt then continues as that user, so a state file the user wrote cannot make root
+    remove (or unmount) anything the user could not."""
+    run, home, entry = rootless
+    b = make_user_bundle(run, home, entry, ["sleep", "100"])
+    run("create", "--bundle", b, "r1")
+    root = os.path.join(home, "run", "ocirt")
+    victim = tmp_path / "root-only"
+    victim.mkdir()
+    (victim / "keep").write_text("x")
+    os.chmod(victim, 0o755)
+    state_file = os.path.join(root, "r1", "state.json")
+    with open(state_file) as f:
+        state = json.load(f)
+    state["sif_mount"] = {"target": str(victim), "writable": False,
+                          "steps": [{"kind": "tree", "path": str(victim)}]}
+    with open(state_file, "w") as f:  # as the user could write it
+        json.dump(state, f)
+
+    def as_root(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([ocirt_bin, "--root", root, *args], capture_output=True,
+                              text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+    r = as_root("state", "r1")
+    assert r.returncode == 0 and json.loads(r.stdout)["status"] == "created", r.stderr
+    r = as_root("delete", "--force", "r1")
+    assert (victim / "keep").read_text() == "x"  # the user cannot remove it, nor could root
+    assert not os.path.exists(os.path.join(root, "r1")), r.stderr
+    assert run("list", "-q").stdout == ""

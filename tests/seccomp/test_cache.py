@@ -37,6 +37,18 @@ def test_the_same_profile_is_compiled_once(ocirt, bundle):
     assert cache_files(ocirt.root) == files and os.stat(path).st_mtime_ns == stamp
 
 
+def test_a_state_root_the_cache_makes_is_private(ocirt, bundle):
+    """The first container of a fresh --root has a filter: the cache makes the root
+    before the container's directory does, and used to make it 0755 (runc's is 0700)."""
+    deny = {"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdirat"], "action": "SCMP_ACT_ERRNO"}]}
+    b = bundle(["true"], edit=lambda c: c["linux"].update(seccomp=deny))
+    assert not os.path.exists(ocirt.root)
+    assert ocirt("run", "--bundle", b, "a").rc == 0
+    for path in (ocirt.root, os.path.join(ocirt.root, "@cache")):
+        assert oct(os.stat(path).st_mode & 0o777) == "0o700", path
+
+
 def test_a_damaged_cache_entry_is_recompiled(ocirt, bundle):
     deny = {"defaultAction": "SCMP_ACT_ALLOW",
             "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]}

@@ -38,8 +38,9 @@ def run_sif(*args: str, check: bool = False, timeout: float = 120,
     argv = [PYTHON, "-m", "ocirt", "sif", *args]
     if user is not None:
         argv = ["runuser", "-u", user, "--", *argv]
-    res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                         check=False, **kw)
+    kw.setdefault("cwd", REPO)
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
+                         **kw)
     if check and res.returncode != 0:
         raise AssertionError(f"ocirt sif {' '.join(args)} failed: {res.stderr}")
     return res

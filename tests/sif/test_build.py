@@ -5,7 +5,6 @@ try to write outside the tree."""
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -18,6 +17,7 @@ import pytest
 from ocirt.sif.format import DataType
 from ocirt.sif.image import Image
 from ocirt.sif.ocilayout import LayoutError, apply_tar
+from tests.ocilayout import GZ, TAR, Layout, rootfs_tar
 from tests.sif.helpers import read_bytes
 
 IS_ROOT = os.geteuid() == 0
@@ -101,55 +101,11 @@ def _entry(name: str, kind: bytes, target: str = "", mode: int = 0o755) -> tuple
     return info, None
 
 
-def _rootfs_tar(rootfs: str, extra: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        tar.add(rootfs, arcname=".")
-        for info, data in extra:
-            tar.addfile(info, io.BytesIO(data) if data is not None else None)
-    return buf.getvalue()
-
-
-class Layout:
-    """A hand-made OCI image layout."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        os.makedirs(os.path.join(path, "blobs", "sha256"))
-        with open(os.path.join(path, "oci-layout"), "w") as f:
-            json.dump({"imageLayoutVersion": "1.0.0"}, f)
-
-    def blob(self, data: bytes, media_type: str) -> dict:
-        digest = hashlib.sha256(data).hexdigest()
-        with open(os.path.join(self.path, "blobs", "sha256", digest), "wb") as f:
-            f.write(data)
-        return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data)}
-
-    def image(self, layers: list[dict], config: dict, ref: str = "latest") -> None:
-        cfg = self.blob(json.dumps(config).encode(),
-                        "application/vnd.oci.image.config.v1+json")
-        manifest = self.blob(json.dumps({"schemaVersion": 2, "config": cfg,
-                                         "layers": layers}).encode(),
-                             "application/vnd.oci.image.manifest.v1+json")
-        manifest["annotations"] = {"org.opencontainers.image.ref.name": ref}
-        index_path = os.path.join(self.path, "index.json")
-        index = {"schemaVersion": 2, "manifests": []}
-        if os.path.exists(index_path):
-            index = json.loads(read_bytes(index_path))
-        index["manifests"].append(manifest)
-        with open(index_path, "w") as f:
-            json.dump(index, f)
-
-
-GZ = "application/vnd.oci.image.layer.v1.tar+gzip"
-TAR = "application/vnd.oci.image.layer.v1.tar"
-
-
 @pytest.fixture
 def layout(tmp_path, rootfs_template) -> str:
     """Two layers: busybox plus data, then whiteouts, an opaque directory and a link."""
     lay = Layout(str(tmp_path / "layout"))
-    base = _rootfs_tar(rootfs_template, [
+    base = rootfs_tar(rootfs_template, [
         _entry("data", tarfile.DIRTYPE), _file("data/a", b"a\n"), _file("data/b", b"b\n"),
         _entry("opq", tarfile.DIRTYPE), _file("opq/old", b"old\n")])
     first = lay.blob(gzip.compress(base), GZ)

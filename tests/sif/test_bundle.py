@@ -273,6 +273,34 @@ def user_home() -> Iterator[tuple[str, pwd.struct_passwd]]:
     assert not processes_mentioning(home), processes_mentioning(home)
 
 
+def test_unprivileged_run_image_writable_tmpfs_can_write_etc_and_tmp(user_home, ocirt_bin):
+    """Rootless `create --image --writable-tmpfs`: under a single-uid mapping the image's
+    root-owned /etc and /tmp are root's inside (not nobody's) and writable, and the image
+    and the host are left as they were."""
+    if shutil.which("fuse-overlayfs") is None:
+        pytest.skip("fuse-overlayfs is not installed")
+    home, entry = user_home
+    image = os.path.join(home, "a.sif")
+    shutil.copyfile(fixture("a-minimal-busybox.sif"), image)
+    os.chown(image, entry.pw_uid, entry.pw_gid)
+    before = hashlib.sha256(read_bytes(image)).hexdigest()
+    run_dir = os.path.join(home, "run")
+    os.mkdir(run_dir, 0o700)
+    os.chown(run_dir, entry.pw_uid, entry.pw_gid)
+    rt = f"{ocirt_bin} --root {home}/state"
+    script = (f"{rt} create --writable-tmpfs --image {image} w1 2>/dev/null && "
+              f"{rt} exec w1 sh -c 'stat -c \"%U %n\" /etc /tmp; touch /etc/new /tmp/new && "
+              f"echo written'; {rt} delete --force w1; echo deleted=$?")
+    res = subprocess.run(["runuser", "-u", entry.pw_name, "--", "env",
+                          f"XDG_RUNTIME_DIR={run_dir}", "sh", "-c", script],
+                         capture_output=True, text=True, timeout=120)
+    assert res.stdout.split("\n")[:4] == ["root /etc", "root /tmp", "written", "deleted=0"], \
+        res.stdout + res.stderr
+    assert hashlib.sha256(read_bytes(image)).hexdigest() == before
+    assert os.listdir(os.path.join(home, "state", "@sif-bundles")) == []
+    assert not processes_mentioning(home)
+
+
 def test_unprivileged_squashfuse_mount(user_home, sif) -> None:
     home, entry = user_home
     user = entry.pw_name
@@ -302,6 +330,11 @@ def test_unprivileged_squashfuse_mount(user_home, sif) -> None:
         assert _mount_entry(rootfs)[-3] == "fuse.fuse-overlayfs"
         subprocess.run(["runuser", "-u", user, "--", "sh", "-c", f"echo hi > {rootfs}/new"],
                        check=True)
+        # The image's root-owned directories are the user's in the writable session
+        # (fuse-overlayfs squash_to_uid/gid): the container's root can write them.
+        owner = subprocess.run(["runuser", "-u", user, "--", "stat", "-c", "%u",
+                                f"{rootfs}/etc"], capture_output=True, text=True, check=True)
+        assert owner.stdout.strip() == str(entry.pw_uid)
         assert sif("unbundle", bundle, user=user).returncode == 0
         assert not os.path.exists(bundle)
     overlay = os.path.join(home, "o.sif")

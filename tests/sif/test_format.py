@@ -130,6 +130,50 @@ def test_create_add_delete_setprim(tmp_path) -> None:
         assert image.read(image.get(2)) == b"again"
 
 
+def test_setprim_stamps_both_descriptors_as_the_reference_does(tmp_path) -> None:
+    """sylabs/sif 2.11+ SetPrimPart: the new and the old primary's ModifiedAt become the
+    edit's time, as the header's (2.8.3 only changed the header)."""
+    part = tmp_path / "fs.img"
+    part.write_bytes(b"hsqs" + b"\0" * 200)
+    out = str(tmp_path / "x.sif")
+    create(out, [partition_input(str(part), arch="amd64"),
+                 partition_input(str(part), part=PartType.SYSTEM, arch="arm64"),
+                 ObjectInput(DataType.GENERIC, data=b"x")], when=1000)
+    with Image.open(out, writable=True) as image:
+        image.set_primary(2, when=5000)
+    with Image.open(out) as image:
+        assert [(d.id, d.created, d.modified) for d in image.objects()] == [
+            (1, 1000, 5000), (2, 1000, 5000), (3, 1000, 1000)]
+        assert image.header.modified == 5000 and image.header.arch_name == "arm64"
+
+
+def test_edits_of_a_deterministic_image_keep_it_deterministic(tmp_path) -> None:
+    """As the reference (2.11.1+): an image with the nil UUID and zero times gets the zero
+    time for later adds, deletes and setprim, so rebuilding it gives the same bytes."""
+    part = tmp_path / "fs.img"
+    part.write_bytes(b"hsqs" + b"\0" * 200)
+    outs = []
+    for name in ("one.sif", "two.sif"):
+        out = str(tmp_path / name)
+        create(out, [partition_input(str(part), arch="amd64")], deterministic=True)
+        with Image.open(out, writable=True) as image:
+            assert image.deterministic
+            image.add(partition_input(str(part), part=PartType.SYSTEM, arch="arm64"))
+            image.add(ObjectInput(DataType.GENERIC, data=b"x"))
+            image.set_primary(2)
+            image.delete(3)
+            assert image.deterministic
+            assert {d.modified for d in image.objects()} == {fmt.ZERO_TIME}
+        outs.append(read_bytes(out))
+    assert outs[0] == outs[1]
+    plain = str(tmp_path / "plain.sif")
+    create(plain, [partition_input(str(part), arch="amd64")])
+    with Image.open(plain, writable=True) as image:
+        assert not image.deterministic
+        image.add(ObjectInput(DataType.GENERIC, data=b"x"))
+        assert image.header.modified > 0
+
+
 def test_a_failed_add_leaves_the_file_unchanged(tmp_path) -> None:
     out = str(tmp_path / "x.sif")
     create(out, [ObjectInput(DataType.GENERIC, data=b"one")])
@@ -275,6 +319,96 @@ def test_cli_new_add_del_setprim(tmp_path, sif) -> None:
     res = sif("header", image, check=True)
     assert "Launch Script:         #!/bin/true" in res.stdout
     assert "Descriptors Total:     8" in res.stdout
+
+
+@pytest.mark.parametrize("command", ["info", "dump", "del", "setprim"])
+def test_cli_takes_siftool_s_argument_order_too(tmp_path, sif, command) -> None:
+    """siftool writes `info <id> <sif_path>`; ocirt's own order is IMAGE ID. Both work,
+    and give the same result."""
+    part = tmp_path / "p.img"
+    part.write_bytes(b"hsqs" + b"\0" * 100)
+    images = []
+    for order in ("ocirt", "siftool"):
+        image = str(tmp_path / f"{order}.sif")
+        create(image, [partition_input(str(part), arch="amd64"),
+                       partition_input(str(part), part=PartType.SYSTEM, arch="arm64")],
+               image_id=b"\1" * 16, when=1000)
+        args = (image, "2") if order == "ocirt" else ("2", image)
+        images.append((image, sif(command, *args, check=True).stdout))
+    (ours, out_ours), (theirs, out_theirs) = images
+    assert out_ours.replace("ocirt.sif", "X") == out_theirs.replace("siftool.sif", "X")
+    with Image.open(ours) as a, Image.open(theirs) as b:
+        assert [(d.id, d.extra) for d in a.objects()] == [(d.id, d.extra) for d in b.objects()]
+        if command in ("del", "setprim"):
+            assert a.header.modified > 1000 and b.header.modified > 1000  # edited, both
+
+
+def test_cli_argument_order_errors(tmp_path, sif) -> None:
+    image = str(tmp_path / "x.sif")
+    create(image, [ObjectInput(DataType.GENERIC, data=b"one")])
+    res = sif("info", "7", str(tmp_path / "missing.sif"))
+    assert res.returncode == 1 and "missing.sif: no such file or directory" in res.stderr
+    res = sif("info", str(tmp_path / "missing.sif"), "7")
+    assert res.returncode == 1 and "missing.sif: no such file or directory" in res.stderr
+    res = sif("info", image, "one")
+    assert res.returncode == 1 and "object ID: not a number: 'one'" in res.stderr
+    # Two numbers that both name files: which is the image cannot be told.
+    for name in ("1", "2"):
+        (tmp_path / name).write_bytes(read_bytes(image))
+    res = sif("info", "1", "2", cwd=str(tmp_path))
+    assert res.returncode == 1 and "'1' and '2' are both numbers and files" in res.stderr
+    res = sif("info", "./1", "1", cwd=str(tmp_path))
+    assert res.returncode == 0 and "Generic/Raw" in res.stdout
+
+
+def test_cli_add_sets_the_reference_metadata(tmp_path, sif) -> None:
+    """siftool's --signhash/--signentity/--sbomformat/--link/--filename, and --cmformat/
+    --cmtype for a cryptographic message, as the descriptors record them."""
+    image = str(tmp_path / "m.sif")
+    sif("new", image, check=True)
+    data = tmp_path / "d.bin"
+    data.write_bytes(b"{}")
+    fpr = "433FE984155206BD962725E20E8713472A879943"
+    sif("add", "--datatype", "sbom", "--sbomformat", "cyclonedx-xml", image, str(data),
+        check=True)
+    sif("add", "--datatype", "cryptomessage", "--cmformat", "openpgp", "--cmtype",
+        "clear-signature", image, str(data), check=True)
+    sif("add", "--datatype", "5", "--signhash", "3", "--signentity", fpr, "--link", "1",
+        "--filename", "sig", image, str(data), check=True)
+    sif("add", "--datatype", "partition", "--partfs", "4", "--parttype", "3", "--partarch",
+        "12", image, str(data), check=True)
+    with Image.open(image) as opened:
+        sbom, cm, sig, part = opened.objects()
+        assert sbom.sbom_format() == fmt.SBOMFormat.CYCLONEDX_XML
+        assert cm.crypto_message() == (fmt.FormatType.OPENPGP, fmt.MessageType.CLEAR_SIGNATURE)
+        assert sig.signature() == (fmt.HashType.SHA512, bytes.fromhex(fpr))
+        assert (sig.link, sig.name) == ((1, False), "sig")
+        assert part.partition() == (FSType.RAW, PartType.DATA, "riscv64")
+    info = sif("info", "2", image, check=True).stdout
+    assert "Format Type:   OpenPGP" in info and "Message Type:  Clear Signature" in info
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--datatype", "sbom"], "with --datatype sbom, --sbomformat must be given"),
+    (["--datatype", "sbom", "--sbomformat", "spdx-xml"], "--sbomformat: unknown value"),
+    (["--datatype", "json", "--sbomformat", "spdx-json"],
+     "--sbomformat goes with --datatype sbom"),
+    (["--datatype", "generic", "--signhash", "1"], "--signhash goes with --datatype signature"),
+    (["--datatype", "signature", "--signentity", "ABCD"], "a fingerprint has 20 bytes"),
+    (["--datatype", "signature", "--signentity", "xyz"], "is not hexadecimal"),
+    (["--datatype", "signature", "--signhash", "9"], "--signhash: unknown value '9'"),
+    (["--datatype", "cryptomessage", "--cmformat", "pem"], "--cmformat and --cmtype go"),
+    (["--datatype", "cryptomessage", "--cmformat", "x509", "--cmtype", "rsa-oaep"],
+     "--cmformat: unknown value 'x509'"),
+])
+def test_cli_add_metadata_errors_name_the_flag(tmp_path, sif, flags, message) -> None:
+    image = str(tmp_path / "m.sif")
+    sif("new", image, check=True)
+    before = read_bytes(image)
+    res = sif("add", *flags, image, image)
+    assert res.returncode == 1 and message in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    assert read_bytes(image) == before
 
 
 def test_cli_errors_are_one_line(sif, tmp_path) -> None:

@@ -3,34 +3,90 @@ verification policy that refuses unsigned or tampered images."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 
 import pytest
 
 from conformance.bundle import default_config
 from tests.leaks import mounts_under
-from tests.sif.helpers import fixture
+from tests.sif.helpers import fixture, wait_detached
 
 pytestmark = pytest.mark.root
 
-def loop_devices() -> list[str]:
-    try:
-        return [d for d in os.listdir("/sys/block") if d.startswith("loop") and
-                os.path.getsize(f"/sys/block/{d}/size") and
-                open(f"/sys/block/{d}/size").read().strip() != "0"]
-    except OSError:
-        return []
-
-
-def test_run_image_prints_the_runscript(ocirt):
-    before = loop_devices()
-    r = ocirt("run", "--image", fixture("a-minimal-busybox.sif"), "s1")
+def test_run_image_prints_the_runscript(ocirt, tmp_path):
+    # A private copy: the loop device it backs is ours to find (the machine is shared,
+    # and other sessions attach loop devices of their own meanwhile).
+    image = str(tmp_path / "a.sif")
+    shutil.copyfile(fixture("a-minimal-busybox.sif"), image)
+    r = ocirt("run", "--image", image, "s1")
     assert r.rc == 0, r
     assert "runscript: hello from SIF" in r.out
     assert ocirt.ids() == []
-    assert mounts_under(ocirt.root) == [] and loop_devices() == before
+    assert mounts_under(ocirt.root) == [] and wait_detached(image)
     assert os.listdir(os.path.join(ocirt.root, "@sif-bundles")) == []
+
+
+UNVERIFIED = "running an unverified SIF image (no --key given and no /etc/ocirt/sif-policy.json)"
+
+
+@pytest.mark.skipif(os.path.exists("/etc/ocirt/sif-policy.json"),
+                    reason="this host has a SIF policy")
+def test_an_unverified_image_runs_with_one_warning_line(ocirt):
+    image = fixture("a-minimal-busybox.sif")
+    r = ocirt("run", "--image", image, "s1")
+    assert r.rc == 0 and "hello from SIF" in r.out, r
+    warnings = [line for line in r.err.splitlines() if "level=warning" in line]
+    assert len(warnings) == 1 and f"{image}: {UNVERIFIED}" in warnings[0], r.err
+    # Verified with a key: nothing to warn about.
+    r = ocirt("run", "--image", fixture("a-minimal-busybox-signed-dsse-ecdsa-p256.sif"),
+              "--key", fixture("keys/ecdsa-p256-public.pem"), "s2")
+    assert r.rc == 0 and "level=warning" not in r.err, r
+
+
+def test_a_policy_that_requires_nothing_is_followed_without_a_warning(monkeypatch):
+    """`"require": false` in the system policy is the admin's say-so: no warning."""
+    from ocirt import log
+    from ocirt.runtime import image
+    from ocirt.sif.policy import Policy
+
+    said: list[str] = []
+    monkeypatch.setattr(log, "warning", said.append)
+    image.warn_unverified("x.sif", Policy(require=False))
+    image.warn_unverified("x.sif", Policy(keys=["k.pem"]))
+    assert said == []
+    image.warn_unverified("x.sif", None)
+    assert said == [f"x.sif: {UNVERIFIED}; its signatures were not checked"]
+
+
+def test_writable_tmpfs_gives_a_writable_root_and_leaves_the_image_alone(ocirt, tmp_path):
+    image = str(tmp_path / "a.sif")
+    with open(fixture("a-minimal-busybox.sif"), "rb") as src, open(image, "wb") as dst:
+        dst.write(src.read())
+    os.chmod(image, 0o644)
+    with open(image, "rb") as f:
+        before = hashlib.sha256(f.read()).hexdigest()
+    assert ocirt("create", "--writable-tmpfs", "--image", image, "s1").rc == 0
+    r = ocirt("exec", "s1", "sh", "-c", "touch /etc/new /tmp/new /new && echo written && "
+                                        "echo x >> /etc/passwd && ls -ld /etc /tmp")
+    assert r.rc == 0 and "written" in r.out, r
+    assert ocirt("delete", "--force", "s1").rc == 0
+    with open(image, "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == before
+    assert mounts_under(ocirt.root) == []
+    assert os.listdir(os.path.join(ocirt.root, "@sif-bundles")) == []
+    # Without it the root stays read-only.
+    assert ocirt("create", "--image", image, "s2").rc == 0
+    r = ocirt("exec", "s2", "touch", "/etc/new")
+    assert r.rc != 0 and "Read-only file system" in r.out + r.err, r
+    assert ocirt("delete", "--force", "s2").rc == 0
+
+
+def test_writable_tmpfs_needs_an_image(ocirt, bundle):
+    r = ocirt("run", "--writable-tmpfs", "--bundle", bundle(["true"]), "s1")
+    assert r.rc == 1 and "--writable-tmpfs needs --image" in r.err, r
 
 
 def test_arguments_after_the_id_go_to_the_runscript(ocirt):
@@ -69,3 +125,22 @@ def test_root_path_naming_a_sif_image(ocirt, tmp_path):
     assert ocirt.wait_status("s1", "stopped")
     ocirt("delete", "s1", check=True)
     assert mounts_under(ocirt.root) == []
+
+
+def test_key_flag_checks_a_root_path_sif(ocirt, tmp_path):
+    """--key applies to a root.path naming a .sif as to --image (oci.conf can pass it)."""
+    key = fixture("keys/ecdsa-p256-public.pem")
+    for name, image in (("ok", "a-minimal-busybox-signed-dsse-ecdsa-p256.sif"),
+                        ("bad", "a-minimal-busybox.sif")):
+        bundle = tmp_path / name
+        bundle.mkdir()
+        config = default_config(["sh", "-c", "echo inside"])
+        config["root"] = {"path": fixture(image)}
+        (bundle / "config.json").write_text(json.dumps(config))
+        r = ocirt("run", "--key", key, "--bundle", str(bundle), name)
+        if name == "ok":
+            assert r.rc == 0 and "inside" in r.out, r
+        else:
+            assert r.rc == 1 and "signature not found" in r.err, r
+            assert "inside" not in r.out
+    assert ocirt.ids() == [] and mounts_under(ocirt.root) == []

@@ -22,6 +22,7 @@ import pytest
 
 from conformance.bundle import default_config, write_config
 from ocirt.spec import validate as v
+from tests.packaging.helpers import install_copy
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCHEMAS = os.path.join(REPO, "schemas")
@@ -260,6 +261,18 @@ BROKEN = [
     (_set("linux.netDevices", {"eth0": {"name": "a/b"}}),
      "linux.netDevices.eth0.name: 'a/b' is not a network interface name (1 to 15 bytes, "
      "no '/', ':' or white space)"),
+    (_set("linux.memoryPolicy", {"mode": "MPOL_BIND", "nodes": "0-x"}),
+     "linux.memoryPolicy.nodes: '0-x' is not a NUMA node list such as 0-3,7"),
+    (_set("linux.memoryPolicy", {"mode": "INTERLEAVE"}),
+     "linux.memoryPolicy.mode: 'INTERLEAVE' is not one of ['MPOL_DEFAULT', 'MPOL_BIND', "
+     "'MPOL_INTERLEAVE', 'MPOL_WEIGHTED_INTERLEAVE', 'MPOL_PREFERRED', 'MPOL_PREFERRED_MANY', "
+     "'MPOL_LOCAL']"),
+    (_set("linux.memoryPolicy", {"nodes": "0"}),
+     "linux.memoryPolicy: 'mode' is a required property"),
+    (_set("linux.intelRdt", {"schemata": ["L3:0=f\nMB:0=1"]}),
+     "linux.intelRdt.schemata[0]: 'L3:0=f\\nMB:0=1' is not a single line"),
+    (_set("linux.intelRdt", {"enableMonitoring": 1}),
+     "linux.intelRdt.enableMonitoring: 1 is not of type 'boolean'"),
     (_set("linux.personality", {"domain": "LINUX64"}),
      "linux.personality.domain: 'LINUX64' is not one of ['LINUX', 'LINUX32']"),
 ]
@@ -287,6 +300,17 @@ def test_validate_cli_prints_every_problem_sorted_and_exits_1(ocirt, tmp_path):
         "process.user.uid: -1 is less than the minimum of 0",
     ]
     assert "Traceback" not in r.err
+
+
+def test_runtime_spec_1_3_examples_validate():
+    """config-linux.md's v1.3.0 examples of intelRdt and memoryPolicy."""
+    cfg = default_config()
+    cfg["linux"]["intelRdt"] = {"closID": "guaranteed_group",
+                                "schemata": ["L3:0=7f0;1=1f", "L2:0=f;1=f;2=f;3=f",
+                                             "MB:0=20;1=70"], "enableMonitoring": True}
+    cfg["linux"]["memoryPolicy"] = {"mode": "MPOL_INTERLEAVE", "nodes": "2-3",
+                                    "flags": ["MPOL_F_STATIC_NODES"]}
+    assert v.problems(cfg, "config") == []
 
 
 def test_unknown_properties_are_ignored():
@@ -344,20 +368,7 @@ def test_jsonschema_stays_off_the_container_path():
 def test_schemas_found_in_a_non_editable_install(tmp_path):
     """A real (non-editable) install of a copy of the tree: the schemas come as data files
     under <prefix>/share/ocirt/schemas and `ocirt validate` finds them there."""
-    source, prefix = tmp_path / "src", tmp_path / "prefix"
-    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
-    for name in ("ocirt", "bin", "schemas"):
-        shutil.copytree(os.path.join(REPO, name), source / name, ignore=ignore)
-    for name in ("setup.cfg", "pyproject.toml", "README.md", "LICENSE"):
-        shutil.copy(os.path.join(REPO, name), source / name)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
-                    "--no-build-isolation", "--disable-pip-version-check",
-                    # --ignore-installed: without it pip would first uninstall the ocirt
-                    # that the suite itself is running from the virtualenv.
-                    "--ignore-installed", "--prefix", str(prefix), str(source)], check=True,
-                   capture_output=True)
-    shutil.rmtree(source)  # nothing may come from the copied tree
-    site = glob.glob(str(prefix / "lib" / "python3*" / "site-packages"))[0]
+    prefix, site = install_copy(tmp_path)
     env = dict(os.environ, PYTHONPATH=site)
     where = subprocess.run(
         [sys.executable, "-c", "import ocirt.spec.validate as v; print(v.__file__); "
