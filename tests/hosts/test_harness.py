@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from tests import hosts
 
 
@@ -34,3 +36,15 @@ def test_the_users_kernel_command_line():
     cmdline = hosts.KINDS["debian12-v2"].cmdline.split()
     assert "systemd.unified_cgroup_hierarchy=1" in cmdline
     assert {"apparmor=1", "security=apparmor"} <= set(cmdline)
+
+
+def test_shares_are_read_only_directories_named_in_the_guest(tmp_path):
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    assert hosts.share_dirs([str(tools) + "/"]) == [(str(tools), "/mnt/shares/tools")]
+    with pytest.raises(SystemExit, match="not a directory"):
+        hosts.share_dirs([str(tmp_path / "missing")])
+    other = tmp_path / "b"
+    (other / "tools").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="unique"):
+        hosts.share_dirs([str(tools), str(other / "tools")])
