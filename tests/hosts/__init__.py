@@ -46,7 +46,10 @@ KINDS = {
         packages=("linux-image-amd64", "systemd", "systemd-sysv", "apparmor", "dbus", "udev",
                   "kmod", "e2fsprogs", "passwd",
                   # providers of virtual packages, which debootstrap does not resolve
-                  "python3-cffi-backend", "netavark", "aardvark-dns"),
+                  "python3-cffi-backend", "netavark", "aardvark-dns",
+                  # podman's Recommends, which a user's `apt install podman` brings (its
+                  # --init; engine-smoke's podman scenarios need it)
+                  "catatonit"),
         cmdline="systemd.unified_cgroup_hierarchy=1 apparmor=1 security=apparmor"),
 }
 
