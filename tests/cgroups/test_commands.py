@@ -183,17 +183,31 @@ def test_events_stream_until_the_container_stops(ocirt, bundle):
 
 
 def test_events_report_oom_kills(ocirt, bundle):
-    script = "sleep 0.5; tail /dev/zero; sleep 100"  # the child is OOM-killed, pid 1 lives
-    started(ocirt, bundle, ["sh", "-c", script], edit=lambda cfg: cfg["linux"].update(
+    # The OOM comes after `events` watches: its first stats line is written after the
+    # watch is set up, and only then an exec fills the memory (on a slow, emulated host
+    # `events` takes seconds to start, and a kill before it watches is not an event).
+    started(ocirt, bundle, ["sleep", "100"], edit=lambda cfg: cfg["linux"].update(
         resources={"memory": {"limit": 16 << 20, "swap": 16 << 20}}))
-    proc = subprocess.Popen(ocirt.cmd("events", "--interval", "30s", "c1"),
+    proc = subprocess.Popen(ocirt.cmd("events", "--interval", "1s", "c1"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
     try:
-        line = proc.stdout.readline()
+        seen.append(json.loads(proc.stdout.readline()))
+        assert seen[0]["type"] == "stats", (seen, proc.stderr.read())
+        r = ocirt("exec", "c1", "tail", "/dev/zero", timeout=120)
+        assert r.rc == 137, r  # the exec is OOM-killed, pid 1 lives
+        deadline = time.monotonic() + 30
+        while seen[-1]["type"] != "oom" and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seen.append(json.loads(line))
     finally:
         ocirt("kill", "c1", "KILL")
         proc.wait(timeout=30)
-    assert json.loads(line) == {"type": "oom", "id": "c1"}, (line, proc.stderr.read())
+    assert {"type": "oom", "id": "c1"} in seen, ([e["type"] for e in seen],
+                                                 proc.stderr.read())
+    assert seen.count({"type": "oom", "id": "c1"}) == 1, [e["type"] for e in seen]
 
 
 def test_ps_json_and_table(ocirt, bundle):
