@@ -98,7 +98,7 @@ def test_shim_with_systemd_cgroup_puts_limits_on_the_scope(ctr, bundle, ocirt_bi
     r = ctr("run", "--detach", "--null-io", "--rootfs", "--runc-binary", ocirt_bin,
             "--runc-systemd-cgroup", "--cgroup", f"system.slice:ocirt-test:{name}",
             "--memory-limit", str(64 << 20), "--cpu-quota", "50000", "--cpu-period", "100000",
-            rootfs, name, "sleep", "300")
+            rootfs, name, "/bin/sleep", "300")  # no image: no PATH in the spec
     assert r.returncode == 0, r.stderr
     tasks = ctr("tasks", "list").stdout.split("\n")
     (pid,) = [int(line.split()[1]) for line in tasks[1:] if line.startswith(name + " ")]
