@@ -40,9 +40,28 @@ def podman(tmp_path, ocirt_bin):
     def run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([*base, *args], capture_output=True, text=True, env=env,
                               timeout=180, stdin=subprocess.DEVNULL)
+    slice_was_active = active("machine.slice")
     yield run
     run("rm", "--all", "--force", "--time", "0")
     shutil.rmtree(short, ignore_errors=True)
+    if not slice_was_active and active("machine.slice") and slice_is_empty("machine.slice"):
+        # podman's scopes made systemd start machine.slice; it outlives them otherwise
+        subprocess.run(["systemctl", "stop", "machine.slice"], check=True)
+
+
+def active(unit: str) -> bool:
+    return subprocess.run(["systemctl", "is-active", "--quiet", unit]).returncode == 0
+
+
+def slice_is_empty(unit: str) -> bool:
+    """No unit (no child cgroup) left in the slice: stopping it stops nothing."""
+    cg = show(unit, "ControlGroup")["ControlGroup"]
+    base = "/sys/fs/cgroup" if helpers.UNIFIED else "/sys/fs/cgroup/systemd"
+    try:
+        with os.scandir(base + cg) as entries:
+            return not any(e.is_dir() for e in entries)
+    except FileNotFoundError:
+        return True
 
 
 def show(unit: str, *props: str) -> dict[str, str]:
