@@ -193,6 +193,13 @@ def _check_v2_resource(h, resources, controller, v2):
     filename, expected = v2
     if controller not in cgroupfs.v2_controllers():
         pytest.skip(f"this host's cgroup2 mount has no {controller} controller")
+    sandbox = h.info.sandbox
+    if sandbox is not None and sandbox.v2_root:
+        given = cgroupfs.read(sandbox.v2_root, "cgroup.controllers").split()
+        if controller not in given:  # the runtime in the namespace cannot reach above it
+            pytest.skip(f"{controller} is not delegated to the suite's cgroup "
+                        f"{os.path.dirname(sandbox.v2_root)} (systemd passes down only the "
+                        "controllers it manages)")
     c, _ = _container(h, resources=resources)
     d = cgroupfs.process_dir(c.pid, controller)
     if filename == "io.weight" and os.path.exists(os.path.join(d, "io.bfq.weight")):

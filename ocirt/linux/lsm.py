@@ -43,11 +43,31 @@ def apparmor_enabled() -> bool:
         return False
 
 
+APPARMOR_PROFILES = "/sys/kernel/security/apparmor/profiles"
+
+
+def apparmor_loaded(profile: str) -> bool | None:
+    """Whether the kernel has `profile` loaded (None: the list cannot be read, e.g.
+    securityfs is not mounted; the init's write then says)."""
+    if profile == "unconfined":
+        return True
+    try:
+        with open(APPARMOR_PROFILES) as f:
+            names = {line.rsplit(" (", 1)[0] for line in f.read().splitlines()}
+    except OSError:
+        return None
+    return profile in names
+
+
 def check_available(apparmor: str, selinux_label: str) -> None:
-    """Refuse labels this host cannot apply (runc's wording for SELinux)."""
+    """Refuse labels this host cannot apply (runc's wording for SELinux), before
+    anything of the container exists."""
     if apparmor and not apparmor_enabled():
         raise OcirtError(f"apparmor profile {apparmor!r} is set in config, but AppArmor is "
                          "not enabled on this host")
+    if apparmor and apparmor_loaded(apparmor) is False:
+        raise OcirtError(f"apparmor profile {apparmor!r} is not loaded (not in "
+                         f"{APPARMOR_PROFILES}); load it with apparmor_parser first")
     if selinux_label and not selinux_enabled():
         raise OcirtError("selinux label is specified in config, but selinux is disabled or "
                          "not supported")
@@ -64,7 +84,10 @@ def mount_data(fstype: str, data: str, label: str) -> str:
 def apply_exec_labels(apparmor: str, selinux_label: str) -> None:
     """Labels the kernel applies at this thread's next execve."""
     if apparmor:
-        write_attr("apparmor/exec", f"exec {apparmor}", fallback="exec")
+        try:
+            write_attr("apparmor/exec", f"exec {apparmor}", fallback="exec")
+        except OcirtError as exc:
+            raise OcirtError(f"apparmor failed to apply profile {apparmor!r}: {exc}") from None
     if selinux_label:
         write_attr("exec", selinux_label)
 

@@ -22,6 +22,8 @@ def with_resources(resources: dict, path: str | None = None, mount: bool = False
             cfg["linux"]["cgroupsPath"] = path
         if mount:
             cfg["mounts"].append(dict(CGROUP_MOUNT))
+            if helpers.UNIFIED:  # cgroup2 shows the container's cgroup as its root only
+                cfg["linux"]["namespaces"].append({"type": "cgroup"})  # in its namespace
     return edit
 
 

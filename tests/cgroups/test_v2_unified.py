@@ -44,7 +44,7 @@ def test_v2_manager_lifecycle(cgroup_path):
         assert bpf.attached_count(cgroup_path) == 1
         if "pids" in fs.read(detect().unified.mountpoint, "cgroup.controllers").split():
             mgr.apply({"pids": {"limit": 5}})
-            assert fs.read(cgroup_path, "pids.max") == "5"
+            assert fs.read(cgroup_path, "pids.max").strip() == "5"
         else:  # a hybrid host's cgroup2 mount has no controllers: create fails and says so
             with pytest.raises(OcirtError, match="linux.resources.pids.limit: controller "
                                                  "'pids' not available in /"):
@@ -55,7 +55,7 @@ def test_v2_manager_lifecycle(cgroup_path):
         again = V2Manager.from_state(mgr.state())
         assert again.is_frozen() and again.pids() == [proc.pid]
         stats = again.stats()
-        assert stats["pids"] == {"current": 1}
+        assert stats["pids"]["current"] == 1
         assert stats["cpu"]["usage"]["total"] >= 0
         again.thaw()
         assert not mgr.is_frozen()

@@ -46,7 +46,10 @@ KINDS = {
         packages=("linux-image-amd64", "systemd", "systemd-sysv", "apparmor", "dbus", "udev",
                   "kmod", "e2fsprogs", "passwd",
                   # providers of virtual packages, which debootstrap does not resolve
-                  "python3-cffi-backend", "netavark", "aardvark-dns"),
+                  "python3-cffi-backend", "netavark", "aardvark-dns",
+                  # podman's Recommends, which a user's `apt install podman` brings (its
+                  # --init; engine-smoke's podman scenarios need it)
+                  "catatonit"),
         cmdline="systemd.unified_cgroup_hierarchy=1 apparmor=1 security=apparmor"),
 }
 
@@ -84,6 +87,9 @@ WantedBy=multi-user.target
 RUNNER = """set -u
 mkdir -p /mnt/src /work /mnt/out/files
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,ro src /mnt/src
+while read -r tag dir; do  # the run's extra read-only shares (run(shares=...))
+    mkdir -p "$dir" && mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,ro "$tag" "$dir"
+done </mnt/out/shares
 tar -C /mnt/src --exclude=./.venv --exclude=./.git -cf - . | tar -C /work -xf -
 snapshot() {
     systemctl list-units --no-legend --plain --type=scope,slice,service,mount |
@@ -96,6 +102,15 @@ snapshot | sort -u >/mnt/out/before
 cd /work
 export HOME=/root OCIRT_HOST_OUT=/mnt/out/files
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# systemd enables in cgroup.subtree_control only the controllers it manages; the others
+# this kernel has (hugetlb, rdma, misc) are enabled down to system.slice, where the
+# command's scope goes, as a node agent that sets their limits does (systemd leaves
+# controllers it does not know alone), so that those limits are tested too.
+for c in $(cat /sys/fs/cgroup/cgroup.controllers); do
+    for d in /sys/fs/cgroup /sys/fs/cgroup/system.slice; do
+        grep -qw "$c" "$d/cgroup.subtree_control" || echo "+$c" >"$d/cgroup.subtree_control"
+    done
+done
 # The command runs as a CI job or a login session would: in a unit of its own with its
 # cgroup delegated (Delegate=yes), itself in a leaf below it, so the delegated cgroup
 # holds no processes and containers beside the leaf can get every controller.
@@ -251,16 +266,36 @@ class Result:
     note: str = ""  # the harness's own finding: leftovers, or why there is no result
 
 
+def share_dirs(shares: list[str]) -> list[tuple[str, str]]:
+    """(host directory, guest mount point) of each share: a host directory is mounted
+    read-only at /mnt/shares/<its name> in the guest, e.g. a tools directory that is no
+    part of the checkout."""
+    pairs = []
+    for share in shares:
+        path = os.path.abspath(share)
+        if not os.path.isdir(path):
+            raise SystemExit(f"tests.hosts: share {share}: not a directory")
+        guest = f"/mnt/shares/{os.path.basename(path.rstrip('/'))}"
+        if guest in (g for _, g in pairs) or not re.fullmatch(r"/mnt/shares/[\w.+-]+", guest):
+            raise SystemExit(f"tests.hosts: share {share}: its name must be unique and plain")
+        pairs.append((path, guest))
+    return pairs
+
+
 def run(kind: Kind, command: str, checkout: str = REPO, timeout: float = 3600,
-        keep: str | None = None, stream=None) -> Result:
+        keep: str | None = None, stream=None, shares: list[str] = ()) -> Result:
     """Boot an overlay of the kind's image, run `command` (sh) in a copy of `checkout`
-    as root. The output is passed to `stream` as it comes. A command that succeeded but
-    left units, cgroups or mounts behind fails: the suite must clean up after itself."""
+    as root, with each of `shares` mounted read-only (share_dirs). The output is passed
+    to `stream` as it comes. A command that succeeded but left units, cgroups or mounts
+    behind fails: the suite must clean up after itself."""
     image = build(kind)
+    pairs = share_dirs(list(shares))
     work = tempfile.mkdtemp(prefix="ocirt-host-")
     out = os.path.join(work, "out")
     os.mkdir(out)
-    for name, text in (("command.sh", command + "\n"), ("runner.sh", RUNNER)):
+    listing = "".join(f"share{i} {guest}\n" for i, (_, guest) in enumerate(pairs))
+    for name, text in (("command.sh", command + "\n"), ("runner.sh", RUNNER),
+                       ("shares", listing)):
         with open(os.path.join(out, name), "w") as f:
             f.write(text)
     overlay = os.path.join(work, "overlay.qcow2")
@@ -275,6 +310,9 @@ def run(kind: Kind, command: str, checkout: str = REPO, timeout: float = 3600,
             "-drive", f"file={overlay},if=virtio,format=qcow2",
             "-virtfs", f"local,path={checkout},mount_tag=src,security_model=none,readonly=on",
             "-virtfs", f"local,path={out},mount_tag=out,security_model=none"]
+    for i, (path, _) in enumerate(pairs):
+        argv += ["-virtfs", f"local,path={path},mount_tag=share{i},security_model=none,"
+                 "readonly=on"]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     try:

@@ -1,9 +1,11 @@
-"""python -m tests.hosts build|run [--kind KIND] [--keep DIR] [--timeout S] [-- COMMAND...]
+"""python -m tests.hosts build|run [--kind KIND] [--keep DIR] [--timeout S] [--share DIR]...
+                                  [-- COMMAND...]
 
 `build` makes (or finds) the kind's cached image; `run` boots it and runs COMMAND in a
 copy of this checkout as root, printing its output and exiting with its status. COMMAND
 is one sh command line; what it writes under $OCIRT_HOST_OUT (e.g. pytest --junitxml)
-is copied to --keep."""
+is copied to --keep. Each --share DIR is mounted read-only at /mnt/shares/<DIR's name>
+in the guest (the guest has no network: tools from outside the checkout come this way)."""
 
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--kind", default="debian12-v2", choices=sorted(KINDS))
     parser.add_argument("--keep", help="copy the guest's $OCIRT_HOST_OUT and console log here")
     parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("--share", action="append", default=[],
+                        help="a host directory, read-only at /mnt/shares/<its name> in the guest")
     own, command = split_command(argv)
     args = parser.parse_args(own)
     kind = KINDS[args.kind]
@@ -41,7 +45,7 @@ def main(argv: list[str]) -> int:
         sys.stdout.flush()
 
     result = run(kind, " ".join(command), timeout=args.timeout, keep=args.keep,
-                 stream=stream)
+                 stream=stream, shares=args.share)
     if result.note:
         sys.stderr.write(result.note)
     return result.rc

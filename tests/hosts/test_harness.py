@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from tests import hosts
 
 
@@ -34,3 +36,50 @@ def test_the_users_kernel_command_line():
     cmdline = hosts.KINDS["debian12-v2"].cmdline.split()
     assert "systemd.unified_cgroup_hierarchy=1" in cmdline
     assert {"apparmor=1", "security=apparmor"} <= set(cmdline)
+
+
+def test_shares_are_read_only_directories_named_in_the_guest(tmp_path):
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    assert hosts.share_dirs([str(tools) + "/"]) == [(str(tools), "/mnt/shares/tools")]
+    with pytest.raises(SystemExit, match="not a directory"):
+        hosts.share_dirs([str(tmp_path / "missing")])
+    other = tmp_path / "b"
+    (other / "tools").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="unique"):
+        hosts.share_dirs([str(tools), str(other / "tools")])
+
+
+def _out(tmp_path, rc: str | None, leftovers: str = ""):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "output.log").write_text("ran\n")
+    if rc is not None:
+        (out / "rc").write_text(rc + "\n")
+        (out / "leftovers").write_text(leftovers)
+    console = tmp_path / "console.log"
+    console.write_text("boot log\n")
+    return str(out), str(console)
+
+
+def test_a_passing_command_that_left_something_behind_fails(tmp_path):
+    out, console = _out(tmp_path, "0", "unit ocirt-test-x.scope\ncgroup /sys/fs/cgroup/x\n")
+    result = hosts._result(out, console, True, "")
+    assert result.rc == 1 and "ocirt-test-x.scope" in result.note
+    assert result.output == "ran\n"
+
+
+def test_a_failing_command_keeps_its_status_and_a_clean_one_passes(tmp_path):
+    out, console = _out(tmp_path, "3", "mount /mnt/x\n")
+    assert hosts._result(out, console, True, "").rc == 3
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    out, console = _out(clean, "0")
+    assert hosts._result(out, console, True, "") == hosts.Result(0, "ran\n")
+
+
+def test_no_result_from_the_guest_is_a_failure(tmp_path):
+    out, console = _out(tmp_path, None)
+    result = hosts._result(out, console, False, "qemu said")
+    assert result.rc == 124 and "did not finish in time" in result.note
+    assert "boot log" in result.note

@@ -193,8 +193,9 @@ def test_engine_update_resources_validate(path):
 
 def test_engine_samples_are_there():
     """The parametrized tests above must not silently run on nothing."""
-    assert len(_sample_files(".config.json")) >= 4
-    assert len(_sample_files(".process.json")) >= 2
+    where = f"engine samples in {os.path.normpath(SAMPLES)}"
+    assert len(_sample_files(".config.json")) >= 4, where
+    assert len(_sample_files(".process.json")) >= 2, where
 
 
 # --- broken configs fail with the path named ----------------------------------------------
