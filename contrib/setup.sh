@@ -45,6 +45,8 @@ packages=(
     python3-matplotlib
     # `man ocirt` and tab completion of ocirt's commands, flags and container IDs
     man-db bash-completion
+    # `ocirt checkpoint` / `restore` drive CRIU (tests/checkpoint)
+    criu
 )
 missing=()
 for p in "${packages[@]}"; do

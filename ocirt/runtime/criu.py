@@ -1,0 +1,175 @@
+"""Driving the criu(8) binary for `checkpoint` and `restore`: finding and checking it,
+the options both commands share, and running it with its error brought back in one line.
+
+ocirt uses CRIU's command line rather than its RPC (`criu swrk`): the options map one to
+one onto runc's RPC fields, and the log CRIU writes is the same. What runc's libcontainer
+adds around CRIU (external bind mounts, namespaces, cgroups, stdio) lives in
+`ocirt.runtime.checkpoint` and `ocirt.runtime.restore`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ocirt.errors import OcirtError
+
+TYPE_CHECKING = False  # importing typing costs ~2 ms; only annotations need it
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+DESCRIPTORS = "descriptors.json"  # the init's stdio as the host saw it (runc's file name)
+CGROUP_MODES = ("soft", "full", "strict", "ignore")
+EMPTY_NS = {"network": "net"}  # runc accepts only the network namespace for --empty-ns
+
+
+class CriuOptions:
+    """The flags of `checkpoint` and `restore`, as runc spells them in the comments."""
+
+    def __init__(self) -> None:
+        self.binary = "criu"  # global --criu
+        self.image_path = ""  # --image-path (default: ./checkpoint)
+        self.work_path = ""  # --work-path (default: the image path)
+        self.parent_path = ""  # --parent-path, relative to the image path
+        self.leave_running = False  # --leave-running
+        self.tcp_established = False  # --tcp-established
+        self.ext_unix_sk = False  # --ext-unix-sk
+        self.shell_job = False  # --shell-job
+        self.file_locks = False  # --file-locks
+        self.pre_dump = False  # --pre-dump
+        self.manage_cgroups_mode = ""  # --manage-cgroups-mode (default soft)
+        self.empty_ns: list[str] = []  # --empty-ns (network is always empty, as in runc)
+        self.auto_dedup = False  # --auto-dedup
+
+    def check(self) -> None:
+        """Flag values a user gives, refused before anything runs (runc's messages)."""
+        if self.manage_cgroups_mode and self.manage_cgroups_mode not in CGROUP_MODES:
+            raise OcirtError("invalid --manage-cgroups-mode value: "
+                             f"{self.manage_cgroups_mode} (soft|full|strict|ignore)")
+        for ns in self.empty_ns:
+            if ns not in EMPTY_NS:
+                raise OcirtError(f'namespace "{ns}" is not supported')
+        if self.parent_path and os.path.isabs(self.parent_path):
+            raise OcirtError("--parent-path must be relative")
+
+    def images(self) -> str:
+        return os.path.abspath(self.image_path or "checkpoint")
+
+    def work(self) -> str:
+        return os.path.abspath(self.work_path) if self.work_path else self.images()
+
+    def common_args(self) -> list[str]:
+        """What dump and restore share: directories, log, cgroup mode, behaviour flags."""
+        args = ["-D", self.images(), "-v4", "--manage-cgroups=" + (
+            self.manage_cgroups_mode or "soft"), "--empty-ns", "net"]
+        if self.work_path:
+            args += ["-W", self.work()]
+        for flag, on in (("--tcp-established", self.tcp_established),
+                         ("--ext-unix-sk", self.ext_unix_sk), ("--shell-job", self.shell_job),
+                         ("--file-locks", self.file_locks), ("--auto-dedup", self.auto_dedup)):
+            if on:
+                args.append(flag)
+        return args
+
+
+def find(binary: str) -> str:
+    """The criu program (the global --criu), checked to work on this kernel: `criu check`
+    fails on kernels this CRIU does not know, and saying so beats a failed dump."""
+    import shutil
+
+    path = shutil.which(binary) if "/" not in binary else binary
+    if not path or not os.access(path, os.X_OK):
+        raise OcirtError(f"criu binary {binary!r} not found: checkpoint/restore needs CRIU "
+                         "(install the criu package, or give its path with --criu)")
+    rc, out = _run_quiet([path, "check"])
+    if rc != 0:
+        raise OcirtError(f"criu check failed: {_first_error(out) or 'exit status ' + str(rc)}"
+                         " (this CRIU cannot checkpoint or restore on this kernel)")
+    return path
+
+
+def _run_quiet(argv: list[str]) -> tuple[int, str]:
+    import subprocess
+
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, timeout=120)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return 1, str(exc)
+    return done.returncode, done.stdout.decode(errors="replace")
+
+
+def _first_error(text: str) -> str:
+    """CRIU's first `Error (file:line): message` line, the message only."""
+    for line in text.splitlines():
+        if "Error (" in line and "):" in line:
+            return line.split("):", 1)[1].strip()
+    return ""
+
+
+def run(path: str, action: str, args: list[str], log_dir: str, log_name: str,
+        pass_fds: tuple[int, ...] = (), preexec: Callable[[], None] | None = None,
+        inherit_stdio: bool = False) -> None:
+    """`criu ACTION ARGS -o LOG`; a failure raises one line: CRIU's first error and where
+    the whole log is (runc quotes the log the same way). A restore passes our stdio on
+    (`inherit_stdio`): they become the restored init's (--inherit-fd)."""
+    import subprocess
+
+    log = os.path.join(log_dir, log_name)
+    argv = [path, action, *args, "-o", log_name]
+    quiet = None if inherit_stdio else subprocess.DEVNULL
+    try:
+        done = subprocess.run(argv, stdin=quiet, stdout=quiet, stderr=quiet,
+                              pass_fds=pass_fds, preexec_fn=preexec, close_fds=True,
+                              timeout=3600)
+    except subprocess.SubprocessError as exc:
+        raise OcirtError(f"criu {action}: {exc}") from None
+    if done.returncode != 0:
+        raise OcirtError(f"criu failed: {action}: "
+                         f"{log_error(log) or 'exit status ' + str(done.returncode)}"
+                         f" (log file: {log})")
+
+
+def log_error(log: str) -> str:
+    try:
+        with open(log, errors="replace") as f:
+            return _first_error(f.read())
+    except OSError:
+        return ""
+
+
+def descriptors(pid: int) -> list[str]:
+    """What the init's fds 0-2 are, as readlink shows them (`pipe:[123]`, `/dev/null`):
+    a restore hands new pipes in their place (--inherit-fd), as runc does."""
+    out = []
+    for fd in range(3):
+        try:
+            out.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            out.append("/dev/null")
+    return out
+
+
+def ext_mounts(plan: Any) -> list[str]:
+    """The container's bind mounts, by destination: CRIU cannot dump a mount whose source
+    lies outside the container, so each is named external (runc's ExtMnt list)."""
+    return [m.destination for m in plan.mounts if m.is_bind()]
+
+
+def cgroup_roots(paths: dict[str, str]) -> list[str]:
+    """`--cgroup-root` values: each of the container's cgroup directories, relative to
+    the root of its hierarchy ("" is cgroup2; a v1 key is its controllers)."""
+    from ocirt.linux.mountinfo import mounts
+
+    tops = [m for m in mounts() if m.fstype in ("cgroup", "cgroup2")]
+    out = []
+    for ctrl, directory in paths.items():
+        best = max((m for m in tops if directory == m.mountpoint
+                    or directory.startswith(m.mountpoint.rstrip("/") + "/")),
+                   key=lambda m: len(m.mountpoint), default=None)
+        if best is None:
+            continue
+        rel = "/" + directory[len(best.mountpoint):].strip("/")
+        rel = os.path.normpath(best.root.rstrip("/") + rel) if best.root != "/" else rel
+        out.append(f"{ctrl}:{rel}" if ctrl else rel)
+    return out
