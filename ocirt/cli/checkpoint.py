@@ -30,7 +30,8 @@ def _criu_options(g: Globals, opts: Options) -> CriuOptions:
 def checkpoint(g: Globals, opts: Options, args: list[str]) -> int:
     from ocirt.runtime.checkpoint import checkpoint as do_checkpoint
 
-    do_checkpoint(Store(g.root), args[0], _criu_options(g, opts))
+    do_checkpoint(Store(g.root), args[0], _criu_options(g, opts), opts.sif,
+                  opts.sign_key or [])
     return 0
 
 
@@ -41,5 +42,10 @@ def restore(g: Globals, opts: Options, args: list[str]) -> int:
     copts = CreateOptions(bundle=opts.bundle, pid_file=opts.pid_file,
                           console_socket=opts.console_socket, no_pivot=opts.no_pivot,
                           systemd_cgroup=g.systemd_cgroup, rootless=g.rootless)
+    copts.sif_keys, copts.sif_pgp_keys = opts.key or [], opts.pgp_key or []
+    if (copts.sif_keys or copts.sif_pgp_keys) and not opts.sif:
+        from ocirt.errors import UsageError
+
+        raise UsageError("--key and --pgp-key need --sif")
     return do_restore(Store(g.root), args[0], copts, _criu_options(g, opts), opts.detach,
-                      opts.no_subreaper)
+                      opts.no_subreaper, opts.sif)

@@ -130,11 +130,18 @@ _add(Command(
      *_CRIU_SHARED[1:5],
      Flag("pre-dump", BOOL, "dump container's memory information only, leave the "
           "container running after this"),
-     *_CRIU_SHARED[5:]),
+     *_CRIU_SHARED[5:],
+     Flag("sif", STR, "also add the checkpoint (CRIU's image files and the container's "
+          "config.json) to this SIF image, as objects of a new group", "",
+          metavar="IMAGE.sif"),
+     Flag("sign-key", LIST, "with --sif: sign the checkpoint's group with this private key",
+          metavar="PRIVATE.pem")),
     1, 1,
     "The checkpoint command saves the state of the container instance with CRIU\n"
     "(criu(8), the global --criu names its binary). Without --leave-running or\n"
-    "--pre-dump the container is stopped and deleted once its state is saved.",
+    "--pre-dump the container is stopped and deleted once its state is saved.\n"
+    "With --sif the checkpoint is carried inside a SIF image too; `ocirt restore\n"
+    "--sif` restores from it, on this machine or another.",
 ))
 _add(Command(
     "restore", "ocirt.cli.checkpoint:restore", "restore a container from a previous "
@@ -143,7 +150,13 @@ _add(Command(
      *_CRIU_SHARED[:5], _CRIU_SHARED[5], _BUNDLE,
      Flag("detach, d", BOOL, "detach from the container's process"), _PIDFILE,
      Flag("no-subreaper", BOOL, "disable the use of the subreaper used to reap reparented "
-          "processes"), _NO_PIVOT, *_CRIU_SHARED[6:]),
+          "processes"), _NO_PIVOT, *_CRIU_SHARED[6:],
+     Flag("sif", STR, "restore from the newest checkpoint in this SIF image (its "
+          "config.json is used, with the root and mount sources of --bundle)", "",
+          metavar="IMAGE.sif"),
+     Flag("key", LIST, "with --sif: a trusted public key (PEM) the checkpoint must be "
+          "signed with", metavar="PUBLIC.pem"),
+     Flag("pgp-key", LIST, "with --sif: a trusted OpenPGP public key", metavar="PUBLIC.asc")),
     1, 1,
     "Restores the saved state of the container instance that was previously saved\n"
     "using the ocirt checkpoint command, as a new container of the bundle's config.",

@@ -22,22 +22,31 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-def checkpoint(store: Store, cid: str, opts: criu.CriuOptions) -> Container:
-    """Dump container `cid` into opts.images(); returns its state as it was."""
+def checkpoint(store: Store, cid: str, opts: criu.CriuOptions, sif: str = "",
+               sign_keys: list[str] | None = None) -> Container:
+    """Dump container `cid` into opts.images(), and with `sif` into a checkpoint group of
+    that SIF image (signed with `sign_keys`); returns its state as it was."""
     opts.check()
+    signers = _sif_signers(sif, sign_keys or [], opts)
     with store.lock(cid):
         container = store.load(cid)
         status = container.status()
         if status in (CREATED, STOPPED) or container.data.get("creating"):
             raise OcirtError(f"Container cannot be checkpointed in {status} state")
         binary = criu.find(opts.binary)
+        scratch = ""
+        if sif and not opts.image_path:  # the images only pass through on their way in
+            scratch = opts.image_path = _scratch_dir(store, cid)
         images = opts.images()
         made = _make_dir(images)
         try:
             dump(binary, container, opts)
         except BaseException:
             _remove_ours(images, made)
+            if scratch:
+                _remove_tree(scratch)
             raise
+        config = _read(container.path("config.json"))
         if not (opts.leave_running or opts.pre_dump):
             from ocirt.runtime.delete import destroy
 
@@ -45,7 +54,65 @@ def checkpoint(store: Store, cid: str, opts: criu.CriuOptions) -> Container:
                 destroy(store, container)
             except OcirtError as exc:
                 log.warning(f"checkpoint: destroy the dumped container: {exc}")
+        if sif:
+            _into_sif(sif, images, config, container, signers, scratch)
         return container
+
+
+def _sif_signers(sif: str, keys: list[str], opts: criu.CriuOptions) -> list[Any]:
+    """Checked before the dump: the SIF is one, and the signing keys load."""
+    if not sif:
+        if keys:
+            raise OcirtError("--sign-key needs --sif")
+        return []
+    if opts.pre_dump:
+        raise OcirtError("--sif and --pre-dump exclude each other (a pre-dump is no "
+                         "checkpoint to restore)")
+    from ocirt.sif.image import Image
+
+    with Image.open(sif, writable=True):
+        pass
+    if not keys:
+        return []
+    from ocirt.sif import integrity
+    from ocirt.sif import keys as keymod
+
+    return [integrity.DSSESigner([keymod.load_private(p) for p in keys])]
+
+
+def _into_sif(sif: str, images: str, config: bytes, container: Container,
+              signers: list[Any], scratch: str) -> None:
+    from ocirt.sif import checkpoint as sifcp
+
+    try:
+        group = sifcp.store(sif, images, config, container.id,
+                            str(container.data.get("created", "")), signers)
+    except OcirtError as exc:
+        # the container is gone: its checkpoint must not go with the failure
+        raise OcirtError(f"checkpoint into {sif}: {exc.message}; the checkpoint stays in "
+                         f"{images}") from None
+    log.debug(f"checkpoint of {container.id} added to {sif} as group {group}")
+    if scratch:
+        _remove_tree(scratch)
+
+
+def _scratch_dir(store: Store, cid: str) -> str:
+    import tempfile
+
+    top = store.private_dir("checkpoint")
+    os.makedirs(top, 0o700, exist_ok=True)
+    return tempfile.mkdtemp(prefix=cid + "-", dir=top)
+
+
+def _remove_tree(path: str) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def dump(binary: str, container: Container, opts: criu.CriuOptions) -> None:

@@ -35,30 +35,79 @@ _JOIN_NS = {"uts": "uts", "ipc": "ipc", "user": "user", "cgroup": "cgroup", "tim
 
 
 def restore(store: Store, cid: str, copts: CreateOptions, opts: criu.CriuOptions,
-            detach: bool, no_subreaper: bool) -> int:
-    """Restore container `cid`; in the foreground wait for it and return its exit code."""
-    from ocirt.runtime.create import load_plan
+            detach: bool, no_subreaper: bool, sif: str = "") -> int:
+    """Restore container `cid` (from the newest checkpoint in `sif`, when given); in the
+    foreground wait for it and return its exit code."""
     from ocirt.state import validate_id
 
     validate_id(cid)
     opts.check()
-    plan, spec = load_plan(copts.bundle, copts)
+    scratch = ""
+    try:
+        if sif:
+            scratch = _scratch_dir(store, cid)
+            plan, spec = _from_sif(sif, scratch, copts)
+            opts.image_path = scratch
+        else:
+            from ocirt.runtime.create import load_plan
+
+            plan, spec = load_plan(copts.bundle, copts)
+        container = _restore(store, cid, plan, spec, copts, opts, detach, no_subreaper)
+    finally:
+        if scratch:
+            import shutil
+
+            shutil.rmtree(scratch, ignore_errors=True)
+    if detach:
+        return 0
+    return _wait_and_delete(store, container)
+
+
+def _restore(store: Store, cid: str, plan: Plan, spec: dict[str, Any], copts: CreateOptions,
+             opts: criu.CriuOptions, detach: bool, no_subreaper: bool) -> Container:
     if plan.sif_root:
         raise OcirtError("restore: a root.path naming a SIF image is not supported "
                          "(use `sif bundle` to make a bundle first)")
     if plan.process.terminal:
         raise OcirtError("restore: a container with a terminal (process.terminal) is not "
                          "supported yet")
+    if not os.path.isdir(plan.rootfs):
+        raise OcirtError(f"rootfs ({plan.rootfs}) does not exist")
     descriptors = _descriptors(opts.images())
     binary = criu.find(opts.binary)
     if not detach and not no_subreaper:
         from ocirt.linux import consts, libc
 
         libc.prctl(consts.PR_SET_CHILD_SUBREAPER, 1)  # the restored init becomes our child
-    container = Restoration(store, cid, plan, spec, copts, opts, binary, descriptors).run()
-    if detach:
-        return 0
-    return _wait_and_delete(store, container)
+    return Restoration(store, cid, plan, spec, copts, opts, binary, descriptors).run()
+
+
+def _from_sif(sif: str, scratch: str, copts: CreateOptions) -> tuple[Plan, dict[str, Any]]:
+    """The checkpoint's images into `scratch` (verified first when keys or a policy say
+    so) and the plan of its config.json, whose root and mount sources are read relative
+    to the --bundle directory as usual."""
+    from ocirt.runtime import image
+    from ocirt.sif import checkpoint as sifcp
+    from ocirt.spec.load import load_config, resolve_bundle
+    from ocirt.spec.plan import build_plan
+
+    bundle = resolve_bundle(copts.bundle)
+    checked_by = image.policy(copts.sif_keys, copts.sif_pgp_keys)
+    image.warn_unverified(sif, checked_by)
+    config, _ = sifcp.extract(sif, scratch, checked_by)
+    meta = os.path.join(scratch, "@config")
+    os.mkdir(meta, 0o700)
+    write_atomic(os.path.join(meta, CONFIG_FILE), config, 0o600)
+    spec = load_config(meta)
+    return build_plan(spec, bundle, no_pivot=copts.no_pivot), spec
+
+
+def _scratch_dir(store: Store, cid: str) -> str:
+    import tempfile
+
+    top = store.private_dir("restore")
+    os.makedirs(top, 0o700, exist_ok=True)
+    return tempfile.mkdtemp(prefix=cid + "-", dir=top)
 
 
 def _descriptors(images: str) -> list[str]:

@@ -13,71 +13,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import time
 
 import pytest
 
 from conformance.runner import Runtime, wait_for
+from tests.checkpoint.helpers import needs_criu
+from tests.checkpoint.helpers import numbers as _numbers
+from tests.checkpoint.helpers import run_detached as _run_detached
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(os.geteuid() != 0, reason="CRIU needs root")]
-
-COUNTER = ["sh", "-c", "i=0; while :; do i=$((i+1)); echo $i >>/out/count; sleep 0.1; done"]
-
-
-def _criu_works() -> tuple[bool, str]:
-    criu = shutil.which("criu")
-    if criu is None:
-        return False, "criu is not installed"
-    done = subprocess.run([criu, "check"], capture_output=True, text=True)
-    if done.returncode != 0:
-        errors = [line for line in (done.stdout + done.stderr).splitlines() if "Error" in line]
-        return False, f"criu check fails on this kernel: {(errors or ['?'])[0].strip()}"
-    return True, ""
-
-
-CRIU_OK, CRIU_WHY = _criu_works()
-needs_criu = pytest.mark.skipif(not CRIU_OK, reason=CRIU_WHY or "criu works")
-
-
-@pytest.fixture(params=["ocirt", "runc"])
-def runtime(request, ocirt, tmp_path):
-    """The runtime under test: ocirt, or runc as the reference."""
-    if request.param == "ocirt":
-        return ocirt
-    if shutil.which("runc") is None:
-        pytest.skip("runc not installed")
-    rt = Runtime(shutil.which("runc"), str(tmp_path / "runc-state"))
-    request.addfinalizer(rt.cleanup)
-    return rt
-
-
-@pytest.fixture
-def counter(bundle, tmp_path):
-    """A bundle whose process counts into out/count (a bind mount of a host directory)."""
-    out = tmp_path / "out"
-    out.mkdir()
-
-    def edit(cfg):
-        cfg["mounts"].append({"destination": "/out", "type": "bind", "source": str(out),
-                              "options": ["rbind", "rw"]})
-    return bundle(COUNTER, edit=edit), str(out / "count")
-
-
-def _numbers(path: str) -> list[int]:
-    try:
-        with open(path) as f:
-            return [int(x) for x in f.read().split()]
-    except FileNotFoundError:
-        return []
-
-
-def _run_detached(rt: Runtime, cid: str, bundle: str) -> None:
-    # stdio is /dev/null: the runtime points it at the container's own /dev/null, which
-    # CRIU can dump (a host file outside the container could not be)
-    with open(os.devnull, "wb") as null:
-        rt("run", "-d", "--bundle", bundle, cid, check=True, stdout=null, stderr=null)
 
 
 def _restore(rt: Runtime, cid: str, bundle: str, images: str, *extra: str):
