@@ -109,25 +109,107 @@ def _first_error(text: str) -> str:
 
 def run(path: str, action: str, args: list[str], log_dir: str, log_name: str,
         pass_fds: tuple[int, ...] = (), preexec: Callable[[], None] | None = None,
-        inherit_stdio: bool = False) -> None:
+        inherit_stdio: bool = False,
+        started: Callable[[int], list[str]] | None = None) -> None:
     """`criu ACTION ARGS -o LOG`; a failure raises one line: CRIU's first error and where
-    the whole log is (runc quotes the log the same way). A restore passes our stdio on
-    (`inherit_stdio`): they become the restored init's (--inherit-fd)."""
-    import subprocess
+    the whole log is (runc quotes the log the same way).
 
+    CRIU is forked and held at a gate until `started(pid)` has run: a restore puts it in
+    the container's cgroup there (runc's criuApplyCgroups), so every task it forks starts
+    inside, whatever the cgroup manager (systemd's needs a process to make its unit).
+    The arguments `started` returns are added then (a systemd unit's cgroup is known only
+    once CRIU is in it). A restore passes our stdio on (`inherit_stdio`): they become
+    the restored init's."""
     log = os.path.join(log_dir, log_name)
     argv = [path, action, *args, "-o", log_name]
-    quiet = None if inherit_stdio else subprocess.DEVNULL
+    gate_r, gate_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        _child(gate_r, gate_w, argv, pass_fds, preexec, inherit_stdio)
+    os.close(gate_r)
     try:
-        done = subprocess.run(argv, stdin=quiet, stdout=quiet, stderr=quiet,
-                              pass_fds=pass_fds, preexec_fn=preexec, close_fds=True,
-                              timeout=3600)
-    except subprocess.SubprocessError as exc:
-        raise OcirtError(f"criu {action}: {exc}") from None
-    if done.returncode != 0:
+        extra = started(pid) if started is not None else []
+        _write_all(gate_w, b"g" + "\0".join(extra).encode())
+    except BaseException:
+        from ocirt.linux.signals import kill_and_reap
+
+        kill_and_reap(pid)
+        raise
+    finally:
+        os.close(gate_w)
+    status = _wait(pid)
+    if status != 0:
         raise OcirtError(f"criu failed: {action}: "
-                         f"{log_error(log) or 'exit status ' + str(done.returncode)}"
-                         f" (log file: {log})")
+                         f"{log_error(log) or _status_text(status)} (log file: {log})")
+
+
+def _child(gate_r: int, gate_w: int, argv: list[str], pass_fds: tuple[int, ...],
+           preexec: Callable[[], None] | None, inherit_stdio: bool) -> None:
+    """CRIU's side of the fork: wait at the gate, set up, exec; any failure exits 127
+    with one line on stderr (our stderr: the caller's log)."""
+    code = 127
+    try:
+        os.close(gate_w)
+        message = _read_all(gate_r)
+        if not message.startswith(b"g"):
+            os._exit(code)  # the parent gave up
+        if len(message) > 1:
+            argv = [*argv[:2], *message[1:].decode().split("\0"), *argv[2:]]
+        if not inherit_stdio:
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1):
+                os.dup2(null, fd)
+            os.close(null)
+        keep = sorted(set(pass_fds))
+        for fd in keep:
+            os.set_inheritable(fd, True)
+        low = 3
+        for fd in [*keep, 1 << 20]:
+            if fd > low:
+                os.closerange(low, min(fd, _max_fd()))
+            low = max(low, fd + 1)
+        if preexec is not None:
+            preexec()
+        os.execv(argv[0], argv)
+    except BaseException as exc:  # noqa: BLE001 - the child must never return
+        try:
+            os.write(2, f"criu: {exc}\n".encode())
+        except OSError:
+            pass
+    os._exit(code)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _max_fd() -> int:
+    import resource
+
+    return int(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+
+def _wait(pid: int) -> int:
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+        except InterruptedError:
+            continue
+        return os.waitstatus_to_exitcode(status)
+
+
+def _status_text(code: int) -> str:
+    return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
 
 
 def log_error(log: str) -> str:
@@ -153,7 +235,7 @@ def descriptors(pid: int) -> list[str]:
 def ext_mounts(plan: Any) -> list[str]:
     """The container's bind mounts, by destination: CRIU cannot dump a mount whose source
     lies outside the container, so each is named external (runc's ExtMnt list)."""
-    return [m.destination for m in plan.mounts if m.is_bind()]
+    return [m.destination for m in plan.mounts if m.is_bind]
 
 
 def cgroup_roots(paths: dict[str, str]) -> list[str]:

@@ -168,7 +168,6 @@ class Restoration:
         self.store.save(container)
         self.undo.push(cg.destroy, what="cgroup")
         cg.create()
-        cg.apply(plan.resources)
         container.data["cgroup"] = cg.state()
         self.store.save(container)
         create_mountpoints(plan)
@@ -180,11 +179,20 @@ class Restoration:
         args = ["-d", "--pidfile", pidfile, "--root", root, "--evasive-devices",
                 *self.opts.common_args(), *self._mounts(), *self._stdio(),
                 *self._namespaces()]
-        for value in criu.cgroup_roots(cg.paths()):
-            args += ["--cgroup-root", value]
+
+        def started(pid: int) -> list[str]:  # CRIU, at its gate: into the container's cgroup
+            cg.add(pid)
+            cg.apply(plan.resources)
+            container.data["cgroup"] = cg.state()
+            self.store.save(container)
+            out = []
+            for value in criu.cgroup_roots(cg.paths()):
+                out += ["--cgroup-root", value]
+            return out
+
         criu.run(self.binary, "restore", args, self.opts.work(), "restore.log",
-                 tuple(self.fds), _Preexec(list(cg.paths().values()), plan.rootfs, root),
-                 inherit_stdio=True)
+                 tuple(self.fds), _Preexec(plan.rootfs, root), inherit_stdio=True,
+                 started=started)
         pid = _read_pid(pidfile)
         self.undo.push(_kill, pid, what="restored processes")
         _unlink(pidfile)
@@ -207,7 +215,7 @@ class Restoration:
         """Each bind mount again from the config's source (runc's addCriuRestoreMount)."""
         out = []
         for m in self.plan.mounts:
-            if m.is_bind():
+            if m.is_bind:
                 out += ["--external", f"mnt[{m.destination}]:{m.source}"]
         return out
 
@@ -243,19 +251,15 @@ class Restoration:
 
 
 class _Preexec:
-    """In CRIU's process, before exec: join the container's cgroups (its restored tasks
-    are forked there), take a mount namespace of its own (slave to ours, so nothing
-    propagates back) and bind the rootfs on the criu root there."""
+    """In CRIU's process, before exec: take a mount namespace of its own (slave to ours,
+    so nothing propagates back) and bind the rootfs on the criu root there."""
 
-    def __init__(self, cgroup_dirs: list[str], rootfs: str, root: str) -> None:
-        self.cgroup_dirs, self.rootfs, self.root = cgroup_dirs, rootfs, root
+    def __init__(self, rootfs: str, root: str) -> None:
+        self.rootfs, self.root = rootfs, root
 
     def __call__(self) -> None:
         from ocirt.linux import consts, libc
 
-        for directory in self.cgroup_dirs:
-            with open(os.path.join(directory, "cgroup.procs"), "w") as f:
-                f.write("0")
         libc.unshare(consts.CLONE_NEWNS)
         libc.mount(None, "/", None, consts.MS_REC | consts.MS_SLAVE, None)
         libc.mount(self.rootfs, self.root, None, consts.MS_BIND | consts.MS_REC, None)
@@ -270,7 +274,7 @@ def create_mountpoints(plan: Plan) -> None:
     root_fd = os.open(plan.rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for m in plan.mounts:
-            if not m.is_bind() or any(m.destination.startswith(t) for t in tmpfs):
+            if not m.is_bind or any(m.destination.startswith(t) for t in tmpfs):
                 continue
             if resolve.lstat_in_root(root_fd, m.destination) is not None:
                 continue

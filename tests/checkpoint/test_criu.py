@@ -197,3 +197,99 @@ def test_created_container_cannot_be_checkpointed(ocirt, counter):
     r = ocirt("checkpoint", "cr9")
     assert r.rc == 1 and "Container cannot be checkpointed in created state" in r.err, r
     assert ocirt.status("cr9") == "created"
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+FAKE_CRIU = r"""#!/bin/sh
+# passes `check`; records what it was asked and where it ran, then fails like CRIU
+[ "$1" = check ] && exit 0
+dir= ; log=
+for a in "$@"; do
+    case "$prev" in -D) dir=$a ;; -W) work=$a ;; -o) log=$a ;; esac
+    prev=$a
+done
+printf '%s\n' "$@" > "$RECORD.args"
+cat /proc/self/cgroup > "$RECORD.cgroup"
+readlink /proc/self/ns/mnt > "$RECORD.mntns"
+echo "Error (criu/fake.c:1): the fake criu refuses to $1" > "${work:-$dir}/$log"
+exit 1
+"""
+
+
+@pytest.fixture
+def fake_criu(tmp_path):
+    path = tmp_path / "fake-criu"
+    path.write_text(FAKE_CRIU)
+    path.chmod(0o755)
+    return str(path), str(tmp_path / "record")
+
+
+def test_failed_dump_leaves_the_container_running(ocirt, counter, tmp_path, fake_criu):
+    """What ocirt hands CRIU for a dump (the init, external bind mounts, empty network
+    namespace, the freezer), and a dump that fails leaves the container as it was."""
+    b, count = counter
+    binary, record = fake_criu
+    rt = Runtime(ocirt.binary, ocirt.root, ["--criu", binary])
+    _run_detached(rt, "cr10", b)
+    pid = rt.state("cr10")["pid"]
+    images = str(tmp_path / "images")
+    env = {**os.environ, "RECORD": record}
+    r = rt("checkpoint", "--image-path", images, "--tcp-established", "cr10", env=env)
+    assert r.rc == 1
+    assert len(r.err.strip().splitlines()) == 1, r.err
+    assert "criu failed: dump: the fake criu refuses to dump" in r.err
+    assert "dump.log" in r.err
+    args = _read(record + ".args").split("\n")
+    assert args[0] == "dump" and args[args.index("-t") + 1] == str(pid)
+    assert "--external" in args and "mnt[/out]:/out" in args
+    assert args[args.index("--empty-ns") + 1] == "net" and "--tcp-established" in args
+    assert "--leave-running" not in args and "--freeze-cgroup" in args
+    assert rt.status("cr10") == "running" and rt.state("cr10")["pid"] == pid
+    assert os.listdir(images) == ["dump.log"]  # no partial images, no descriptors.json
+    n = len(_numbers(count))
+    assert wait_for(lambda: len(_numbers(count)) > n + 2, timeout=20)
+
+
+def test_failed_restore_undoes_everything(ocirt, counter, tmp_path, fake_criu):
+    """A restore that CRIU fails: CRIU ran in the container's new cgroup and in a mount
+    namespace of its own, was given the bind mounts' sources, the stdio pipes and the
+    cgroup root; afterwards no state, cgroup or mount is left."""
+    b, _ = counter
+    binary, record = fake_criu
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "descriptors.json").write_text('["/dev/null", "pipe:[4242]", "/dev/null"]')
+    rt = Runtime(ocirt.binary, ocirt.root, ["--criu", binary])
+    env = {**os.environ, "RECORD": record}
+    r = rt("restore", "-d", "--image-path", str(images), "--bundle", b, "cr11", env=env)
+    assert r.rc == 1, r
+    assert len(r.err.strip().splitlines()) == 1, r.err
+    assert "criu failed: restore: the fake criu refuses to restore" in r.err
+    args = _read(record + ".args").split("\n")
+    assert args[0] == "restore" and "-d" in args and "--pidfile" in args
+    out_dir = os.path.dirname(_count_path(b))
+    assert f"mnt[/out]:{out_dir}" in args
+    assert "fd[1]:pipe:[4242]" in args
+    assert args[args.index("--root") + 1] == os.path.join(ocirt.root, "cr11", "criu-root")
+    with open(os.path.join(b, "config.json")) as f:
+        cgpath = json.load(f)["linux"]["cgroupsPath"]
+    # CRIU ran in the container's cgroup, and maps the dump's root cgroup onto it
+    assert cgpath in _read(record + ".cgroup")
+    roots = [args[i + 1] for i, a in enumerate(args) if a == "--cgroup-root"]
+    assert roots and all(cgpath in v for v in roots), roots
+    assert _read(record + ".mntns") != os.readlink("/proc/self/ns/mnt") + "\n"
+    assert rt.status("cr11") is None
+    assert not os.path.exists(os.path.join(ocirt.root, "cr11"))
+    assert _cgroup_dirs(b) == []
+    with open("/proc/self/mountinfo") as f:
+        assert ocirt.root not in f.read()
+
+
+def _count_path(bundle: str) -> str:
+    with open(os.path.join(bundle, "config.json")) as f:
+        mounts = json.load(f)["mounts"]
+    return next(m["source"] for m in mounts if m["destination"] == "/out") + "/count"
