@@ -21,7 +21,8 @@ def _criu_options(g: Globals, opts: Options) -> CriuOptions:
                  "file_locks", "manage_cgroups_mode", "auto_dedup"):
         setattr(c, name, getattr(opts, name))
     c.empty_ns = list(opts.empty_ns or [])
-    for name in ("parent_path", "leave_running", "pre_dump"):
+    for name in ("parent_path", "leave_running", "pre_dump", "lsm_profile",
+                 "lsm_mount_context"):
         if hasattr(opts, name):
             setattr(c, name, getattr(opts, name))
     return c

@@ -151,6 +151,10 @@ _add(Command(
      Flag("detach, d", BOOL, "detach from the container's process"), _PIDFILE,
      Flag("no-subreaper", BOOL, "disable the use of the subreaper used to reap reparented "
           "processes"), _NO_PIVOT, *_CRIU_SHARED[6:],
+     Flag("lsm-profile", STR, "Specify an LSM profile to be used during restore in the form "
+          "of TYPE:NAME.", ""),
+     Flag("lsm-mount-context", STR, "Specify an LSM mount context to be used during "
+          "restore.", ""),
      Flag("sif", STR, "restore from the newest checkpoint in this SIF image (its "
           "config.json is used, with the root and mount sources of --bundle)", "",
           metavar="IMAGE.sif"),

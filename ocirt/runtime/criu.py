@@ -40,6 +40,8 @@ class CriuOptions:
         self.manage_cgroups_mode = ""  # --manage-cgroups-mode (default soft)
         self.empty_ns: list[str] = []  # --empty-ns (network is always empty, as in runc)
         self.auto_dedup = False  # --auto-dedup
+        self.lsm_profile = ""  # restore --lsm-profile TYPE:NAME
+        self.lsm_mount_context = ""  # restore --lsm-mount-context
 
     def check(self) -> None:
         """Flag values a user gives, refused before anything runs (runc's messages)."""
@@ -69,6 +71,10 @@ class CriuOptions:
                          ("--file-locks", self.file_locks), ("--auto-dedup", self.auto_dedup)):
             if on:
                 args.append(flag)
+        for flag, value in (("--lsm-profile", self.lsm_profile),
+                            ("--lsm-mount-context", self.lsm_mount_context)):
+            if value:
+                args += [flag, value]
         return args
 
 
