@@ -45,6 +45,9 @@ packages=(
     python3-matplotlib
     # `man ocirt` and tab completion of ocirt's commands, flags and container IDs
     man-db bash-completion
+    # `ocirt checkpoint` / `restore` drive CRIU (tests/checkpoint); CRIU locks the
+    # container's network with iptables-restore while it dumps (a Recommends of criu)
+    criu iptables
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -109,12 +109,62 @@ _add(Command(
     (_BUNDLE, Flag("rootless", BOOL, "generate a configuration for a rootless container")), 0, 0,
 ))
 _add(Command("features", "ocirt.cli.info:features", "show the enabled features", "", (), 0, 0))
+_CRIU_SHARED = (
+    Flag("work-path", STR, "path for saving work files and logs", ""),
+    Flag("tcp-established", BOOL, "allow open tcp connections"),
+    Flag("ext-unix-sk", BOOL, "allow external unix sockets"),
+    Flag("shell-job", BOOL, "allow shell jobs"),
+    Flag("file-locks", BOOL, "handle file locks, for safety"),
+    Flag("manage-cgroups-mode", STR, "cgroups mode: soft|full|strict|ignore (default: soft)",
+         ""),
+    Flag("empty-ns", LIST, "create a namespace, but don't restore its properties"),
+    Flag("auto-dedup", BOOL, "enable auto deduplication of memory images"),
+)
 _add(Command(
-    "checkpoint", "", "checkpoint a running container (not implemented: engines probe "
-    "`checkpoint --help` and must see it fail)", _ID, (), 0, None, available=False,
+    "checkpoint", "ocirt.cli.checkpoint:checkpoint", "checkpoint a running container",
+    _ID,
+    (Flag("image-path", STR, "path for saving criu image files", ""),
+     _CRIU_SHARED[0],
+     Flag("parent-path", STR, "path for previous criu image files in pre-dump", ""),
+     Flag("leave-running", BOOL, "leave the process running after checkpointing"),
+     *_CRIU_SHARED[1:5],
+     Flag("pre-dump", BOOL, "dump container's memory information only, leave the "
+          "container running after this"),
+     *_CRIU_SHARED[5:],
+     Flag("sif", STR, "also add the checkpoint (CRIU's image files and the container's "
+          "config.json) to this SIF image, as objects of a new group", "",
+          metavar="IMAGE.sif"),
+     Flag("sign-key", LIST, "with --sif: sign the checkpoint's group with this private key",
+          metavar="PRIVATE.pem")),
+    1, 1,
+    "The checkpoint command saves the state of the container instance with CRIU\n"
+    "(criu(8), the global --criu names its binary). Without --leave-running or\n"
+    "--pre-dump the container is stopped and deleted once its state is saved.\n"
+    "With --sif the checkpoint is carried inside a SIF image too; `ocirt restore\n"
+    "--sif` restores from it, on this machine or another.",
 ))
-_add(Command("restore", "", "restore a container from a previous checkpoint (not implemented)",
-             _ID, (), 0, None, available=False))
+_add(Command(
+    "restore", "ocirt.cli.checkpoint:restore", "restore a container from a previous "
+    "checkpoint", _ID,
+    (_CONSOLE, Flag("image-path", STR, "path to criu image files for restoring", ""),
+     *_CRIU_SHARED[:5], _CRIU_SHARED[5], _BUNDLE,
+     Flag("detach, d", BOOL, "detach from the container's process"), _PIDFILE,
+     Flag("no-subreaper", BOOL, "disable the use of the subreaper used to reap reparented "
+          "processes"), _NO_PIVOT, *_CRIU_SHARED[6:],
+     Flag("lsm-profile", STR, "Specify an LSM profile to be used during restore in the form "
+          "of TYPE:NAME.", ""),
+     Flag("lsm-mount-context", STR, "Specify an LSM mount context to be used during "
+          "restore.", ""),
+     Flag("sif", STR, "restore from the newest checkpoint in this SIF image (its "
+          "config.json is used, with the root and mount sources of --bundle)", "",
+          metavar="IMAGE.sif"),
+     Flag("key", LIST, "with --sif: a trusted public key (PEM) the checkpoint must be "
+          "signed with", metavar="PUBLIC.pem"),
+     Flag("pgp-key", LIST, "with --sif: a trusted OpenPGP public key", metavar="PUBLIC.asc")),
+    1, 1,
+    "Restores the saved state of the container instance that was previously saved\n"
+    "using the ocirt checkpoint command, as a new container of the bundle's config.",
+))
 
 # --- commands that later work fills in (listed now so their flags live in one table) ----
 

@@ -1,0 +1,45 @@
+"""What the checkpoint tests share: the counting container and whether CRIU works here."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from conformance.runner import Runtime
+
+COUNTER = ["sh", "-c", "i=0; while :; do i=$((i+1)); echo $i >>/out/count; sleep 0.1; done"]
+
+
+def _criu_works() -> tuple[bool, str]:
+    criu = shutil.which("criu")
+    if criu is None:
+        return False, "criu is not installed"
+    done = subprocess.run([criu, "check"], capture_output=True, text=True)
+    if done.returncode != 0:
+        errors = [line for line in (done.stdout + done.stderr).splitlines() if "Error" in line]
+        return False, f"criu check fails on this kernel: {(errors or ['?'])[0].strip()}"
+    return True, ""
+
+
+CRIU_OK, CRIU_WHY = _criu_works()
+needs_criu = pytest.mark.skipif(not CRIU_OK, reason=CRIU_WHY or "criu works")
+
+
+def numbers(path: str) -> list[int]:
+    try:
+        with open(path) as f:
+            return [int(x) for x in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def run_detached(rt: Runtime, cid: str, bundle: str) -> None:
+    # stdio is /dev/null: the runtime points it at the container's own /dev/null, which
+    # CRIU can dump (a host file outside the container could not be)
+    with open(os.devnull, "wb") as null:
+        rt("run", "-d", "--bundle", bundle, cid, check=True, stdout=null, stderr=null)
+
+
