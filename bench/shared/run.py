@@ -185,6 +185,15 @@ def plain_bundle(work: str, rootfs: str) -> str:
     return bundle
 
 
+def delete_leftovers(ocirt: str, state: str) -> None:
+    """`delete --force` whatever a failed or killed run left in the state root: removing
+    the directory alone would leave those containers' cgroups (and processes) behind."""
+    for cid in os.listdir(state):
+        if not cid.startswith("@"):
+            subprocess.run([ocirt, "--root", state, "delete", "--force", cid], check=False,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def measure_one(way: str, n: int, model: str, args: argparse.Namespace, work: str,
                 ocirt: str) -> dict:
     mnt = os.path.join(work, "mnt")
@@ -218,6 +227,7 @@ def measure_one(way: str, n: int, model: str, args: argparse.Namespace, work: st
                 start = time.perf_counter()
                 subprocess.run([ocirt, "sif", "unbundle", sif_bundle], check=False)
                 setup += time.perf_counter() - start
+    delete_leftovers(ocirt, state)
     shutil.rmtree(state, ignore_errors=True)
     if failures:
         raise RuntimeError(f"{way} N={n} {model}: {len(failures)} failed: {failures[0]}")
