@@ -129,10 +129,13 @@ def run(path: str, action: str, args: list[str], log_dir: str, log_name: str,
     log = os.path.join(log_dir, log_name)
     argv = [path, action, *args, "-o", log_name]
     gate_r, gate_w = os.pipe2(os.O_CLOEXEC)
+    error_r, error_w = os.pipe2(os.O_CLOEXEC)  # CRIU's exec closes it; a failure writes
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
-        _child(gate_r, gate_w, argv, pass_fds, preexec, inherit_stdio)
+        os.close(error_r)
+        _child(gate_r, gate_w, error_w, argv, pass_fds, preexec, inherit_stdio)
     os.close(gate_r)
+    os.close(error_w)
     try:
         extra = started(pid) if started is not None else []
         _write_all(gate_w, b"g" + "\0".join(extra).encode())
@@ -140,19 +143,27 @@ def run(path: str, action: str, args: list[str], log_dir: str, log_name: str,
         from ocirt.linux.signals import kill_and_reap
 
         kill_and_reap(pid)
+        os.close(error_r)
         raise
     finally:
         os.close(gate_w)
+    try:
+        setup_error = _read_all(error_r).decode(errors="replace").strip()
+    finally:
+        os.close(error_r)
     status = _wait(pid)
+    if setup_error:
+        raise OcirtError(f"cannot run criu {action}: {setup_error}")
     if status != 0:
         raise OcirtError(f"criu failed: {action}: "
                          f"{log_error(log) or _status_text(status)} (log file: {log})")
 
 
-def _child(gate_r: int, gate_w: int, argv: list[str], pass_fds: tuple[int, ...],
-           preexec: Callable[[], None] | None, inherit_stdio: bool) -> None:
+def _child(gate_r: int, gate_w: int, error_w: int, argv: list[str],
+           pass_fds: tuple[int, ...], preexec: Callable[[], None] | None,
+           inherit_stdio: bool) -> None:
     """CRIU's side of the fork: wait at the gate, set up, exec; any failure exits 127
-    with one line on stderr (our stderr: the caller's log)."""
+    with its reason on `error_w`, which the parent turns into its one line."""
     code = 127
     try:
         os.close(gate_w)
@@ -170,7 +181,7 @@ def _child(gate_r: int, gate_w: int, argv: list[str], pass_fds: tuple[int, ...],
         for fd in keep:
             os.set_inheritable(fd, True)
         low = 3
-        for fd in [*keep, 1 << 20]:
+        for fd in [*sorted({*keep, error_w}), 1 << 20]:
             if fd > low:
                 os.closerange(low, min(fd, _max_fd()))
             low = max(low, fd + 1)
@@ -179,7 +190,7 @@ def _child(gate_r: int, gate_w: int, argv: list[str], pass_fds: tuple[int, ...],
         os.execv(argv[0], argv)
     except BaseException as exc:  # noqa: BLE001 - the child must never return
         try:
-            os.write(2, f"criu: {exc}\n".encode())
+            os.write(error_w, str(exc).encode())
         except OSError:
             pass
     os._exit(code)

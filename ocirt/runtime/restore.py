@@ -260,8 +260,12 @@ class _Preexec:
     def __call__(self) -> None:
         from ocirt.linux import consts, libc
 
-        libc.unshare(consts.CLONE_NEWNS)
-        libc.mount(None, "/", None, consts.MS_REC | consts.MS_SLAVE, None)
+        try:
+            libc.unshare(consts.CLONE_NEWNS)
+            libc.mount(None, "/", None, consts.MS_REC | consts.MS_SLAVE, None)
+        except OSError as exc:  # e.g. EINVAL in a chroot: "/" is no mount point there
+            raise OSError(exc.errno, f"no mount namespace of its own for CRIU ({exc}): "
+                          "restore needs / to be a mount point") from None
         libc.mount(self.rootfs, self.root, None, consts.MS_BIND | consts.MS_REC, None)
 
 
