@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 
 from ocirt import jsonio
-from ocirt.errors import OcirtError
+from ocirt.errors import OcirtError, errno_text
 from ocirt.linux import proc
 from ocirt.runtime import criu
 from ocirt.state import CONFIG_FILE, Container, Store, rfc3339_nano, write_atomic
@@ -264,8 +264,9 @@ class _Preexec:
             libc.unshare(consts.CLONE_NEWNS)
             libc.mount(None, "/", None, consts.MS_REC | consts.MS_SLAVE, None)
         except OSError as exc:  # e.g. EINVAL in a chroot: "/" is no mount point there
-            raise OSError(exc.errno, f"no mount namespace of its own for CRIU ({exc}): "
-                          "restore needs / to be a mount point") from None
+            raise OcirtError(f"no mount namespace of its own for CRIU (making / a slave "
+                             f"mount: {errno_text(exc.errno or 0)}): restore needs / to be "
+                             "a mount point") from None
         libc.mount(self.rootfs, self.root, None, consts.MS_BIND | consts.MS_REC, None)
 
 
