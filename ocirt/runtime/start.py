@@ -56,12 +56,7 @@ def run_start_container(container: Container, cache_dir: str | None) -> None:
         for index, hook in enumerate(hooks):
             run_hook_inside(container, "startContainer", index, hook, state, cache_dir)
     except HookError:
-        from ocirt.runtime.kill import signal_init
-
-        try:
-            signal_init(container, 9)
-        except OcirtError as exc:
-            log.warning(str(exc))
+        _kill_after_failed_hook(container)
         raise
 
 
@@ -142,10 +137,16 @@ def run_poststart(container: Container) -> None:
     try:
         run_hooks("poststart", hooks, state)
     except HookError:
-        from ocirt.runtime.kill import signal_init
-
-        try:
-            signal_init(container, 9)
-        except OcirtError as exc:
-            log.warning(str(exc))
+        _kill_after_failed_hook(container)
         raise
+
+
+def _kill_after_failed_hook(container: Container) -> None:
+    """A failed startContainer or poststart hook ends the container; the hook's error
+    is what the caller reports, so a kill that fails is only a warning."""
+    from ocirt.runtime.kill import signal_init
+
+    try:
+        signal_init(container, 9)
+    except OcirtError as exc:
+        log.warning(str(exc))
