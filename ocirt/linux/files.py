@@ -65,3 +65,14 @@ def read_regular(path: str, limit: int | None = None) -> bytes:
             return f.read() if limit is None else f.read(limit + 1)
     finally:
         os.close(fd)
+
+
+def read_to_end(fd: int) -> bytes:
+    """Everything left on `fd` (a pipe until its writers are gone, a file from its
+    offset): the child-to-parent error and output channels read this way."""
+    chunks = []
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)

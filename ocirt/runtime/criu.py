@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 from ocirt.errors import OcirtError
+from ocirt.linux.files import read_to_end
 
 TYPE_CHECKING = False  # importing typing costs ~2 ms; only annotations need it
 if TYPE_CHECKING:
@@ -148,7 +149,7 @@ def run(path: str, action: str, args: list[str], log_dir: str, log_name: str,
     finally:
         os.close(gate_w)
     try:
-        setup_error = _read_all(error_r).decode(errors="replace").strip()
+        setup_error = read_to_end(error_r).decode(errors="replace").strip()
     finally:
         os.close(error_r)
     status = _wait(pid)
@@ -167,7 +168,7 @@ def _child(gate_r: int, gate_w: int, error_w: int, argv: list[str],
     code = 127
     try:
         os.close(gate_w)
-        message = _read_all(gate_r)
+        message = read_to_end(gate_r)
         if not message.startswith(b"g"):
             os._exit(code)  # the parent gave up
         if len(message) > 1:
@@ -199,15 +200,6 @@ def _child(gate_r: int, gate_w: int, error_w: int, argv: list[str],
 def _write_all(fd: int, data: bytes) -> None:
     while data:
         data = data[os.write(fd, data):]
-
-
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while True:
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
 
 
 def _max_fd() -> int:

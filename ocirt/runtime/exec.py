@@ -413,10 +413,7 @@ def run_hook_inside(container: Container, kind: str, index: int, hook: dict[str,
 
 
 def _read_all(fd: int) -> bytes:
+    from ocirt.linux.files import read_to_end
+
     os.lseek(fd, 0, os.SEEK_SET)
-    chunks = []
-    while True:
-        data = os.read(fd, 65536)
-        if not data:
-            return b"".join(chunks)
-        chunks.append(data)
+    return read_to_end(fd)

@@ -6,30 +6,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 
 import pytest
 
-from conformance.runner import Runtime
-from tests.conftest import IN_CHROOT
-
 pytestmark = pytest.mark.root
-
-HAVE_RUNC = shutil.which("runc") is not None and not IN_CHROOT
-
-
-@pytest.fixture
-def runtimes(ocirt, bundle, tmp_path):
-    """(runtime, container id) pairs, each with a running `sleep` container."""
-    pairs = [(ocirt, "c1")]
-    runc = Runtime(shutil.which("runc") or "runc", str(tmp_path / "runc-state"))
-    if HAVE_RUNC:
-        pairs.append((runc, "r1"))
-    for rt, cid in pairs:
-        rt("run", "-d", "--bundle", bundle(["sleep", "1000"]), cid, check=True)
-    yield pairs
-    runc.cleanup()
 
 
 def _process_file(tmp_path, name: str, doc) -> str:

@@ -10,34 +10,17 @@ side with runc where it is installed (rlimits: runc's current code; Debian 12's 
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
-from conformance.runner import Runtime
-from tests.conftest import IN_CHROOT
-
 pytestmark = pytest.mark.root
 
-HAVE_RUNC = shutil.which("runc") is not None and not IN_CHROOT
 # CAP_AUDIT_WRITE (29), CAP_KILL (5), CAP_NET_BIND_SERVICE (10): the bundle's set
 DEFAULT_MASK = (1 << 29) | (1 << 5) | (1 << 10)
 
 
 def status_fields(text: str) -> dict[str, str]:
     return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
-
-
-@pytest.fixture
-def runtimes(ocirt, bundle, tmp_path):
-    pairs = [(ocirt, "c1")]
-    runc = Runtime(shutil.which("runc") or "runc", str(tmp_path / "runc-state"))
-    if HAVE_RUNC:
-        pairs.append((runc, "r1"))
-    for rt, cid in pairs:
-        rt("run", "-d", "--bundle", bundle(["sleep", "1000"]), cid, check=True)
-    yield pairs
-    runc.cleanup()
 
 
 def test_a_process_file_without_capabilities_gets_the_containers(runtimes, tmp_path):
