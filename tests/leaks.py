@@ -36,6 +36,23 @@ def processes_naming(text: str) -> list[int]:
     return found
 
 
+def processes_with_argument(name: str) -> list[int]:
+    """PIDs with `name` as a whole argument or as a path component of one (a container
+    ID on a leftover's command line), not as a mere substring: `img-6` must not match
+    another program's `initrd.img-6.1.0-50-amd64`."""
+    needle = name.encode()
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if any(arg == needle or needle in arg.split(b"/") for arg in args):
+            found.append(int(pid))
+    return found
+
+
 def mounts_under(path: str, pid: int | str = "self") -> list[str]:
     """Mount points at or below `path` in the mount namespace of `pid`."""
     prefix = path.rstrip("/")

@@ -204,6 +204,7 @@ def remove_orphan_bundle(store: Store, cid: str) -> None:
     from ocirt.linux import proc
 
     directory = bundle_dir(store, cid)
+    _remove_dead_partial_marks(directory)
     try:
         with open(_creator_file(directory), "rb") as f:
             creator = jsonio.loads(f.read())
@@ -221,6 +222,26 @@ def remove_orphan_bundle(store: Store, cid: str) -> None:
         # its lease, maybe taken (a container of that ID, made since, holds its own)
         release({"sif_lease": creator[2]}, store)
     unmark_creator(directory)
+
+
+def _remove_dead_partial_marks(directory: str) -> None:
+    """A creator mark's temporary file (ocirt.state.write_atomic's `MARK.PID.tmp`) that
+    its writer, killed between write and rename, never renamed: it names no bundle, so
+    it only has to go, once that writer is gone."""
+    from ocirt.linux import proc
+
+    parent, prefix = os.path.split(_creator_file(directory) + ".")
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(prefix) and n.endswith(".tmp")]
+    except FileNotFoundError:
+        return
+    for name in names:
+        pid = name[len(prefix):-len(".tmp")]
+        if pid.isdigit() and not proc.is_running(int(pid), None):
+            try:
+                os.unlink(os.path.join(parent, name))
+            except FileNotFoundError:
+                pass
 
 
 def mount_root(plan: Plan, state_dir: str, checked_by: Any = None,

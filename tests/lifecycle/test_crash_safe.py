@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conformance import cgroupfs
-from tests.leaks import mounts_under, processes_naming, processes_rooted_in
+from tests.leaks import mounts_under, processes_rooted_in, processes_with_argument
 
 pytestmark = pytest.mark.root
 
@@ -38,7 +38,7 @@ def _left(state_root: str, cid: str, bundle: str, cgroups_path: str) -> list[str
     what += [f"cgroup {d}" for d in _cgroup_dirs(cgroups_path)]
     what += [f"mount {m}" for m in mounts_under(bundle) + mounts_under(state_root)]
     procs = set(processes_rooted_in(os.path.join(bundle, "rootfs")))
-    procs.update(p for p in processes_naming(cid) if p != os.getpid())
+    procs.update(p for p in processes_with_argument(cid) if p != os.getpid())
     what += [f"process {p} {_cmdline(p)}" for p in sorted(procs)]
     return what
 

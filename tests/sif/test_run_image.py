@@ -149,3 +149,23 @@ def test_key_flag_checks_a_root_path_sif(ocirt, tmp_path):
             assert r.rc == 1 and "signature not found" in r.err, r
             assert "inside" not in r.out
     assert ocirt.ids() == [] and mounts_under(ocirt.root) == []
+
+
+def test_delete_force_removes_the_unrenamed_mark_of_a_killed_create_image(ocirt):
+    """A `create --image` SIGKILLed between writing its creator mark's temporary file
+    and renaming it leaves `ID.creator.PID.tmp` in @sif-bundles: `delete --force ID`
+    removes it once that PID is gone, and keeps one whose writer still runs."""
+    import subprocess
+
+    bundles = os.path.join(ocirt.root, "@sif-bundles")
+    os.makedirs(bundles, mode=0o700)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead = os.path.join(bundles, f"{CID}.creator.{gone.pid}.tmp")
+    live = os.path.join(bundles, f"{CID}.creator.{os.getpid()}.tmp")
+    for path in (dead, live):
+        with open(path, "w") as f:
+            f.write("[1, 2]")
+    r = ocirt("delete", "--force", CID)
+    assert r.rc == 0 and r.err == "", r
+    assert sorted(os.listdir(bundles)) == [os.path.basename(live)]
