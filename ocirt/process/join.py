@@ -25,7 +25,7 @@ from ocirt.errors import OcirtError, errno_text
 from ocirt.linux import consts as c
 from ocirt.linux import libc
 from ocirt.process import attrs, trampoline
-from ocirt.process.init import (
+from ocirt.process.child import (
     InitContext,
     apply_lsm,
     become_root_in_userns,
