@@ -14,7 +14,6 @@ import os
 from ocirt import log
 from ocirt.errors import OcirtError
 from ocirt.runtime.create import CreateOptions, create
-from ocirt.runtime.foreground import SignalForwarder, receive_master, socketpair, wait_and_relay
 from ocirt.runtime.start import start
 from ocirt.state import Container, Store
 
@@ -33,6 +32,13 @@ def run(store: Store, cid: str, opts: CreateOptions, detach: bool, keep: bool) -
         container = create(store, cid, opts, loaded)
         _start_or_destroy(store, container)
         return 0
+    from ocirt.runtime.foreground import (  # not for `run -d`, the engines' way
+        SignalForwarder,
+        receive_master,
+        socketpair,
+        wait_and_relay,
+    )
+
     relay_end = console = -1
     if not opts.console_socket and terminal:
         from ocirt.runtime.tty import host_console
