@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """ocirt against runc and crun on the same work, interleaved, with medians and ratios.
 
-    .venv/bin/python bench/run.py [--rounds 20] [--concurrent 100] [--sif]
+    .venv/bin/python bench/run.py [--rounds 20] [--concurrent 100] [--concurrent-rounds 3]
+         [--sif]
          [--runtime NAME=PATH ...] [--out bench/results]
 
 Runtimes: `ocirt` is the launcher `python -m ocirt.launcher` writes (what contrib/setup.sh
@@ -19,7 +20,8 @@ Operations, each timed as the whole command an engine would run, wall time and C
                --log-format json`: create --pid-file, start, state, kill KILL, delete
   floor        `python3 -I -S -c pass` with ocirt's interpreter (no runtime)
   rss          resident memory of the container's waiting init (status created)
-  concurrent   N containers started at once (`run -d`): wall time, CPU per container
+  concurrent   N containers started at once (`run -d`): wall time, CPU per container;
+               medians of --concurrent-rounds rounds, the runtimes interleaved as above
 
 For the ocirt runtimes the bench also counts, per command, the modules its process has
 loaded at exit and the files it opened (bench/count.py, an audit hook), so that every
@@ -219,6 +221,22 @@ def concurrent_start(rt: Runtime, bundles: dict[str, str], count: int) -> dict:
             "cpu_s_per_container": sum(cpu for _, cpu in results) / count}
 
 
+def interleaved_concurrent(rts: list[Runtime], bundles: dict[str, str], count: int,
+                           rounds: int) -> dict[str, dict]:
+    """concurrent_start for every runtime, `rounds` times, the order rotating from round
+    to round (a machine whose load changes hits them all alike); medians per runtime."""
+    runs: dict[str, list[dict]] = {rt.name: [] for rt in rts}
+    for n in range(max(rounds, 1)):
+        for rt in rts[n % len(rts):] + rts[:n % len(rts)]:
+            runs[rt.name].append(concurrent_start(rt, bundles, count))
+    return {name: {"count": count, "rounds": len(done),
+                   "wall_s": statistics.median(r["wall_s"] for r in done),
+                   "cpu_s_per_container": statistics.median(r["cpu_s_per_container"]
+                                                            for r in done),
+                   "failures": sum(r["failures"] for r in done)}
+            for name, done in runs.items()}
+
+
 def _exists(rt: Runtime, cid: str) -> bool:
     proc = subprocess.run([rt.binary, "--root", rt.root, "state", cid], capture_output=True,
                           text=True)
@@ -337,9 +355,10 @@ def measure(args: argparse.Namespace, runtimes: dict[str, str], work: str) -> di
             result["cpu_ms"][rt.name] = {
                 op: 1000 * statistics.median(c for _, c in v) for op, v in done.items()}
             result["rss_kb"][rt.name] = waiting_rss(rt, bundles)
-            result["concurrent"][rt.name] = concurrent_start(rt, bundles, args.concurrent)
             if rt.name.startswith("ocirt"):
                 result["loads"][rt.name] = count_loads(rt, bundles)
+        result["concurrent"] = interleaved_concurrent(rts, bundles, args.concurrent,
+                                                      args.concurrent_rounds)
         if os.path.exists(VENV_PYTHON):
             wall, cpu = floor_times(VENV_PYTHON, max(args.rounds, 10))
             result["floor_ms"] = {"wall": 1000 * wall, "cpu": 1000 * cpu}
@@ -466,6 +485,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--concurrent", type=int, default=100)
+    ap.add_argument("--concurrent-rounds", type=int, default=3)
     ap.add_argument("--runtime", action="append", default=[], metavar="NAME=PATH")
     ap.add_argument("--only", action="append", default=[], metavar="NAME",
                     help="bench only these runtimes (by name)")

@@ -129,3 +129,25 @@ def bundle(tmp_path: Any) -> Callable[..., str]:
         return make_bundle(directory, config=cfg)
 
     return make
+
+
+@pytest.fixture
+def open_bundle(bundle: Callable[..., str]) -> Iterator[Callable[..., str]]:
+    """bundle(...) in a directory every user can search (pytest's base directory is
+    0700), for a container whose root is an unprivileged host uid (a user namespace)."""
+    import tempfile
+
+    made: list[str] = []
+
+    def make(args: list[str], edit: Callable[[dict], Any] | None = None) -> str:
+        top = tempfile.mkdtemp(prefix="ocirt-attrs-")
+        os.chmod(top, 0o711)
+        made.append(top)
+        b = bundle(args, edit=edit)
+        dest = os.path.join(top, "bundle")
+        shutil.move(b, dest)
+        return dest
+
+    yield make
+    for top in made:
+        shutil.rmtree(top, ignore_errors=True)

@@ -9,7 +9,6 @@ they are empty (another container may have been put next to ours meanwhile).
 
 from __future__ import annotations
 
-import errno
 import os
 
 from ocirt import log
@@ -23,7 +22,6 @@ if TYPE_CHECKING:
     from ocirt.cgroups.resources import DeviceRule, Resources
 
 PREFIX = "linux.resources"
-_PERMISSION = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 class FsManager(Manager):
@@ -84,7 +82,7 @@ class FsManager(Manager):
             log.debug(f"rootless: no cgroup in {', '.join(skipped)}")
 
     def _may_skip(self, exc: OSError) -> bool:
-        return self.rootless and not self.explicit and exc.errno in _PERMISSION
+        return fs.may_skip(exc, rootless=self.rootless, explicit=self.explicit)
 
     def _would_skip(self, directory: str) -> bool:
         """A rootless container never uses a cgroup it may not write (someone else's of
@@ -106,16 +104,9 @@ class FsManager(Manager):
                                  f"found in {directory}")
 
     def add(self, pid: int) -> None:
-        for directory in self.dirs():
-            try:
-                fs.write_raw(f"{directory}/cgroup.procs", str(pid))
-            except OSError as exc:
-                if self._may_skip(exc):
-                    log.debug(f"rootless: cannot join cgroup {directory}")
-                    self._drop(directory)
-                    continue
-                raise OcirtError(f"add pid {pid} to cgroup {directory}: "
-                                 f"{errno_text(exc.errno or 0)}") from None
+        for directory in fs.join(self.dirs(), pid, rootless=self.rootless,
+                                 explicit=self.explicit):
+            self._drop(directory)
 
     def apply(self, resources: dict[str, Any] | None) -> None:
         from ocirt.cgroups import resources as res_mod

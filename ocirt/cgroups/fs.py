@@ -12,11 +12,13 @@ import errno
 import os
 import time
 
+from ocirt import log
 from ocirt.errors import OcirtError, errno_text
 
 # rmdir of a cgroup fails with EBUSY while the kernel still lists tasks in it (processes
 # that are exiting); we retry for this long.
 REMOVE_TIMEOUT = 5.0
+_PERMISSION = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def write_raw(path: str, value: str) -> None:
@@ -26,6 +28,30 @@ def write_raw(path: str, value: str) -> None:
         os.write(fd, value.encode())
     finally:
         os.close(fd)
+
+
+def join(dirs: list[str], pid: int, *, rootless: bool, explicit: bool) -> list[str]:
+    """Write `pid` to cgroup.procs in each directory. A rootless container without an
+    explicit cgroupsPath skips the directories it may not write (runc's rootless
+    fallback); any other failure is an error. Returns the skipped directories."""
+    skipped = []
+    for directory in dirs:
+        try:
+            write_raw(f"{directory}/cgroup.procs", str(pid))
+        except OSError as exc:
+            if may_skip(exc, rootless=rootless, explicit=explicit):
+                log.debug(f"rootless: cannot join cgroup {directory}")
+                skipped.append(directory)
+                continue
+            raise OcirtError(f"add pid {pid} to cgroup {directory}: "
+                             f"{errno_text(exc.errno or 0)}") from None
+    return skipped
+
+
+def may_skip(exc: OSError, *, rootless: bool, explicit: bool) -> bool:
+    """A rootless container without an explicit cgroupsPath goes without the cgroups it
+    may not make or write (runc: errors there are fatal only when a path was given)."""
+    return rootless and not explicit and exc.errno in _PERMISSION
 
 
 def write(directory: str, name: str, value: str, field: str) -> None:

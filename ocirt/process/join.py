@@ -1,16 +1,28 @@
 """The processes `exec` forks to run a new process inside an existing container.
 
-Like `create`, `exec` forks an intermediate: it joins every namespace of the container
-(the user namespace first), then forks the process itself, which is therefore inside the
-container's pid namespace. That process takes the container's root (through the
-init's /proc/<pid>/root, so a --no-pivot container works too), sets up its terminal,
-identity and limits exactly as the init does for its own process, and execs. Both stay
-non-dumpable until execve (CVE-2016-9962). The exchange:
+The new process must be forked inside the container's pid namespace (setns of a pid
+namespace moves only the caller's future children). Where `exec` may join that
+namespace itself (it has CAP_SYS_ADMIN in its own user namespace: root, or rootless
+podman's runtime) and the container has no time namespace (which, too, applies only to
+children), it does so for the one fork, and forks the process straight into it
+(`direct`): one fork of the interpreter per exec instead of two. Otherwise, like
+`create`, it forks an intermediate that joins every namespace of the container (the
+user namespace first) and then forks the process (`intermediate`).
 
+The process joins the remaining namespaces (the user namespace first), takes the
+container's root (through the init's /proc/<pid>/root, so a --no-pivot container works
+too), sets up its terminal, identity and limits exactly as the init does for its own
+process, and execs. Every process here stays non-dumpable until execve
+(CVE-2016-9962). The exchange:
+
+    direct:       P moves the process into the container's cgroup, then
+    P -> C  go                  join the namespaces
+    intermediate:
     P -> I  go                  join the namespaces
     I -> P  exec-pid {pid}      the process is forked; the intermediate exits. P moves
                                 the process into the container's cgroup while it takes
                                 the container's root (ocirt.process.protocol says why)
+    both:
     C -> P  ready               P sets rlimits and oom_score_adj on it (it is in the
                                 cgroup by then: P reads this message only afterwards)
     P -> C  ready-ack
@@ -25,7 +37,7 @@ from ocirt.errors import OcirtError, errno_text
 from ocirt.linux import consts as c
 from ocirt.linux import libc
 from ocirt.process import attrs, trampoline
-from ocirt.process.init import (
+from ocirt.process.child import (
     InitContext,
     apply_lsm,
     become_root_in_userns,
@@ -40,6 +52,19 @@ from ocirt.process.init import (
 
 
 def intermediate(ctx: InitContext) -> None:
+    _join_namespaces(ctx)
+    fork_after_report(ctx, process, "exec-pid")
+
+
+def direct(ctx: InitContext) -> None:
+    """Forked inside the container's pid namespace already: the rest, then the process."""
+    _join_namespaces(ctx)
+    process(ctx)
+
+
+def _join_namespaces(ctx: InitContext) -> None:
+    """Non-dumpable and without stray fds first, then, on "go", every namespace in
+    ctx.ns_fds (the user namespace first)."""
     make_non_dumpable()
     close_other_fds(ctx)
     ctx.channel.expect("go")
@@ -60,7 +85,6 @@ def intermediate(ctx: InitContext) -> None:
             ctx.in_userns = True
             become_root_in_userns()
     ctx.ns_fds = {}
-    fork_after_report(ctx, process, "exec-pid")
 
 
 def process(ctx: InitContext) -> None:

@@ -13,6 +13,12 @@ from ocirt import log
 from ocirt.errors import OcirtError, errno_text
 from ocirt.linux import proc
 from ocirt.runtime.hostmounts import host_mounts_below, unmount_host_mounts
+from ocirt.runtime.process_setup import (
+    check_security_labels,
+    inherited_fds,
+    warn_and_keep_grantable,
+    write_pid_file,
+)
 from ocirt.spec.plan import Plan
 from ocirt.state import CONFIG_FILE, FIFO_FILE, Container, Store, rfc3339_nano, write_atomic
 from ocirt.undo import Undo
@@ -88,18 +94,6 @@ def check_terminal(plan: Plan, opts: CreateOptions) -> None:
         raise OcirtError("cannot use console socket if ocirt will not detach or allocate tty")
 
 
-def check_security_labels(plan: Plan) -> None:
-    """Refuse AppArmor profiles and SELinux labels the host cannot apply, before anything
-    exists; a mount label is dropped without SELinux (runc ignores it then too)."""
-    if not (plan.process.apparmor or plan.process.selinux_label or plan.mount_label):
-        return
-    from ocirt.linux import lsm
-
-    lsm.check_available(plan.process.apparmor, plan.process.selinux_label)
-    if plan.mount_label and not lsm.selinux_enabled():
-        plan.mount_label = ""
-
-
 def create(store: Store, cid: str, opts: CreateOptions,
            loaded: tuple[Plan, dict[str, Any]] | None = None) -> Container:
     """Create container `cid`; returns its recorded state (status `created`).
@@ -140,39 +134,6 @@ def check_intel_rdt(plan: Plan, cid: str) -> str:
     return root
 
 
-def warn_and_keep_grantable(plan: Plan) -> None:
-    """Capabilities the runtime cannot grant are dropped; every config warning is logged
-    (as runc warns for unknown capability names)."""
-    from ocirt.process.attrs import keep_grantable
-
-    keep_grantable(plan.process)
-    for warning in plan.process.warnings:
-        log.warning(warning)
-
-
-def inherited_fds(preserve: int) -> tuple[int, list[str]]:
-    """How many fds (from 0) reach the container: stdio, socket-activation fds (when
-    LISTEN_PID is us, as runc checks), then --preserve-fds."""
-    if preserve < 0:
-        raise OcirtError(f"--preserve-fds: {preserve} is negative")
-    extra_env: list[str] = []
-    listen = 0
-    if os.environ.get("LISTEN_FDS") and os.environ.get("LISTEN_PID") == str(os.getpid()):
-        try:
-            listen = max(0, int(os.environ["LISTEN_FDS"]))
-        except ValueError:
-            listen = 0
-        if listen:
-            extra_env = [f"LISTEN_FDS={listen}", "LISTEN_PID=1"]
-    keep = 3 + listen + preserve
-    for fd in range(3, keep):
-        try:
-            os.fstat(fd)
-        except OSError:
-            raise OcirtError(f"--preserve-fds {preserve}: fd {fd} is not open") from None
-    return keep, extra_env
-
-
 class Creation:
     """One `create`, step by step, with its undo stack."""
 
@@ -211,7 +172,8 @@ class Creation:
 
     def _create(self) -> Container:
         from ocirt.cgroups import manager_for_plan
-        from ocirt.process.init import InitContext, intermediate, run_child
+        from ocirt.process.child import InitContext, run_child
+        from ocirt.process.init import intermediate
         from ocirt.process.protocol import ChildDied, socketpair
 
         plan = self.plan
@@ -505,15 +467,6 @@ def _dump(spec: dict[str, Any]) -> bytes:
     from ocirt import jsonio
 
     return jsonio.dumps(spec).encode()
-
-
-def write_pid_file(path: str, pid: int) -> None:
-    """The host PID, no newline (runc's format), written atomically."""
-    path = os.path.abspath(path)
-    try:
-        write_atomic(path, str(pid).encode(), 0o644)
-    except OSError as exc:
-        raise OcirtError(f"write pid file {path}: {errno_text(exc.errno or 0)}") from None
 
 
 def write_id_maps(pid: int, plan: Plan) -> None:

@@ -10,6 +10,7 @@ and exits with the process's status.
 
 from __future__ import annotations
 
+import errno
 import os
 
 from ocirt import log
@@ -59,9 +60,10 @@ def exec_process(store: Store, cid: str, opts: ExecOptions) -> int:
     status = container.status()
     if not (status == PAUSED and opts.ignore_paused):
         check_transition("exec", status, cid)
-    plan = container_plan(container)
-    plan.process = exec_spec(container, plan, opts)
-    from ocirt.runtime.create import check_security_labels, warn_and_keep_grantable
+    config = container.config()  # read once: the plan and the process both come from it
+    plan = container_plan(container, config)
+    plan.process = exec_spec(config, opts)
+    from ocirt.runtime.process_setup import check_security_labels, warn_and_keep_grantable
 
     warn_and_keep_grantable(plan)
     check_security_labels(plan)
@@ -80,16 +82,16 @@ def exec_process(store: Store, cid: str, opts: ExecOptions) -> int:
     return execution.run()
 
 
-def container_plan(container: Container) -> Plan:
+def container_plan(container: Container, config: dict[str, Any]) -> Plan:
     from ocirt.spec.plan import build_plan
 
-    return build_plan(container.config(), container.bundle,
+    return build_plan(config, container.bundle,
                       no_new_keyring=bool(container.data.get("no_new_keyring")))
 
 
-def exec_spec(container: Container, plan: Plan, opts: ExecOptions) -> Process:
-    """The process to run: a process.json, or the container's process with runc's
-    command-line overrides."""
+def exec_spec(config: dict[str, Any], opts: ExecOptions) -> Process:
+    """The process to run: a process.json, or the container's process (from its
+    config.json, `config`) with runc's command-line overrides."""
     from ocirt.spec.plan import build_caps, build_process
 
     if opts.process_file:
@@ -98,14 +100,14 @@ def exec_spec(container: Container, plan: Plan, opts: ExecOptions) -> Process:
         raw = read_json_file(opts.process_file, regular_only=False)
         if not isinstance(raw, dict):
             raise OcirtError(f"{opts.process_file}: the process must be a JSON object")
-        proc = build_process(_with_container_defaults(raw, container), "process")
+        proc = build_process(_with_container_defaults(raw, config), "process")
         if opts.tty:  # conmon passes --tty with process.terminal; --tty forces a terminal
             proc.terminal = True
         return proc
     if not opts.args:
         raise OcirtError("exec: no command given (and no --process file)")
     _check_utf8(opts)
-    raw = dict(container.config().get("process") or {"cwd": "/"})
+    raw = dict(config.get("process") or {"cwd": "/"})
     raw["args"] = list(opts.args)
     raw["env"] = list(raw.get("env") or []) + list(opts.env)
     if opts.cwd:
@@ -141,8 +143,8 @@ _INHERITED = ("capabilities", "ioPriority", "scheduler", "execCPUAffinity")
 _INHERITED_IF_EMPTY = ("rlimits", "apparmorProfile", "selinuxLabel")
 
 
-def _with_container_defaults(raw: dict[str, Any], container: Container) -> dict[str, Any]:
-    config_process = container.config().get("process") or {}
+def _with_container_defaults(raw: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    config_process = config.get("process") or {}
     out = dict(raw)
     for key in _INHERITED + _INHERITED_IF_EMPTY:
         missing = out.get(key) is None or (key in _INHERITED_IF_EMPTY and not out[key])
@@ -214,10 +216,10 @@ class Execution:
 
     def _run(self) -> int:
         from ocirt.linux import libc
-        from ocirt.process import join  # noqa: F401  (imported before fork)
-        from ocirt.process.init import InitContext, run_child
+        from ocirt.process import join  # imported before the fork: the child needs it
+        from ocirt.process.child import InitContext, run_child
         from ocirt.process.protocol import socketpair
-        from ocirt.runtime.create import inherited_fds
+        from ocirt.runtime.process_setup import inherited_fds
 
         plan = self.plan
         keep_fds, extra_env = inherited_fds(self.opts.preserve_fds)
@@ -237,7 +239,9 @@ class Execution:
 
                 console_fd = connect_socket(self.opts.console_socket)
             else:
-                relay_end, console_fd = _socketpair()
+                from ocirt.runtime.foreground import socketpair as stream_pair
+
+                relay_end, console_fd = stream_pair()
                 self.undo.push(os.close, relay_end, what="terminal socket")
         parent, child = socketpair()
         self.undo.push(parent.close, what="sync socket")
@@ -246,17 +250,23 @@ class Execution:
         ctx.root_fd = root_fd
         ctx.host_pid = self.container.pid
         libc.prctl(consts.PR_SET_CHILD_SUBREAPER, 1)
-        pid = os.fork()
-        if pid == 0:
-            from ocirt.process.join import intermediate
-
-            parent.close()
-            if self.stdio is not None:
-                for target, fd in enumerate(self.stdio):
-                    os.dup2(fd, target, inheritable=True)
-            run_child(intermediate, ctx)
-        self.intermediate = pid
-        self.undo.push(self._kill_children, what="exec processes")
+        direct, own_pid_ns = _enter_pid_namespace(ns_fds)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                parent.close()
+                if self.stdio is not None:
+                    for target, fd in enumerate(self.stdio):
+                        os.dup2(fd, target, inheritable=True)
+                run_child(join.direct if direct else join.intermediate, ctx)
+            if direct:
+                self.pid = pid
+            else:
+                self.intermediate = pid
+            self.undo.push(self._kill_children, what="exec processes")
+        finally:
+            if own_pid_ns >= 0:  # our next children are ours again (hooks, poststart)
+                _leave_pid_namespace(own_pid_ns)
         child.close()
         for fd in (*ns_fds.values(), console_fd):
             if fd >= 0:
@@ -265,7 +275,7 @@ class Execution:
         self.undo.clear()
         os.close(root_fd)
         if self.opts.pid_file:
-            from ocirt.runtime.create import write_pid_file
+            from ocirt.runtime.process_setup import write_pid_file
 
             write_pid_file(self.opts.pid_file, self.pid)
         if self.opts.detach:
@@ -300,10 +310,15 @@ class Execution:
         cg = self.container.data.get("cgroup")
         if not cg:
             return
+        if not self.opts.cgroup:
+            from ocirt.cgroups import join_from_state
+
+            join_from_state(cg, pid)
+            return
         from ocirt.cgroups import manager_from_state
 
         manager = manager_from_state(cg)
-        if self.opts.cgroup and hasattr(manager, "add_to_sub"):
+        if hasattr(manager, "add_to_sub"):
             manager.add_to_sub(pid, self.opts.cgroup)
         else:
             manager.add(pid)
@@ -312,18 +327,23 @@ class Execution:
         from ocirt.process import attrs
 
         proc = self.plan.process
-        parent.send("go")
-        msg, _ = parent.expect("exec-pid", on_log=log.emit_from_child)
-        self.pid = int(msg["pid"])
-        self._join_cgroup(self.pid)  # nothing of the process's runs before "ready-ack"
+        if self.intermediate:
+            parent.send("go")
+            msg, _ = parent.expect("exec-pid", on_log=log.emit_from_child)
+            self.pid = int(msg["pid"])
+            self._join_cgroup(self.pid)  # nothing of the process's runs before "ready-ack"
+        else:  # forked by us, in the container's pid namespace: in its cgroup before "go"
+            self._join_cgroup(self.pid)
+            parent.send("go")
         if not self.opts.detach:  # from here on, our signals are the process's
-            from ocirt.runtime.run import SignalForwarder
+            from ocirt.runtime.foreground import SignalForwarder
 
             self.forwarder = SignalForwarder(self.pid, -1)
-        _, status = os.waitpid(self.intermediate, 0)
-        self.intermediate = 0
-        if status != 0:
-            raise OcirtError(f"exec intermediate process failed (wait status {status})")
+        if self.intermediate:
+            _, status = os.waitpid(self.intermediate, 0)
+            self.intermediate = 0
+            if status != 0:
+                raise OcirtError(f"exec intermediate process failed (wait status {status})")
         parent.expect("ready", on_log=log.emit_from_child)
         attrs.set_final_affinity(self.pid, proc)  # it is in the cgroup by now
         if proc.rlimits:
@@ -337,12 +357,12 @@ class Execution:
         parent.close()
 
     def _foreground(self, relay_end: int) -> int:
-        from ocirt.runtime.run import _receive_master, wait_and_relay
+        from ocirt.runtime.foreground import receive_master, wait_and_relay
 
         master = -1
         try:
             if relay_end >= 0:
-                master = _receive_master(relay_end)
+                master = receive_master(relay_end)
                 self.forwarder.attach_terminal(master, self.console)
             return wait_and_relay(self.pid, master, self.forwarder)
         finally:
@@ -355,11 +375,45 @@ class Execution:
         kill_and_reap(self.pid, self.intermediate)
 
 
-def _socketpair() -> tuple[int, int]:
-    import _socket
+def _enter_pid_namespace(ns_fds: dict[str, int]) -> tuple[bool, int]:
+    """Join the container's pid namespace for our next child only, so that the process
+    is forked straight into it, without an intermediate (one fork of this interpreter
+    less per exec: ~2 ms of CPU). Returns (direct, fd of our own pid namespace to come
+    back to, or -1). Not direct with a time namespace (it, too, applies only to
+    children: the intermediate joins it), nor where the kernel refuses us the pid
+    namespace (EPERM: no CAP_SYS_ADMIN in our own user namespace, a rootless runtime
+    that must join the container's user namespace first)."""
+    if "time" in ns_fds:
+        return False, -1
+    fd = ns_fds.get("pid")
+    if fd is None:  # the host's pid namespace: any fork of ours is in it
+        return True, -1
+    from ocirt.linux import libc
 
-    a, b = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    return int(a.detach()), int(b.detach())
+    own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        libc.setns(fd, consts.CLONE_NEWPID, "pid")
+    except OSError as exc:
+        os.close(own)
+        if exc.errno == errno.EPERM:
+            return False, -1
+        raise OcirtError(f"join the container's pid namespace: "
+                         f"{errno_text(exc.errno or 0)}") from None
+    del ns_fds["pid"]  # joined: the child has nothing to do with it
+    os.close(fd)
+    return True, own
+
+
+def _leave_pid_namespace(own: int) -> None:
+    from ocirt.linux import libc
+
+    try:
+        libc.setns(own, consts.CLONE_NEWPID, "pid")
+    except OSError as exc:
+        raise OcirtError(f"return to our own pid namespace: "
+                         f"{errno_text(exc.errno or 0)}") from None
+    finally:
+        os.close(own)
 
 
 def run_hook_inside(container: Container, kind: str, index: int, hook: dict[str, Any],
@@ -374,8 +428,9 @@ def run_hook_inside(container: Container, kind: str, index: int, hook: dict[str,
     from ocirt.hooks import HookError, failure
     from ocirt.spec.plan import build_process
 
-    plan = container_plan(container)
-    raw = dict(container.config().get("process") or {"cwd": "/"})
+    config = container.config()
+    plan = container_plan(container, config)
+    raw = dict(config.get("process") or {"cwd": "/"})
     raw.update(args=list(hook.get("args") or [hook["path"]]), env=list(hook.get("env") or []),
                terminal=False)
     plan.process = build_process(raw, "process")

@@ -205,7 +205,7 @@ class Restoration:
             container.data["hooks"] = hooks
         self.store.save(container)
         if self.copts.pid_file:
-            from ocirt.runtime.create import write_pid_file
+            from ocirt.runtime.process_setup import write_pid_file
 
             write_pid_file(self.copts.pid_file, pid)
         self.undo.clear()
@@ -328,7 +328,7 @@ def _wait_and_delete(store: Store, container: Container) -> int:
     then delete the container."""
     from ocirt import log
     from ocirt.runtime.delete import destroy
-    from ocirt.runtime.run import SignalForwarder, wait_and_relay
+    from ocirt.runtime.foreground import SignalForwarder, wait_and_relay
 
     status = wait_and_relay(container.pid, -1, SignalForwarder(container.pid, -1))
     try:

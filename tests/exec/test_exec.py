@@ -41,6 +41,46 @@ def test_joins_every_namespace_and_the_cgroup(ocirt, running, tmp_path):
     assert "NoNewPrivs:\t1" in status  # inherited from the container's process
 
 
+def _namespaces(*kinds: str):
+    """A config edit adding namespaces: a user namespace mapping 0-65535 to 100000-,
+    a time namespace whose boot clock is 10^6 s ahead."""
+    def edit(cfg: dict) -> None:
+        cfg["linux"]["namespaces"] += [{"type": k} for k in kinds]
+        if "user" in kinds:
+            ids = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+            cfg["linux"].update(uidMappings=ids, gidMappings=ids)
+        if "time" in kinds:
+            cfg["linux"]["timeOffsets"] = {"boottime": {"secs": 1000000, "nanosecs": 0}}
+    return edit
+
+
+@pytest.mark.parametrize("kinds", [("user",), ("time",), ("user", "time")])
+def test_joins_user_and_time_namespaces(ocirt, open_bundle, tmp_path, kinds):
+    """`exec` forks the process straight into the container's pid namespace (it joins
+    that namespace for the one fork), except with a time namespace, which applies only
+    to children too: then an intermediate joins all and forks it. Either way the
+    process is in every namespace of the init, the user namespace's ids and the time
+    namespace's clocks included."""
+    b = open_bundle(["sleep", "1000"], edit=_namespaces(*kinds))
+    ocirt("run", "-d", "--bundle", b, "c1", check=True)
+    init = ocirt.state("c1")["pid"]
+    pidfile = tmp_path / "pid"
+    ocirt("exec", "-d", "--pid-file", str(pidfile), "c1", "sleep", "100", check=True)
+    pid = int(pidfile.read_text())
+    for ns in ("pid", "mnt", "net", "ipc", "uts", *(("user",) if "user" in kinds else ()),
+               *(("time",) if "time" in kinds else ())):
+        assert os.readlink(f"/proc/{pid}/ns/{ns}") == os.readlink(f"/proc/{init}/ns/{ns}"), ns
+    with open(f"/proc/{pid}/status") as f:
+        nspid = next(line for line in f if line.startswith("NSpid:")).split()[1:]
+    assert len(nspid) == 2 and nspid[0] == str(pid) and int(nspid[1]) > 1
+    r = ocirt("exec", "c1", "sh", "-c", "cat /proc/self/uid_map; cut -d. -f1 /proc/uptime")
+    assert r.rc == 0, r.err
+    uid_map, uptime = r.out.splitlines()[-2:] if "user" in kinds else ("", r.out.split()[-1])
+    if "user" in kinds:
+        assert uid_map.split() == ["0", "100000", "65536"]
+    assert (int(uptime) > 1000000) == ("time" in kinds), uptime
+
+
 def test_flags_override_the_container_process(ocirt, running):
     r = ocirt("exec", "--cwd", "/tmp", "-e", "EXTRA=1", "-u", "1000:1000", "-g", "5",
               "-g", "65534", "c1", "sh", "-c", "pwd; echo $EXTRA $PATH; id -u; id -g; id -G",

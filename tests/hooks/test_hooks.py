@@ -12,11 +12,14 @@ from tests.leaks import assert_nothing_left
 pytestmark = pytest.mark.root
 
 HOST_MNT = os.readlink("/proc/self/ns/mnt")
+HOST_PID_NS = os.readlink("/proc/self/ns/pid")
 
 
 def recorder(name: str, logdir: str) -> dict:
-    """A hook that records its stdin, mount namespace, args and env under `logdir`."""
+    """A hook that records its stdin, mount and pid namespaces, args and env under
+    `logdir`."""
     script = (f'cat > "{logdir}/{name}.state"; readlink /proc/self/ns/mnt > "{logdir}/{name}.mnt";'
+              f' readlink /proc/self/ns/pid > "{logdir}/{name}.pidns";'
               f' echo "$@" > "{logdir}/{name}.args"; echo "$HOOK_VAR" > "{logdir}/{name}.env";'
               f' echo {name} >> "{logdir}/order"')
     return {"path": "/bin/sh", "args": ["sh", "-c", script, "sh", "a1", "a2"],
@@ -39,6 +42,7 @@ def test_all_hooks_in_order_with_state_and_namespaces(ocirt, bundle, tmp_path):
     ocirt("create", "--bundle", b, "c1", check=True)
     pid = ocirt.state("c1")["pid"]
     container_mnt = os.readlink(f"/proc/{pid}/ns/mnt")
+    container_pid_ns = os.readlink(f"/proc/{pid}/ns/pid")
     assert (log / "order").read_text().split() == ["prestart", "createRuntime",
                                                    "createContainer"]
     ocirt("start", "c1", check=True)
@@ -63,8 +67,12 @@ def test_all_hooks_in_order_with_state_and_namespaces(ocirt, bundle, tmp_path):
         assert state["pid"] == (1 if inside else pid), name
     for name in ("prestart", "createRuntime", "poststart", "poststop"):
         assert (log / f"{name}.mnt").read_text().strip() == HOST_MNT, name
+        # poststart: `start` joined the container's pid namespace for the startContainer
+        # hook's fork (ocirt.runtime.exec) and must have come back for its own children
+        assert (log / f"{name}.pidns").read_text().strip() == HOST_PID_NS, name
     for name in ("createContainer", "startContainer"):
         assert (log / f"{name}.mnt").read_text().strip() == container_mnt, name
+        assert (log / f"{name}.pidns").read_text().strip() == container_pid_ns, name
 
 
 def test_hook_timeout_fails_create(ocirt, bundle):

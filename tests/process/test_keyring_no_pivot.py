@@ -23,7 +23,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import uuid
 
 import pytest
@@ -133,26 +132,6 @@ def userns(cfg) -> None:
     cfg["linux"]["namespaces"].append({"type": "user"})
     cfg["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
     cfg["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
-
-
-@pytest.fixture
-def open_bundle(bundle):
-    """bundle(...) in a directory every user can search (pytest's base directory is
-    0700), for a container whose root is an unprivileged host uid."""
-    made: list[str] = []
-
-    def make(args, edit=None) -> str:
-        top = tempfile.mkdtemp(prefix="ocirt-attrs-")
-        os.chmod(top, 0o711)
-        made.append(top)
-        b = bundle(args, edit=edit)
-        dest = os.path.join(top, "bundle")
-        shutil.move(b, dest)
-        return dest
-
-    yield make
-    for top in made:
-        shutil.rmtree(top, ignore_errors=True)
 
 
 @needs_keyctl

@@ -126,6 +126,27 @@ def test_rootless_lifecycle(rootless):
     assert run("list", "-q").stdout == ""
 
 
+def test_rootless_exec_joins_the_container(rootless):
+    """An unprivileged `exec` may not join the container's pid namespace itself (the
+    kernel wants CAP_SYS_ADMIN in our own user namespace), so it does not fork the
+    process straight into it as root does: its intermediate joins the user namespace
+    first, then the others, and forks the process, which is the container's."""
+    run, home, entry = rootless
+    b = make_user_bundle(run, home, entry, ["sleep", "100"])
+    run("run", "-d", "--bundle", b, "r1")
+    init = json.loads(run("state", "r1").stdout)["pid"]
+    pidfile = os.path.join(home, "exec.pid")
+    run("exec", "-d", "--pid-file", pidfile, "r1", "sleep", "50")
+    with open(pidfile) as f:
+        pid = int(f.read())
+    for ns in ("user", "pid", "mnt", "ipc", "uts"):
+        assert os.readlink(f"/proc/{pid}/ns/{ns}") == os.readlink(f"/proc/{init}/ns/{ns}"), ns
+    r = run("exec", "r1", "sh", "-c", "id -u; cat /proc/self/uid_map")
+    lines = r.stdout.splitlines()
+    assert lines[0] == "0" and lines[1].split() == ["0", str(entry.pw_uid), "1"], r.stdout
+    run("delete", "--force", "r1")
+
+
 def test_rootless_subordinate_ids(rootless):
     """More than one id mapped: newuidmap/newgidmap from the uidmap package."""
     run, home, entry = rootless
