@@ -100,9 +100,41 @@ def bundle_from_image(store: Store, cid: str, image: str, args: list[str],
     A later container of an image that is mounted, verified and made a bundle of
     already takes `_bundle_from_cache`: a stat of the file (its identity), none of the
     image code, no read of it (every request counts on slow shared storage)."""
+    cached = _cached_identity(store, os.path.abspath(image), args, writable)
+    first = None
+    if cached is not None and not cached.hit:
+        cached, first = _wait_for_first(store, cached)
+    try:
+        return _bundle(store, cid, image, args, checked_by, writable, cached)
+    finally:
+        if first is not None:
+            first.done()
+
+
+def _wait_for_first(store: Store, cached: _Cached) -> tuple[_Cached | None, Any]:
+    """Wait while another container mounts the image and makes its first bundle (a
+    crowd of them started at once), then take its cache: (the identity with the cache
+    entry, None). When the image is not mounted here, this container is the first:
+    (None, the FirstTake it holds until its bundle is made)."""
+    from ocirt.runtime import sharedroot
+
+    images = images_dir(store)
+    first = sharedroot.FirstTake(images, cached.ident)
+    if sharedroot.has_cache(images, cached.ident, cached.name):
+        first.done()
+        cached.hit = True
+        return cached, None
+    if first.is_mounted():  # but with no bundle of this kind: made the full way
+        first.done()
+        return None, None
+    return None, first
+
+
+def _bundle(store: Store, cid: str, image: str, args: list[str], checked_by: Any,
+            writable: str | None, cached: _Cached | None
+            ) -> tuple[str, dict[str, Any] | None]:
     from ocirt.state import make_private_dirs, validate_id
 
-    cached = _cached_identity(store, os.path.abspath(image), args, writable)
     if cached is None:
         _check_sif(image)
     directory = bundle_dir(store, validate_id(cid))
@@ -144,19 +176,20 @@ def _cache_name(path: str, args: list[str], writable: str | None) -> str | None:
 
 
 class _Cached:
-    """An image file's identity, and the cache entry its shared mount has for it."""
+    """An image file's identity, the name of the cache entry for its bundles, and
+    whether its shared mount has that entry (`hit`)."""
 
-    __slots__ = ("ident", "name", "path")
+    __slots__ = ("ident", "name", "path", "hit")
 
-    def __init__(self, ident: dict[str, Any], name: str, path: str) -> None:
-        self.ident, self.name, self.path = ident, name, path
+    def __init__(self, ident: dict[str, Any], name: str, path: str, hit: bool) -> None:
+        self.ident, self.name, self.path, self.hit = ident, name, path, hit
 
 
 def _cached_identity(store: Store, path: str, args: list[str],
                      writable: str | None) -> _Cached | None:
-    """The identity of the regular file at `path` when this state root's shared mount
-    of it has a bundle cache entry for these options, else None (one stat: nothing is
-    opened, so no FIFO or device can block or act here)."""
+    """The identity of the regular file at `path`, for bundles that can be cached (None
+    otherwise, or when it is no regular file): one stat, nothing is opened, so no FIFO
+    or device can block or act here."""
     import stat
 
     name = _cache_name(path, args, writable)
@@ -171,9 +204,7 @@ def _cached_identity(store: Store, path: str, args: list[str],
     from ocirt.runtime import sharedroot
 
     ident = sharedroot.identity_of(st, sharedroot.use_fuse())
-    if not sharedroot.has_cache(images_dir(store), ident, name):
-        return None
-    return _Cached(ident, name, path)
+    return _Cached(ident, name, path, sharedroot.has_cache(images_dir(store), ident, name))
 
 
 def _bundle_from_cache(store: Store, cid: str, directory: str, cached: _Cached,
@@ -363,13 +394,17 @@ def remove_orphan_bundle(store: Store, cid: str, mark_temps: bool = False) -> No
     the container's state: whatever is mounted below it is detached, then it goes (its
     lease on a shared image mount is then stale: ocirt.runtime.sharedroot drops it).
     With `mark_temps` (`delete --force` of an ID without state) also the temporary file
-    of a mark that a SIGKILL cut short (see `_remove_mark_temps`)."""
+    of a mark that a SIGKILL cut short (see `_remove_mark_temps`), and the FirstTake
+    file of a first container of an image killed while it mounted it."""
     from ocirt import jsonio
     from ocirt.linux import proc
 
     directory = bundle_dir(store, cid)
     if mark_temps:
+        from ocirt.runtime.sharedroot import sweep_first_takes
+
         _remove_mark_temps(directory)
+        sweep_first_takes(images_dir(store))
     try:
         with open(_creator_file(directory), "rb") as f:
             creator = jsonio.loads(f.read())

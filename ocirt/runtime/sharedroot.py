@@ -156,15 +156,16 @@ class _Locked:
     """The flock of the images directory (created 0700 if missing): exclusive to mount,
     unmount or drop the last reference; shared to add a reference to a mount that is
     there or take one away while others stay (so that the containers of one image start
-    and exit side by side, not one after another)."""
+    and exit side by side, not one after another). `name`: another lock file there."""
 
-    def __init__(self, directory: str, shared: bool = False) -> None:
+    def __init__(self, directory: str, shared: bool = False, name: str = ".lock") -> None:
         from ocirt.state import make_private_dirs
 
         self.how = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+        self.path = os.path.join(directory, name)
         try:
             make_private_dirs(directory)
-            self.fd = os.open(os.path.join(directory, ".lock"),
+            self.fd = os.open(self.path,
                               os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
             from ocirt.errors import os_error_text
@@ -177,6 +178,56 @@ class _Locked:
 
     def __exit__(self, *exc: object) -> None:
         os.close(self.fd)
+
+
+class FirstTake:
+    """Held (exclusive flock on @images/.KEY.first) by the container that mounts an image
+    and makes the first bundle of it, while it does: the others of a crowd started at
+    once wait for it, then take the cache (`lease_cached`) instead of each opening,
+    parsing and verifying the image while it is being mounted. Only a shortcut: the
+    mount itself is guarded by .lock, so a race on this file (it is removed when its
+    holder is done) lets two do the full work at once, as without it."""
+
+    def __init__(self, directory: str, ident: dict[str, Any]) -> None:
+        self.keydir = os.path.join(directory, image_key(ident))
+        self.lock = _Locked(directory, name=f".{image_key(ident)}.first")
+        self.lock.__enter__()
+
+    def is_mounted(self) -> bool:
+        """Whether the image is mounted (or being mounted) here by now."""
+        return os.path.lexists(self.keydir)
+
+    def done(self) -> None:
+        try:
+            os.unlink(self.lock.path)
+        except FileNotFoundError:
+            pass
+        self.lock.__exit__()
+
+
+def sweep_first_takes(directory: str) -> None:
+    """Remove the FirstTake files that no one holds: a maker SIGKILLed before it was
+    done leaves its file (one that finishes removes its own). For `delete --force` after
+    a crash and the last release of a mount."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if not (name.startswith(".") and name.endswith(".first")):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(path)
+        except OSError:
+            pass  # held: its maker is at work
+        finally:
+            os.close(fd)
 
 
 def planned(directory: str, image: Image, ref: str, fuse: bool | None = None) -> Lease:
@@ -281,6 +332,7 @@ def release(lease: Lease) -> None:
     with _Locked(lease.directory):  # maybe the last: no lease is taken while we look
         if not _any_live(lease.directory, keydir):
             _unmount(keydir)
+            sweep_first_takes(lease.directory)
 
 
 def _intact_meta(keydir: str, ident: dict[str, Any]) -> dict[str, Any] | None:
