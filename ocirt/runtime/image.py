@@ -124,8 +124,8 @@ def _wait_for_first(store: Store, cached: _Cached) -> tuple[_Cached | None, Any]
         first.done()
         cached.hit = True
         return cached, None
-    if first.is_mounted():  # but with no bundle of this kind: made the full way
-        first.done()
+    if not first.maker or first.is_mounted():  # (the first failed, or made no entry
+        first.done()                           # of this kind): made the full way
         return None, None
     return None, first
 
@@ -228,37 +228,44 @@ def _bundle_from_cache(store: Store, cid: str, directory: str, cached: _Cached,
         mark_creator(directory)
         return None
     lease, entry = got
+    if not _entry_fits(entry, args, lease.lowers):  # not what _remember_bundle keeps
+        _release_lease(lease)
+        mark_creator(directory)
+        return None  # made the full way, which keeps a good entry again
     try:
-        _write_cached_bundle(directory, entry, args, lease.lowers)
+        _write_cached_bundle(directory, entry, args)
     except BaseException:
         _release_lease(lease)
         raise
     return directory, lease.to_json()
 
 
-def _write_cached_bundle(directory: str, entry: Any, args: list[str],
-                         lowers: list[str]) -> None:
-    """BUNDLE/.ocirt-sif.json and config.json from a cache entry, checked to be what
-    `_remember_bundle` keeps: a record that mounts nothing, a root that is the lease's
-    one shared layer."""
+def _entry_fits(entry: Any, args: list[str], lowers: list[str]) -> bool:
+    """A cache entry as `_remember_bundle` keeps it: a record that mounts nothing, a
+    root that is the lease's one shared layer, and the command before the arguments."""
+    try:
+        record, config, prefix = entry["record"], entry["config"], entry["prefix"]
+        return (len(lowers) == 1 and record.get("mode") == "mount"
+                and record.get("mounts") == {"target": lowers[0], "writable": False,
+                                             "steps": []}
+                and config["root"]["path"] == lowers[0]
+                and isinstance(config["process"], dict)
+                and (not args or (isinstance(prefix, list)
+                                  and all(isinstance(a, str) for a in prefix))))
+    except (KeyError, TypeError, AttributeError):
+        return False
+
+
+def _write_cached_bundle(directory: str, entry: dict[str, Any], args: list[str]) -> None:
+    """BUNDLE/.ocirt-sif.json and config.json from a cache entry (`_entry_fits`), with
+    this container's arguments."""
     from ocirt import jsonio
     from ocirt.sif.record import RECORD
     from ocirt.state import write_atomic
 
-    try:
-        record, config, prefix = entry["record"], entry["config"], entry["prefix"]
-        ok = (len(lowers) == 1 and record.get("mode") == "mount"
-              and record.get("mounts") == {"target": lowers[0], "writable": False,
-                                           "steps": []}
-              and config["root"]["path"] == lowers[0]
-              and (not args or (isinstance(prefix, list)
-                                and all(isinstance(a, str) for a in prefix))))
-    except (KeyError, TypeError, AttributeError):
-        ok = False
-    if not ok:
-        raise OcirtError(f"{lowers}: malformed bundle cache entry")
+    record, config = entry["record"], entry["config"]
     if args:
-        config["process"]["args"] = [*prefix, *args]
+        config["process"]["args"] = [*entry["prefix"], *args]
     _make_bundle_dir(directory)
     try:
         for name, doc in ((RECORD, record), ("config.json", config)):

@@ -182,26 +182,33 @@ class _Locked:
 
 class FirstTake:
     """Held (exclusive flock on @images/.KEY.first) by the container that mounts an image
-    and makes the first bundle of it, while it does: the others of a crowd started at
-    once wait for it, then take the cache (`lease_cached`) instead of each opening,
-    parsing and verifying the image while it is being mounted. Only a shortcut: the
-    mount itself is guarded by .lock, so a race on this file (it is removed when its
-    holder is done) lets two do the full work at once, as without it."""
+    and makes the first bundle of it, while it does (`maker`): the others of a crowd
+    started at once wait for it (a shared flock, so that they all go on together), then
+    take the cache (`lease_cached`) instead of each opening, parsing and verifying the
+    image while it is being mounted. Only a shortcut: the mount itself is guarded by
+    .lock, so a race on this file (its maker removes it when done) lets two do the full
+    work at once, as without it."""
 
     def __init__(self, directory: str, ident: dict[str, Any]) -> None:
         self.keydir = os.path.join(directory, image_key(ident))
         self.lock = _Locked(directory, name=f".{image_key(ident)}.first")
-        self.lock.__enter__()
+        try:
+            fcntl.flock(self.lock.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.maker = True
+        except BlockingIOError:  # another is making it: wait until it is done
+            fcntl.flock(self.lock.fd, fcntl.LOCK_SH)
+            self.maker = False
 
     def is_mounted(self) -> bool:
         """Whether the image is mounted (or being mounted) here by now."""
         return os.path.lexists(self.keydir)
 
     def done(self) -> None:
-        try:
-            os.unlink(self.lock.path)
-        except FileNotFoundError:
-            pass
+        if self.maker:
+            try:
+                os.unlink(self.lock.path)
+            except FileNotFoundError:
+                pass
         self.lock.__exit__()
 
 

@@ -300,3 +300,25 @@ def test_later_containers_take_the_cached_bundle_and_a_changed_file_is_checked_a
     ocirt("delete", "--force", "k1", check=True)
     assert_released(ocirt, img)
     assert os.listdir(os.path.join(ocirt.root, "@sif-bundles")) == []
+
+
+def test_a_crowd_started_at_once_waits_for_the_first_and_takes_its_cache(ocirt, image,
+                                                                          tmp_path):
+    """N `run --image` of an image not yet mounted, started at once: one mounts it and
+    makes the bundle, the others wait for that and take the cache (none of them opens
+    and verifies the image itself meanwhile); each runs its own arguments; nothing is
+    left, not even the first one's lock file."""
+    import shutil
+
+    img = str(tmp_path / "crowd.sif")
+    shutil.copyfile(image[0], img)
+    results = start_all(ocirt, [["--debug", "run", "--image", img, "--key", image[1],
+                                 f"crowd{i}", "--", "echo", f"hi{i}"] for i in range(N)])
+    assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+    assert [r.stdout.split() for r in results] == [[f"hi{i}"] for i in range(N)]
+    mounted = [r for r in results if "mounted once for the state root" in r.stderr]
+    cached = [r for r in results if "(cached)" in r.stderr]
+    assert len(mounted) == 1 and len(cached) == N - 1, [r.stderr for r in results]
+    assert ocirt.ids() == []
+    assert_released(ocirt, img)
+    assert os.listdir(os.path.join(ocirt.root, "@images")) == [".lock"]
