@@ -25,10 +25,11 @@ policy (the policies that passed are remembered in image.json).
 
 `lease_cached` is the common case made cheap: a container of an image whose mount is
 intact, already verified against its policy, with a cache entry for what it needs, takes
-its lease from the file's identity alone (one open and fstat of the image, no parsing of
-its header or descriptors, none of the image code imported). A file changed in place has
-another identity, so another KEY without any of this: it is opened, verified and mounted
-in full again.
+its lease from the file's identity alone (one stat of the image file: no open, no parsing
+of its header or descriptors, none of the image code imported). A file changed in place
+has another identity, so another KEY without any of this: it is opened, verified and
+mounted in full again. `FirstTake` makes a crowd started at once wait for the first of
+them to mount the image and fill the cache, instead of each doing it all meanwhile.
 
 The last `release` unmounts and removes KEY/. A reference is stale when its container is
 gone or stopped and the process that took it is gone; a `release` drops those it meets
