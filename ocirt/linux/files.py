@@ -24,6 +24,7 @@ class NotRegularFile(OSError):
     def __init__(self, path: str, mode: int) -> None:
         super().__init__(f"not a regular file ({kind_of(mode)})")
         self.filename = path
+        self.mode = mode
         self.reason = f"not a regular file ({kind_of(mode)})"
 
     def __str__(self) -> str:

@@ -20,7 +20,7 @@ def delete(store: Store, cid: str, force: bool = False) -> None:
         lock = store.lock(cid)
     except ContainerNotExist:
         if force:  # its `create --image` may have died before the state directory
-            _remove_orphan_bundle(store, cid)
+            _remove_orphan_bundle(store, cid, mark_temps=True)
             return
         raise
     with lock:
@@ -30,7 +30,7 @@ def delete(store: Store, cid: str, force: bool = False) -> None:
             if force:  # a directory without state: a create that died very early
                 unmount_below(store.dir(cid))
                 store.remove(cid)
-                _remove_orphan_bundle(store, cid)
+                _remove_orphan_bundle(store, cid, mark_temps=True)
                 return
             raise
         status = container.status()
@@ -121,10 +121,10 @@ def destroy(store: Store, container: Container) -> None:
     run_poststop(container)
 
 
-def _remove_orphan_bundle(store: Store, cid: str) -> None:
+def _remove_orphan_bundle(store: Store, cid: str, mark_temps: bool = False) -> None:
     from ocirt.runtime.image import remove_orphan_bundle
 
-    remove_orphan_bundle(store, cid)
+    remove_orphan_bundle(store, cid, mark_temps)
 
 
 def unmount_below(directory: str) -> None:

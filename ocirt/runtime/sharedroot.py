@@ -14,11 +14,22 @@ Layout, under the state root's `@images` (Store.private_dir):
     @images/KEY/layers/lowerN/  the image's layers, mounted read-only (loop + squashfs
                              as root, squashfuse without privileges: one per user and image)
     @images/KEY/refs/REF     one file per container holding a lease
+    @images/KEY/cache/NAME   what a caller derived from the image once (e.g. `run
+                             --image`'s bundle config), for the image's later
+                             containers (`remember`, `lease_cached`)
 
 KEY is a digest of the image file's identity (device, inode, size, mtime, ctime) and of
 how it is mounted; a file rewritten in place gets another key, so a mount never serves
 a changed file as the one that was verified. Verification is done once per image and
 policy (the policies that passed are remembered in image.json).
+
+`lease_cached` is the common case made cheap: a container of an image whose mount is
+intact, already verified against its policy, with a cache entry for what it needs, takes
+its lease from the file's identity alone (one stat of the image file: no open, no parsing
+of its header or descriptors, none of the image code imported). A file changed in place
+has another identity, so another KEY without any of this: it is opened, verified and
+mounted in full again. `FirstTake` makes a crowd started at once wait for the first of
+them to mount the image and fill the cache, instead of each doing it all meanwhile.
 
 The last `release` unmounts and removes KEY/. A reference is stale when its container is
 gone or stopped and the process that took it is gone; a `release` drops those it meets
@@ -32,9 +43,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import os
-import shutil
 
 from ocirt import jsonio, log
 from ocirt.errors import OcirtError
@@ -49,6 +58,7 @@ if TYPE_CHECKING:
 IMAGES = "images"
 META = "image.json"
 REFS = "refs"
+CACHE = "cache"
 
 
 class NotShared(OcirtError):
@@ -91,25 +101,53 @@ def _check_name(name: str, what: str) -> None:
 
 def identity(image: Image, fuse: bool) -> dict[str, Any]:
     """What makes two opened files the same image for sharing one mount."""
-    st = os.fstat(image.fd)
+    return identity_of(os.fstat(image.fd), fuse)
+
+
+def identity_of(st: os.stat_result, fuse: bool) -> dict[str, Any]:
+    """`identity` of the image file of stat `st` (without opening it as an Image)."""
     return {"dev": st.st_dev, "ino": st.st_ino, "size": st.st_size,
             "mtime": st.st_mtime_ns, "ctime": st.st_ctime_ns, "fuse": fuse,
             "uid": os.geteuid()}
 
 
+def use_fuse(fuse: bool | None = None) -> bool:
+    """Whether the image is (or would be) mounted with squashfuse: without root."""
+    return (os.geteuid() != 0) if fuse is None else fuse
+
+
+def _sha256(data: bytes = b"") -> Any:
+    """A SHA-256 hash object. hashlib's own C implementation, imported directly: importing
+    hashlib (it loads OpenSSL and blake2) costs ~7 ms, on the path every container of a
+    shared image takes."""
+    try:
+        from _sha256 import sha256  # type: ignore[import-not-found]  # Python <= 3.11
+    except ImportError:
+        try:
+            from _sha2 import sha256  # type: ignore[import-not-found]  # 3.12 and later
+        except ImportError:
+            from hashlib import sha256
+    return sha256(data)
+
+
 def image_key(ident: dict[str, Any]) -> str:
-    return hashlib.sha256(jsonio.dumps(ident).encode()).hexdigest()[:32]
+    return _sha256(jsonio.dumps(ident).encode()).hexdigest()[:32]
+
+
+def cache_name(*parts: str) -> str:
+    """A cache entry's file name for what `parts` describe."""
+    return _sha256("\0".join(parts).encode()).hexdigest()[:32]
 
 
 def policy_fingerprint(policy: Any) -> str:
     """A digest of what a policy checks: its flags and the content of its keys."""
-    h = hashlib.sha256(f"{policy.require}:{policy.legacy}".encode())
+    h = _sha256(f"{policy.require}:{policy.legacy}".encode())
     for path in sorted(policy.keys) + ["--pgp--"] + sorted(policy.pgp_keys):
         h.update(path.encode() + b"\0")
         if path != "--pgp--":
             try:
                 with open(path, "rb") as f:
-                    h.update(hashlib.sha256(f.read()).digest())
+                    h.update(_sha256(f.read()).digest())
             except OSError:
                 h.update(b"unreadable")
     return h.hexdigest()
@@ -119,15 +157,16 @@ class _Locked:
     """The flock of the images directory (created 0700 if missing): exclusive to mount,
     unmount or drop the last reference; shared to add a reference to a mount that is
     there or take one away while others stay (so that the containers of one image start
-    and exit side by side, not one after another)."""
+    and exit side by side, not one after another). `name`: another lock file there."""
 
-    def __init__(self, directory: str, shared: bool = False) -> None:
+    def __init__(self, directory: str, shared: bool = False, name: str = ".lock") -> None:
         from ocirt.state import make_private_dirs
 
         self.how = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+        self.path = os.path.join(directory, name)
         try:
             make_private_dirs(directory)
-            self.fd = os.open(os.path.join(directory, ".lock"),
+            self.fd = os.open(self.path,
                               os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
             from ocirt.errors import os_error_text
@@ -142,14 +181,119 @@ class _Locked:
         os.close(self.fd)
 
 
+class FirstTake:
+    """Held (exclusive flock on @images/.KEY.first) by the container that mounts an image
+    and makes the first bundle of it, while it does (`maker`): the others of a crowd
+    started at once wait for it (a shared flock, so that they all go on together), then
+    take the cache (`lease_cached`) instead of each opening, parsing and verifying the
+    image while it is being mounted. Only a shortcut: the mount itself is guarded by
+    .lock, so a race on this file (its maker removes it when done) lets two do the full
+    work at once, as without it."""
+
+    def __init__(self, directory: str, ident: dict[str, Any]) -> None:
+        self.keydir = os.path.join(directory, image_key(ident))
+        self.lock = _Locked(directory, name=f".{image_key(ident)}.first")
+        try:
+            fcntl.flock(self.lock.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.maker = True
+        except BlockingIOError:  # another is making it: wait until it is done
+            fcntl.flock(self.lock.fd, fcntl.LOCK_SH)
+            self.maker = False
+
+    def is_mounted(self) -> bool:
+        """Whether the image is mounted (or being mounted) here by now."""
+        return os.path.lexists(self.keydir)
+
+    def done(self) -> None:
+        if self.maker:
+            try:
+                os.unlink(self.lock.path)
+            except FileNotFoundError:
+                pass
+        self.lock.__exit__()
+
+
+def sweep_first_takes(directory: str) -> None:
+    """Remove the FirstTake files that no one holds: a maker SIGKILLed before it was
+    done leaves its file (one that finishes removes its own). For `delete --force` after
+    a crash and the last release of a mount."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if not (name.startswith(".") and name.endswith(".first")):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(path)
+        except OSError:
+            pass  # held: its maker is at work
+        finally:
+            os.close(fd)
+
+
 def planned(directory: str, image: Image, ref: str, fuse: bool | None = None) -> Lease:
     """The lease `acquire` would give `ref` (without its layers): what a caller records
     before taking it, so that `release` after a crash at any instant finds it."""
-    from ocirt.sif.mount import is_root
+    return planned_of(directory, identity(image, use_fuse(fuse)), ref)
 
+
+def planned_of(directory: str, ident: dict[str, Any], ref: str) -> Lease:
+    """`planned` for the image of identity `ident`."""
     _check_name(ref, "reference")
-    use_fuse = (not is_root()) if fuse is None else fuse
-    return Lease(directory, image_key(identity(image, use_fuse)), ref, [])
+    return Lease(directory, image_key(ident), ref, [])
+
+
+def has_cache(directory: str, ident: dict[str, Any], name: str) -> bool:
+    """Whether the shared mount of the image of identity `ident` has the cache entry
+    `name` (a hint: `lease_cached` checks again, under the lock)."""
+    return os.path.exists(os.path.join(directory, image_key(ident), CACHE, name))
+
+
+def lease_cached(directory: str, ident: dict[str, Any], ref: str, checked_by: Any,
+                 name: str) -> tuple[Lease, Any] | None:
+    """A lease for `ref` and the cache entry `name`, when the image of identity `ident`
+    is mounted here intact, has passed `checked_by` (None: no checking) and has that
+    entry (`remember`); else None, with nothing taken: the caller opens the image and
+    calls `acquire`. The file's identity is what ties the entry and the verdict to it."""
+    _check_name(ref, "reference")
+    _check_name(name, "cache entry")
+    key = image_key(ident)
+    keydir = os.path.join(directory, key)
+    fingerprint = policy_fingerprint(checked_by) if checked_by is not None else None
+    with _Locked(directory, shared=True):
+        meta = _intact_meta(keydir, ident)
+        if meta is None or (fingerprint is not None
+                            and fingerprint not in (meta.get("verified") or [])):
+            return None
+        try:
+            with open(os.path.join(keydir, CACHE, name), "rb") as f:
+                entry = jsonio.loads(f.read())
+        except (OSError, ValueError):
+            return None
+        _write_ref(keydir, ref)
+    if fingerprint is not None:
+        log.debug(f"{meta.get('image')}: already verified against this policy")
+    log.debug(f"{meta.get('image')}: shared mount {keydir} leased to {ref} (cached)")
+    return Lease(directory, key, ref, list(meta["lowers"])), entry
+
+
+def remember(lease: Lease, name: str, entry: Any) -> None:
+    """Keep `entry` (JSON) for the image's later containers (`lease_cached`), as long
+    as its mount lives. The lease held keeps KEY/ there while it is written."""
+    from ocirt.state import make_private_dirs, write_atomic
+
+    _check_name(name, "cache entry")
+    cache = os.path.join(lease.directory, lease.key, CACHE)
+    with _Locked(lease.directory, shared=True):
+        make_private_dirs(cache)
+        write_atomic(os.path.join(cache, name), jsonio.dumps(entry).encode())
 
 
 def acquire(directory: str, image: Image, ref: str, checked_by: Any = None,
@@ -157,11 +301,9 @@ def acquire(directory: str, image: Image, ref: str, checked_by: Any = None,
     """A lease on the shared mount of the open `image` for container `ref`, mounting it
     first when no container of this state root has it; the image is verified against
     `checked_by` unless it already passed that policy."""
-    from ocirt.sif.mount import is_root
-
     _check_name(ref, "reference")
-    use_fuse = (not is_root()) if fuse is None else fuse
-    ident = identity(image, use_fuse)
+    fuse = use_fuse(fuse)
+    ident = identity(image, fuse)
     key = image_key(ident)
     keydir = os.path.join(directory, key)
     with _Locked(directory, shared=True):  # the common case: it is mounted already
@@ -175,7 +317,7 @@ def acquire(directory: str, image: Image, ref: str, checked_by: Any = None,
     with _Locked(directory):
         meta = _load_meta(keydir, ident)
         if meta is None:
-            meta = _mount(keydir, image, ident, checked_by, use_fuse)
+            meta = _mount(keydir, image, ident, checked_by, fuse)
         elif checked_by is not None:
             _verify_once(keydir, meta, image, checked_by)
         _write_ref(keydir, ref)  # (stale ones are the last release's to drop)
@@ -198,6 +340,7 @@ def release(lease: Lease) -> None:
     with _Locked(lease.directory):  # maybe the last: no lease is taken while we look
         if not _any_live(lease.directory, keydir):
             _unmount(keydir)
+            sweep_first_takes(lease.directory)
 
 
 def _intact_meta(keydir: str, ident: dict[str, Any]) -> dict[str, Any] | None:
@@ -231,7 +374,9 @@ def _load_meta(keydir: str, ident: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _mount(keydir: str, image: Image, ident: dict[str, Any], checked_by: Any,
-           use_fuse: bool) -> dict[str, Any]:
+           fuse: bool) -> dict[str, Any]:
+    import shutil
+
     from ocirt.sif.mount import mount_layers
     from ocirt.sif.mount import release as release_mount
 
@@ -244,7 +389,7 @@ def _mount(keydir: str, image: Image, ident: dict[str, Any], checked_by: Any,
     os.mkdir(keydir, 0o711)
     try:
         os.mkdir(os.path.join(keydir, REFS), 0o700)
-        record, lowers = mount_layers(image, os.path.join(keydir, "layers"), fuse=use_fuse)
+        record, lowers = mount_layers(image, os.path.join(keydir, "layers"), fuse=fuse)
     except BaseException:
         shutil.rmtree(keydir, ignore_errors=True)
         raise
@@ -365,6 +510,8 @@ def _check_inside(keydir: str, record: Any) -> None:
 
 def _reset(keydir: str) -> None:
     """Detach whatever is mounted below `keydir` (deepest first) and remove it."""
+    import shutil
+
     from ocirt.sif.mount import MountError, MountRecord
     from ocirt.sif.mount import release as release_mount
 

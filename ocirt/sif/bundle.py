@@ -18,10 +18,14 @@ from typing import Any
 from ocirt import jsonio
 from ocirt.errors import os_error_text
 from ocirt.sif.image import Image, SIFError
-from ocirt.sif.record import RECORD, read_record, unpacked_rootfs_devices  # noqa: F401
+from ocirt.sif.record import (  # noqa: F401
+    RECORD,
+    WORKDIR,
+    read_record,
+    unpacked_rootfs_devices,
+)
 from ocirt.undo import Undo
 
-WORKDIR = ".ocirt-sif"
 UNPACK_DIR = ".ocirt-sif-unpack"
 _MAX_JSON = 16 << 20
 

@@ -21,10 +21,12 @@ Relative key paths are taken relative to the policy file's directory.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
-from typing import Any
 
-from ocirt.sif.image import SIFError
+from ocirt.errors import SIFError
+
+TYPE_CHECKING = False  # importing typing costs ~2 ms; only annotations need it
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_POLICY_PATH = "/etc/ocirt/sif-policy.json"
 
@@ -33,19 +35,38 @@ class PolicyError(SIFError):
     """The policy file is unreadable or invalid."""
 
 
-@dataclass
 class Policy:
-    """Trusted keys and how to verify. `require` False means images are not checked."""
+    """Trusted keys and how to verify. `require` False means images are not checked.
 
-    keys: list[str] = field(default_factory=list)
-    pgp_keys: list[str] = field(default_factory=list)
-    legacy: bool = False
-    require: bool = True
-    source: str = ""
+    A plain class, not a dataclass: every `run --image` and SIF `root.path` loads the
+    policy, and importing dataclasses (with inspect, re, ...) costs ~15 ms a container."""
+
+    __slots__ = ("keys", "pgp_keys", "legacy", "require", "source")
+
+    def __init__(self, keys: list[str] | None = None, pgp_keys: list[str] | None = None,
+                 legacy: bool = False, require: bool = True, source: str = "") -> None:
+        self.keys = list(keys or [])
+        self.pgp_keys = list(pgp_keys or [])
+        self.legacy = legacy
+        self.require = require
+        self.source = source
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (self.keys, self.pgp_keys, self.legacy, self.require, self.source)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Policy) and self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass was
+
+    def __repr__(self) -> str:
+        return (f"Policy(keys={self.keys!r}, pgp_keys={self.pgp_keys!r}, "
+                f"legacy={self.legacy!r}, require={self.require!r}, source={self.source!r})")
 
     def with_keys(self, keys: list[str], pgp_keys: list[str]) -> Policy:
         """This policy plus keys given on the command line."""
-        return replace(self, keys=[*self.keys, *keys], pgp_keys=[*self.pgp_keys, *pgp_keys])
+        return Policy([*self.keys, *keys], [*self.pgp_keys, *pgp_keys], self.legacy,
+                      self.require, self.source)
 
     @property
     def has_keys(self) -> bool:

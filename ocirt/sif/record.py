@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 RECORD = ".ocirt-sif.json"
+WORKDIR = ".ocirt-sif"  # BUNDLE/WORKDIR: the scratch directories of its mounts
 
 
 def unpacked_rootfs_devices(bundle: str, rootfs: str, hidden: tuple[str, ...]) -> list[str]:

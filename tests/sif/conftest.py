@@ -13,11 +13,13 @@ from typing import Any
 import pytest
 
 from tests.sif.helpers import (
+    FIXTURES,
     GO_SIF,
     HERE,
     attached_loops,
     fixture,
     go_reference_missing,
+    make_like,
     mounts_under,
     processes_mentioning,
     run_sif,
@@ -54,6 +56,22 @@ def copy_fixture(tmp_path: Any) -> Callable[[str], str]:
         os.chmod(dest, 0o644)
         return dest
     return copy
+
+
+@pytest.fixture(scope="session")
+def images_like(tmp_path_factory: Any) -> Callable[[str], list[str]]:
+    """name -> the images a test of reference file `name` runs on: one with the same
+    objects made by ocirt's own writer (helpers.make_like), always, so that a clone
+    without ../shared tests it too; and the reference file itself where ../shared has
+    it (a test of both never skips, and checks the reference's bytes where it can)."""
+    made: dict[str, str] = {}
+
+    def images(name: str) -> list[str]:
+        if name not in made:
+            made[name] = make_like(name, str(tmp_path_factory.mktemp("like")))
+        reference = os.path.join(FIXTURES, name)
+        return [made[name]] + ([reference] if os.path.exists(reference) else [])
+    return images
 
 
 @pytest.fixture(scope="session")

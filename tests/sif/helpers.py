@@ -31,6 +31,64 @@ def fixture(name: str) -> str:
     return path
 
 
+# What a-minimal-busybox.sif's runscript prints (../shared/fixtures/sif/README.md).
+LIKE_RUNSCRIPT = 'echo "runscript: hello from SIF"; echo "args: $@"'
+
+
+def make_like(name: str, directory: str) -> str:
+    """An image with the objects of reference file `name` (see the table in
+    ../shared/fixtures/sif/README.md), written in `directory` by ocirt's own writer, so
+    that what a test checks with that file is checked in a clone without ../shared too
+    (tests/sif/test_reference.py shows the writer gives the reference's bytes for the
+    same objects). Known: a-minimal-busybox.sif and b-multi-object.sif."""
+    from conformance.bundle import make_rootfs
+
+    out = os.path.join(directory, name)
+    deffile = _write(directory, "deffile", "Bootstrap: scratch\n")
+    if name == "a-minimal-busybox.sif":  # 1 definition file, 2 primary system partition
+        rootfs = make_rootfs(os.path.join(directory, "busybox-rootfs"))
+        run_sif("create", "--rootfs", rootfs, "--deffile", deffile, "--runscript",
+                LIKE_RUNSCRIPT, out, check=True)
+        return out
+    if name != "b-multi-object.sif":
+        raise ValueError(f"no recipe for {name}")
+    run_sif("new", out, check=True)
+    objects = [
+        ("deffile", deffile, "deffile", []),
+        ("labels", _write(directory, "labels.json", '{"org.example.kind": "test"}'),
+         "labels.json", []),
+        ("envvar", _write(directory, "90-environment.sh", "export A=1\n"),
+         "90-environment.sh", []),
+        ("json", _write(directory, "inspect-metadata.json", '{"data": {}}'),
+         "inspect-metadata.json", []),
+        ("partition", _squashfs(directory, "primary"), "primary.squashfs",
+         ["--partfs", "1", "--parttype", "2"]),
+        ("partition", _squashfs(directory, "data"), "data.squashfs",
+         ["--partfs", "1", "--parttype", "3"]),
+    ]
+    for kind, path, obj_name, extra in objects:
+        run_sif("add", "--datatype", kind, "--name", obj_name, *extra, out, path, check=True)
+    return out
+
+
+def _write(directory: str, name: str, text: str) -> str:
+    path = os.path.join(directory, name)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def _squashfs(directory: str, name: str) -> str:
+    """A small squashfs of one file (mksquashfs, squashfs-tools)."""
+    source = os.path.join(directory, f"{name}-tree")
+    os.makedirs(source)
+    _write(source, "file", f"{name}\n")
+    out = os.path.join(directory, f"{name}.squashfs")
+    subprocess.run(["mksquashfs", source, out, "-noappend", "-quiet", "-all-root"],
+                   check=True, capture_output=True, timeout=60)
+    return out
+
+
 def run_sif(*args: str, check: bool = False, timeout: float = 120,
             user: str | None = None, **kw: Any) -> subprocess.CompletedProcess:
     """`ocirt sif ARGS` through the repository's interpreter; `user` runs it as that

@@ -233,18 +233,22 @@ def test_header_fields_out_of_range_give_clear_errors(tmp_path) -> None:
         assert expected in _expect_clean_error(path)
 
 
-def test_descriptor_pointing_outside_the_file(tmp_path) -> None:
-    data = bytearray(read_bytes(fixture("b-multi-object.sif")))
-    slot = 4096 + 585 * 4  # object 5
-    data[slot + 17:slot + 25] = struct.pack("<q", len(data) - 10)
-    path = str(tmp_path / "d.sif")
-    with open(path, "wb") as f:
-        f.write(data)
-    assert "object 5" in _expect_clean_error(path)
-    data[slot + 5:slot + 9] = struct.pack("<I", 1)  # a duplicate ID
-    with open(path, "wb") as f:
-        f.write(data)
-    assert "duplicate object ID" in _expect_clean_error(path)
+def test_descriptor_pointing_outside_the_file(tmp_path, images_like) -> None:
+    for source in images_like("b-multi-object.sif"):
+        data = bytearray(read_bytes(source))
+        path = str(tmp_path / "d.sif")
+        with open(path, "wb") as f:
+            f.write(data)
+        assert _expect_clean_error(path) == ""  # intact, as made
+        slot = 4096 + 585 * 4  # object 5
+        data[slot + 17:slot + 25] = struct.pack("<q", len(data) - 10)
+        with open(path, "wb") as f:
+            f.write(data)
+        assert "object 5" in _expect_clean_error(path), source
+        data[slot + 5:slot + 9] = struct.pack("<I", 1)  # a duplicate ID
+        with open(path, "wb") as f:
+            f.write(data)
+        assert "duplicate object ID" in _expect_clean_error(path), source
 
 
 def test_random_corruption_never_raises_anything_but_sif_errors(tmp_path) -> None:

@@ -20,17 +20,18 @@ CID = f"s1-{os.getpid()}"
 
 pytestmark = pytest.mark.root
 
-def test_run_image_prints_the_runscript(ocirt, tmp_path):
-    # A private copy: the loop device it backs is ours to find (the machine is shared,
-    # and other sessions attach loop devices of their own meanwhile).
-    image = str(tmp_path / "a.sif")
-    shutil.copyfile(fixture("a-minimal-busybox.sif"), image)
-    r = ocirt("run", "--image", image, CID)
-    assert r.rc == 0, r
-    assert "runscript: hello from SIF" in r.out
-    assert ocirt.ids() == []
-    assert mounts_under(ocirt.root) == [] and wait_detached(image)
-    assert os.listdir(os.path.join(ocirt.root, "@sif-bundles")) == []
+def test_run_image_prints_the_runscript(ocirt, tmp_path, images_like):
+    for n, source in enumerate(images_like("a-minimal-busybox.sif")):
+        # A private copy: the loop device it backs is ours to find (the machine is
+        # shared, and other sessions attach loop devices of their own meanwhile).
+        image = str(tmp_path / f"a{n}.sif")
+        shutil.copyfile(source, image)
+        r = ocirt("run", "--image", image, CID)
+        assert r.rc == 0, r
+        assert "runscript: hello from SIF" in r.out, source
+        assert ocirt.ids() == []
+        assert mounts_under(ocirt.root) == [] and wait_detached(image)
+        assert os.listdir(os.path.join(ocirt.root, "@sif-bundles")) == []
 
 
 UNVERIFIED = "running an unverified SIF image (no --key given and no /etc/ocirt/sif-policy.json)"
@@ -93,9 +94,10 @@ def test_writable_tmpfs_needs_an_image(ocirt, bundle):
     assert r.rc == 1 and "--writable-tmpfs needs --image" in r.err, r
 
 
-def test_arguments_after_the_id_go_to_the_runscript(ocirt):
-    r = ocirt("run", "--image", fixture("a-minimal-busybox.sif"), CID, "--", "one", "two")
-    assert r.rc == 0 and "args: one two" in r.out, r
+def test_arguments_after_the_id_go_to_the_runscript(ocirt, images_like):
+    for source in images_like("a-minimal-busybox.sif"):
+        r = ocirt("run", "--image", source, CID, "--", "one", "two")
+        assert r.rc == 0 and "args: one two" in r.out, (source, r)
 
 
 def test_policy_refuses_an_unsigned_image(ocirt):

@@ -251,3 +251,74 @@ def test_containers_that_start_and_exit_at_once_all_run_and_leave_nothing(ocirt,
             [(r.returncode, r.stdout, r.stderr) for r in results]
         assert ocirt.ids() == []
         assert_released(ocirt, img)
+
+
+def test_later_containers_take_the_cached_bundle_and_a_changed_file_is_checked_anew(
+        ocirt, image, tmp_path):
+    """The first `run --image` of a mounted image leaves its bundle (config.json) in the
+    mount's cache; later ones take it from the file's identity alone (no open of the
+    image), each with its own arguments, and still only after the policy passed. An
+    image changed in place (another mtime/ctime) gets none of that: it is verified and
+    mounted anew, and a tampered one is refused though its old mount is still there."""
+    import shutil
+
+    img = str(tmp_path / "app.sif")
+    shutil.copyfile(image[0], img)
+    key = image[1]
+    first = ocirt("--debug", "run", "-d", "--image", img, "--key", key, "k1", "--",
+                  "sleep", "60")
+    assert first.rc == 0 and "mounted once for the state root" in first.err, first
+    for i, word in enumerate(("alpha", "beta")):
+        r = ocirt("--debug", "run", "--image", img, "--key", key, f"k2{i}", "--",
+                  "echo", word, f"k2{i}")
+        assert r.rc == 0 and r.out.split() == [word, f"k2{i}"], r  # its own arguments
+        assert "(cached)" in r.err and "already verified against this policy" in r.err, r
+    # A key the mount was not verified with is checked: the cache is no way around it.
+    run_sif("keygen", "--type", "ecdsa", str(tmp_path / "other"), check=True)
+    other = ocirt("run", "--image", img, "--key", str(tmp_path / "other.pub"), "k3",
+                  "--", "true")
+    assert other.rc == 1 and "verification failed" in other.err, other
+    # No arguments: the image's own command, its own cache entry (made by the first).
+    for cid, cached in (("k40", False), ("k41", True)):
+        r = ocirt("--debug", "run", "--image", img, cid)
+        assert r.rc == 0 and ("(cached)" in r.err) == cached, r
+    st = os.stat(img)
+    os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # same bytes, new identity
+    again = ocirt("--debug", "run", "--image", img, "--key", key, "k5", "--", "true")
+    assert again.rc == 0 and "(cached)" not in again.err, again
+    assert "mounted once for the state root" in again.err, again
+    with open(img, "r+b") as f:  # in place: the same inode, a changed partition
+        size = os.fstat(f.fileno()).st_size
+        f.seek(size // 2)
+        byte = f.read(1)
+        f.seek(size // 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    bad = ocirt("--debug", "run", "--image", img, "--key", key, "k6", "--", "true")
+    assert bad.rc == 1 and "verification failed" in bad.err and "(cached)" not in bad.err, bad
+    assert len(squashfs_mounts(ocirt.root)) == 1  # k1's, of the file as it was
+    assert ocirt.ids() == ["k1"]
+    ocirt("delete", "--force", "k1", check=True)
+    assert_released(ocirt, img)
+    assert os.listdir(os.path.join(ocirt.root, "@sif-bundles")) == []
+
+
+def test_a_crowd_started_at_once_waits_for_the_first_and_takes_its_cache(ocirt, image,
+                                                                          tmp_path):
+    """N `run --image` of an image not yet mounted, started at once: one mounts it and
+    makes the bundle, the others wait for that and take the cache (none of them opens
+    and verifies the image itself meanwhile); each runs its own arguments; nothing is
+    left, not even the first one's lock file."""
+    import shutil
+
+    img = str(tmp_path / "crowd.sif")
+    shutil.copyfile(image[0], img)
+    results = start_all(ocirt, [["--debug", "run", "--image", img, "--key", image[1],
+                                 f"crowd{i}", "--", "echo", f"hi{i}"] for i in range(N)])
+    assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+    assert [r.stdout.split() for r in results] == [[f"hi{i}"] for i in range(N)]
+    mounted = [r for r in results if "mounted once for the state root" in r.stderr]
+    cached = [r for r in results if "(cached)" in r.stderr]
+    assert len(mounted) == 1 and len(cached) == N - 1, [r.stderr for r in results]
+    assert ocirt.ids() == []
+    assert_released(ocirt, img)
+    assert os.listdir(os.path.join(ocirt.root, "@images")) == [".lock"]

@@ -186,12 +186,17 @@ def test_tampered_header(copy_fixture, sif, pem_keys) -> None:
     assert sif("verify", "--key", pem_keys["p256"][1], image).returncode == 0
 
 
-def test_tampered_descriptor(copy_fixture, sif, pem_keys) -> None:
-    image = _signed_copy(copy_fixture, sif, pem_keys)
-    _patch(image, 4096 + 585 * 1 + 73, b"x")  # object 2's name
-    res = sif("verify", "--key", pem_keys["p256"][1], image)
-    assert res.returncode == 1
-    assert "data object descriptor integrity compromised: 2" in res.stderr
+def test_tampered_descriptor(images_like, tmp_path, sif, pem_keys) -> None:
+    for n, source in enumerate(images_like("b-multi-object.sif")):
+        image = str(tmp_path / f"{n}.sif")
+        shutil.copyfile(source, image)
+        os.chmod(image, 0o644)
+        sif("sign", "--key", pem_keys["p256"][0], image, check=True)
+        assert sif("verify", "--key", pem_keys["p256"][1], image).returncode == 0
+        _patch(image, 4096 + 585 * 1 + 73, b"x")  # object 2's name
+        res = sif("verify", "--key", pem_keys["p256"][1], image)
+        assert res.returncode == 1, source
+        assert "data object descriptor integrity compromised: 2" in res.stderr, source
 
 
 def test_tampered_object(copy_fixture, sif, pem_keys) -> None:
