@@ -1,4 +1,5 @@
-"""What the checkpoint tests share: the counting container and whether CRIU works here."""
+"""What the checkpoint tests share: the counting container, whether CRIU works here, and
+changing one byte of a checkpoint object in a SIF."""
 
 from __future__ import annotations
 
@@ -43,3 +44,19 @@ def run_detached(rt: Runtime, cid: str, bundle: str) -> None:
         rt("run", "-d", "--bundle", bundle, cid, check=True, stdout=null, stderr=null)
 
 
+
+
+def tamper(sif: str, name: str) -> None:
+    """Flip the first byte of the checkpoint object criu/`name` in `sif` (its
+    descriptor, and so the signed digest's input, stays as it was)."""
+    from ocirt.sif import checkpoint as sifcp
+    from ocirt.sif.format import DataType
+    from ocirt.sif.image import Image
+
+    with Image.open(sif) as image:
+        offset = image.find(DataType.GENERIC, sifcp.PREFIX + name)[0].offset
+    with open(sif, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
