@@ -75,9 +75,9 @@ def checkpoint(binary: str, dest: str) -> None:
         shutil.copy(src, os.path.join(dest, name))
     with open(os.path.join(dest, "stopped.json"), "w") as f:
         json.dump({"last": stopped[-1], "lines": len(stopped)}, f)
+    size = os.path.getsize(sif)
     shutil.rmtree(TOP)
-    print(f"migrate: checkpointed {CID} at {stopped[-1]} into {dest}/app.sif "
-          f"({os.path.getsize(sif)} bytes)")
+    print(f"migrate: checkpointed {CID} at {stopped[-1]} into {dest}/app.sif ({size} bytes)")
 
 
 def restore(binary: str, src: str) -> None:

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.root, pytest.mark.skipif(
     os.environ.get("OCIRT_HOSTS_BOOT") != "1",
     reason="boots the test-host guest twice (minutes): set OCIRT_HOSTS_BOOT=1 to run it")]
 
-LAUNCHER = "/run/ocirt-launcher"
+LAUNCHER = "/usr/local/bin/ocirt"  # where contrib/setup.sh puts it (/run is noexec)
 
 
 def _boot(phase: str, directory: str, **kw) -> str:
