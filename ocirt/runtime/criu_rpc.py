@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 # criu_req_type
-DUMP, RESTORE, NOTIFY = 1, 2, 6
-_TYPES = {"dump": DUMP, "restore": RESTORE}
+DUMP, RESTORE, PRE_DUMP, NOTIFY = 1, 2, 4, 6
+_TYPES = {"dump": DUMP, "restore": RESTORE, "pre-dump": PRE_DUMP}
 # criu_cg_mode
 _CG_MODES = {"ignore": 0, "soft": 3, "full": 4, "strict": 5}
 _CLONE_NEWNET = 0x40000000
@@ -71,6 +71,8 @@ def decode(data: bytes) -> dict[int, list[int | bytes]]:
             out.setdefault(number, []).append(value)
         elif wire == 2:
             size, pos = _read_varint(data, pos)
+            if pos + size > len(data):
+                raise ValueError("criu rpc: truncated message")
             out.setdefault(number, []).append(data[pos:pos + size])
             pos += size
         elif wire in (1, 5):
@@ -102,13 +104,16 @@ class Options:
 
     def __init__(self, args: list[str], log_name: str) -> None:
         self.fds: list[int] = []
-        self.inherited: list[int] = []  # fds CRIU itself must hold (--inherit-fd)
         self.body = field(10, log_name) + field(12, True) + field(50, True)
         try:
             self._translate(list(args))
         except BaseException:
             self.close()
             raise
+
+    def add(self, args: list[str]) -> None:
+        """More words (those known only once CRIU is in its cgroup: --cgroup-root)."""
+        self._translate(list(args), need_images=False)
 
     def _dir_fd(self, path: str) -> int:
         try:
@@ -118,7 +123,7 @@ class Options:
         self.fds.append(fd)
         return fd
 
-    def _translate(self, args: list[str]) -> None:
+    def _translate(self, args: list[str], need_images: bool = True) -> None:
         has_images = False
         while args:
             word = args.pop(0)
@@ -146,14 +151,13 @@ class Options:
                 self.body += field(38, _CLONE_NEWNET)
             else:
                 self._nested(word, args.pop(0) if args else "")
-        if not has_images:
+        if need_images and not has_images:
             raise OcirtError("criu rpc: no images directory (-D)")
 
     def _nested(self, word: str, value: str) -> None:
         if word == "--inherit-fd":  # fd[N]:KEY
             number, _, key = value.partition(":")
-            fd = int(number.removeprefix("fd[").removesuffix("]"))
-            self.inherited.append(fd)
+            fd = int(number.removeprefix("fd[").removesuffix("]"))  # CRIU's own fd
             self.body += field(27, field(1, key) + field(2, fd))
         elif word == "--cgroup-root":  # [CTRL:]PATH
             ctrl, sep, path = value.rpartition(":") if ":" in value else ("", "", value)
@@ -179,7 +183,6 @@ class Session:
 
     def __init__(self) -> None:
         self.sock, peer = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET, 0)
-        self.sock.set_inheritable(False)
         self.child = peer.detach()
 
     def argv(self, binary: str) -> list[str]:
@@ -211,7 +214,7 @@ class Session:
                 self.sock.send(field(1, NOTIFY) + field(3, True))
                 continue
             if not resp.get(2, [0])[0]:
-                raise _Failed(_text(resp.get(9, [b""])[0]))
+                raise Failed(_text(resp.get(9, [b""])[0]))
             return int(_sub(resp, 4).get(1, [0])[0])
 
     def _receive(self) -> tuple[bytes, list[int]]:
@@ -219,7 +222,7 @@ class Session:
 
         data, anc, _, _ = self.sock.recvmsg(1 << 20, _socket.CMSG_SPACE(16))
         if not data:
-            raise _Failed("")  # CRIU went away without a response
+            raise Failed("")  # CRIU went away without a response
         fds: list[int] = []
         for level, kind, payload in anc:
             if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
@@ -233,11 +236,8 @@ class Session:
         self.sock.close()
 
 
-class _Failed(Exception):
+class Failed(Exception):
     """CRIU answered "failed" (or hung up); the caller adds the log's first error."""
-
-
-Failed = _Failed
 
 
 def _sub(resp: dict[int, list[int | bytes]], number: int) -> dict[int, list[int | bytes]]:
