@@ -17,7 +17,7 @@ import subprocess
 import pytest
 
 from conformance import procfs
-from conformance.cases import case, deviation, needs
+from conformance.cases import case, needs
 from conformance.runner import wait_for
 
 
@@ -162,9 +162,6 @@ def test_bound_unix_socket_keeps_receiving(h):
     h.rt("delete", "--force", cid)
 
 
-@deviation("ocirt", "ocirt restores no container with a terminal yet: restore refuses "
-           "process.terminal (runc hands CRIU's orphan pty master to --console-socket, "
-           "which needs CRIU's RPC; ocirt drives CRIU's command line)")
 @case("CR-04", "runc: restore --console-socket", "RUNC")
 @needs("terminal")
 def test_terminal_container(h):
