@@ -135,7 +135,7 @@ def run(path: str, action: str, args: list[str], log_dir: str, log_name: str,
     if rpc:
         from ocirt.runtime import criu_rpc
 
-        opts = criu_rpc.Options(args, log_name)  # refuses what RPC cannot say, early
+        opts = criu_rpc.Options(args, log_name, log_dir)  # refuses early what RPC can't say
         session = criu_rpc.Session()
         argv = session.argv(path)
         pass_fds = (*pass_fds, session.child)

@@ -34,7 +34,7 @@ _FLAGS = {"--evasive-devices": 6, "--tcp-established": 5, "--ext-unix-sk": 4,
           "--shell-job": 7, "--file-locks": 8, "--auto-dedup": 16, "--leave-running": 3,
           "--track-mem": 15}
 _STRINGS = {"--root": 13, "--freeze-cgroup": 44, "--lsm-profile": 53,
-            "--prev-images-dir": 14, "--external": 37}
+            "--lsm-mount-context": 63, "--prev-images-dir": 14, "--external": 37}
 _IGNORED = {"-d", "--pidfile"}  # an RPC restore is always detached; the pid comes back
 
 
@@ -99,17 +99,34 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
 
 
 class Options:
-    """criu_opts built from the command-line words, with the directories opened as the
-    descriptors RPC wants (kept open until close())."""
+    """criu_opts built from the command-line words, with the images directory opened as
+    the descriptor RPC wants (kept open until close()).
 
-    def __init__(self, args: list[str], log_name: str) -> None:
+    The work directory (where CRIU's log goes and where it mounts its cgroup yard) is
+    named by path in an RPC configuration file, not by descriptor: CRIU would chdir
+    into /proc/<our pid>/fd/N, a directory of our mount namespace, and a restore's CRIU
+    runs in a mount namespace of its own, where mounting there fails (EINVAL)."""
+
+    def __init__(self, args: list[str], log_name: str, work: str) -> None:
         self.fds: list[int] = []
+        self.conf = ""
         self.body = field(10, log_name) + field(12, True) + field(50, True)
         try:
             self._translate(list(args))
+            self._work_dir(work)
         except BaseException:
             self.close()
             raise
+
+    def _work_dir(self, work: str) -> None:
+        import tempfile
+
+        if '"' in work or "\n" in work:
+            raise OcirtError(f"criu rpc: work directory {work!r}: no quotes or newlines")
+        fd, self.conf = tempfile.mkstemp(prefix=".ocirt-criu-", suffix=".conf", dir=work)
+        with os.fdopen(fd, "w") as f:
+            f.write(f'work-dir "{work}"\n')
+        self.body += field(51, self.conf)
 
     def add(self, args: list[str]) -> None:
         """More words (those known only once CRIU is in its cgroup: --cgroup-root)."""
@@ -138,7 +155,7 @@ class Options:
                 self.body += field(1, self._dir_fd(args.pop(0)))
                 has_images = True
             elif word == "-W":
-                self.body += field(17, self._dir_fd(args.pop(0)))
+                args.pop(0)  # the configuration file names it (see the class)
             elif word == "-t":
                 self.body += field(2, int(args.pop(0)))
             elif word.startswith("-v"):
@@ -173,6 +190,12 @@ class Options:
         for fd in self.fds:
             os.close(fd)
         self.fds = []
+        if self.conf:
+            try:
+                os.unlink(self.conf)
+            except FileNotFoundError:
+                pass
+            self.conf = ""
 
 
 # --- the conversation -----------------------------------------------------------------

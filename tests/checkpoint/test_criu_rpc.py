@@ -73,14 +73,21 @@ def test_command_line_words_become_criu_opts(tmp_path):
                              "-v4", "--manage-cgroups=full", "--empty-ns", "net",
                              "--tcp-established", "--external", "mnt[/out]:/src",
                              "--inherit-fd", "fd[5]:extRootNetNS",
-                             "--join-ns", "uts:/proc/1/ns/uts"], "restore.log")
+                             "--join-ns", "uts:/proc/1/ns/uts"], "restore.log",
+                            str(tmp_path))
     try:
         opts.add(["--cgroup-root", "/a/b", "--cgroup-root", "cpu,cpuacct:/c"])
         got = criu_rpc.decode(opts.body)
         assert got[10] == [b"restore.log"] and got[50] == [1] and got[12] == [1]
         assert got[13] == [b"/r"] and got[9] == [4] and got[34] == [4]  # FULL
         assert got[38] == [0x40000000] and got[5] == [1]
-        assert got[37] == [b"mnt[/out]:/src"]
+        assert got[37] == [b"mnt[/out]:/src"] and 17 not in got
+        # the work directory by path, in CRIU's RPC configuration file
+        conf = got[51][0].decode()
+        assert os.path.dirname(conf) == str(tmp_path)
+        with open(conf) as f:
+            assert f.read() == f'work-dir "{tmp_path}"\n'
+
         assert os.path.samefile(f"/proc/self/fd/{got[1][0]}", tmp_path)
         assert [criu_rpc.decode(x) for x in got[27]] == [{1: [b"extRootNetNS"], 2: [5]}]
         assert [criu_rpc.decode(x) for x in got[39]] == [{1: [b"uts"],
@@ -89,8 +96,11 @@ def test_command_line_words_become_criu_opts(tmp_path):
                                                          {1: [b"cpu,cpuacct"], 2: [b"/c"]}]
     finally:
         opts.close()
-    with pytest.raises(Exception, match="--lsm-mount-context has no RPC equivalent"):
-        criu_rpc.Options(["-D", str(tmp_path), "--lsm-mount-context", "x"], "r.log")
+    assert not os.path.exists(conf)
+    with pytest.raises(Exception, match="--made-up has no RPC equivalent"):
+        criu_rpc.Options(["-D", str(tmp_path), "--made-up", "x"], "r.log",
+                         str(tmp_path))
+    assert os.listdir(tmp_path) == []  # nothing left by a refusal
 
 
 @pytest.fixture
