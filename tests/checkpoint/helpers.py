@@ -60,3 +60,14 @@ def tamper(sif: str, name: str) -> None:
         byte = f.read(1)
         f.seek(offset)
         f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def root_can_be_made_slave() -> bool:
+    """Whether a new mount namespace here can make / a slave (EINVAL in a chroot, where
+    restore refuses: CRIU needs a mount namespace of its own)."""
+    import sys
+
+    probe = ("import ctypes, sys; libc = ctypes.CDLL(None, use_errno=True); "
+             "sys.exit(libc.unshare(0x20000) or libc.mount(None, b'/', None, "
+             "0x4000 | 0x80000, None))")
+    return subprocess.run([sys.executable, "-c", probe]).returncode == 0

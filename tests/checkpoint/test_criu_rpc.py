@@ -21,6 +21,7 @@ from conformance import procfs
 from conformance.console import ConsoleReceiver
 from conformance.runner import Runtime
 from ocirt.runtime import criu_rpc
+from tests.checkpoint.helpers import root_can_be_made_slave
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -118,6 +119,8 @@ def _terminal_bundle(bundle):
 
 
 @pytest.mark.root
+@pytest.mark.skipif(not root_can_be_made_slave(), reason="/ is not a mount point here (a "
+                    "chroot): restore refuses, CRIU cannot get a mount namespace of its own")
 def test_terminal_restore_hands_the_new_master_to_the_console_socket(
         ocirt, bundle, tmp_path, fake_swrk):
     binary, record = fake_swrk
