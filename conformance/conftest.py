@@ -32,7 +32,7 @@ IS_ROOT = os.geteuid() == 0
 IN_CHROOT = in_chroot()
 
 AREAS = ("lifecycle", "kill", "delete", "process", "terminal", "namespaces", "mounts",
-         "hooks", "cgroups", "seccomp", "errors", "security")
+         "hooks", "cgroups", "seccomp", "checkpoint", "errors", "security")
 
 
 def pytest_addoption(parser: Any) -> None:

@@ -18,7 +18,8 @@ from xml.sax.saxutils import quoteattr
 from conformance.cases import spec_url
 
 AREA_ORDER = ("lifecycle", "kill", "delete", "process", "terminal", "exec", "namespaces",
-              "mounts", "hooks", "cgroups", "seccomp", "errors", "security", "validation")
+              "mounts", "hooks", "cgroups", "seccomp", "checkpoint", "errors", "security",
+              "validation")
 
 # outcome -> (short label, css class, counts as)
 OUTCOMES = {

@@ -143,7 +143,10 @@ def dump(binary: str, container: Container, opts: criu.CriuOptions) -> None:
         args += _external_namespaces(container, plan)
         _write(os.path.join(images, criu.DESCRIPTORS), jsonio.dumps(
             criu.descriptors(container.pid)).encode())
-    criu.run(binary, action, args, opts.work(), f"{action.replace('-', '')}.log")
+    # a terminal's master is outside the container: only CRIU's RPC dumps its slave
+    # alone (orphan_pts_master), for restore to make a new pair
+    criu.run(binary, action, args, opts.work(), f"{action.replace('-', '')}.log",
+             rpc=plan.process.terminal)
 
 
 def container_plan(container: Container) -> Any:

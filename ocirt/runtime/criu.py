@@ -117,7 +117,8 @@ def _first_error(text: str) -> str:
 def run(path: str, action: str, args: list[str], log_dir: str, log_name: str,
         pass_fds: tuple[int, ...] = (), preexec: Callable[[], None] | None = None,
         inherit_stdio: bool = False,
-        started: Callable[[int], list[str]] | None = None) -> None:
+        started: Callable[[int], list[str]] | None = None, rpc: bool = False,
+        notify: Callable[[str, list[int]], None] | None = None) -> int:
     """`criu ACTION ARGS -o LOG`; a failure raises one line: CRIU's first error and where
     the whole log is (runc quotes the log the same way).
 
@@ -126,9 +127,34 @@ def run(path: str, action: str, args: list[str], log_dir: str, log_name: str,
     inside, whatever the cgroup manager (systemd's needs a process to make its unit).
     The arguments `started` returns are added then (a systemd unit's cgroup is known only
     once CRIU is in it). A restore passes our stdio on (`inherit_stdio`): they become
-    the restored init's."""
+    the restored init's. With `rpc` the same words go over CRIU's RPC (`criu swrk`,
+    ocirt.runtime.criu_rpc) instead, `notify(script, fds)` hears CRIU's notifications,
+    and the pid CRIU reports comes back (0 from the command line)."""
     log = os.path.join(log_dir, log_name)
-    argv = [path, action, *args, "-o", log_name]
+    session = opts = None
+    if rpc:
+        from ocirt.runtime import criu_rpc
+
+        opts = criu_rpc.Options(args, log_name, log_dir)  # refuses early what RPC can't say
+        session = criu_rpc.Session()
+        argv = session.argv(path)
+        pass_fds = (*pass_fds, session.child)
+    else:
+        argv = [path, action, *args, "-o", log_name]
+    try:
+        return _run(argv, action, log, pass_fds, preexec, inherit_stdio, started,
+                    session, opts, notify)
+    finally:
+        if session is not None:
+            session.close()
+        if opts is not None:
+            opts.close()
+
+
+def _run(argv: list[str], action: str, log: str, pass_fds: tuple[int, ...],
+         preexec: Callable[[], None] | None, inherit_stdio: bool,
+         started: Callable[[int], list[str]] | None, session: Any, opts: Any,
+         notify: Callable[[str, list[int]], None] | None) -> int:
     gate_r, gate_w = os.pipe2(os.O_CLOEXEC)
     error_r, error_w = os.pipe2(os.O_CLOEXEC)  # CRIU's exec closes it; a failure writes
     pid = os.fork()
@@ -137,8 +163,13 @@ def run(path: str, action: str, args: list[str], log_dir: str, log_name: str,
         _child(gate_r, gate_w, error_w, argv, pass_fds, preexec, inherit_stdio)
     os.close(gate_r)
     os.close(error_w)
+    if session is not None:
+        session.close_child()
     try:
         extra = started(pid) if started is not None else []
+        if opts is not None:
+            opts.add(extra)
+            extra = []
         _write_all(gate_w, b"g" + "\0".join(extra).encode())
     except BaseException:
         from ocirt.linux.signals import kill_and_reap
@@ -152,12 +183,38 @@ def run(path: str, action: str, args: list[str], log_dir: str, log_name: str,
         setup_error = read_to_end(error_r).decode(errors="replace").strip()
     finally:
         os.close(error_r)
+    got, failure = 0, None
+    if session is not None:
+        try:
+            if not setup_error:
+                got, failure = _converse(session, action, opts, notify)
+        except OcirtError:  # our side of a notification (the console socket) failed
+            session.close()
+            _wait(pid)
+            raise
+        session.close()  # CRIU never waits on us past here
     status = _wait(pid)
     if setup_error:
         raise OcirtError(f"cannot run criu {action}: {setup_error}")
-    if status != 0:
+    if failure is not None or status != 0:
         raise OcirtError(f"criu failed: {action}: "
-                         f"{log_error(log) or _status_text(status)} (log file: {log})")
+                         f"{log_error(log) or failure or _status_text(status)} "
+                         f"(log file: {log})")
+    return got
+
+
+def _converse(session: Any, action: str, opts: Any,
+              notify: Callable[[str, list[int]], None] | None) -> tuple[int, str | None]:
+    """The request and its answer: (pid, None), or (0, why) when CRIU failed; why is
+    "" when CRIU said nothing of its own (its log's first error says it then)."""
+    from ocirt.runtime import criu_rpc
+
+    try:
+        return session.request(action, opts, notify), None
+    except criu_rpc.Failed as exc:
+        return 0, str(exc)
+    except OSError as exc:  # CRIU hung up mid-way
+        return 0, "" if exc.errno in (32, 104) else str(exc)
 
 
 def _child(gate_r: int, gate_w: int, error_w: int, argv: list[str],

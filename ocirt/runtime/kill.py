@@ -56,7 +56,9 @@ def container_pids(container: Container) -> list[int]:
         pids.add(container.pid)
         if (container.data.get("namespaces") or {}).get("pid") == "":
             link = proc.ns_inode(container.pid, "pid")
-            if link:
+            # never our own: an init that is not in a namespace of its own (a restore
+            # that went wrong) must not make every process on the host the container's
+            if link and link != proc.ns_inode("self", "pid"):
                 pids.update(proc.pids_in_pid_namespace(link))
     return sorted(pids)
 

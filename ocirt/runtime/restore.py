@@ -9,7 +9,9 @@ onto ours), create the mount points of the bind mounts in the rootfs, then run
 `<state>/criu-root` (CRIU's root must be a mount point; the bind vanishes with that
 namespace, so no mount is left on the host). Bind mounts come back from the config's
 sources (--external), pipes on the init's stdio are replaced by ours (--inherit-fd), a
-namespace the config names by path is joined again.
+namespace the config names by path is joined again. A container with a terminal is
+restored over CRIU's RPC (ocirt.runtime.criu_rpc): CRIU makes a new pty pair in the
+container's devpts and hands the master over, and it goes to --console-socket.
 """
 
 from __future__ import annotations
@@ -68,9 +70,9 @@ def _restore(store: Store, cid: str, plan: Plan, spec: dict[str, Any], copts: Cr
     if plan.sif_root:
         raise OcirtError("restore: a root.path naming a SIF image is not supported "
                          "(use `sif bundle` to make a bundle first)")
-    if plan.process.terminal:
-        raise OcirtError("restore: a container with a terminal (process.terminal) is not "
-                         "supported yet")
+    from ocirt.runtime.create import check_terminal
+
+    check_terminal(plan, copts)  # a terminal needs --console-socket, as for create
     if not os.path.isdir(plan.rootfs):
         raise OcirtError(f"rootfs ({plan.rootfs}) does not exist")
     descriptors = _descriptors(opts.images())
@@ -190,11 +192,14 @@ class Restoration:
                 out += ["--cgroup-root", value]
             return out
 
-        criu.run(self.binary, "restore", args, self.opts.work(), "restore.log",
-                 tuple(self.fds), _Preexec(plan.rootfs, root), inherit_stdio=True,
-                 started=started)
-        pid = _read_pid(pidfile)
+        terminal = plan.process.terminal  # only CRIU's RPC hands back a new pty master
+        got = criu.run(self.binary, "restore", args, self.opts.work(), "restore.log",
+                       tuple(self.fds), _Preexec(plan.rootfs, root), inherit_stdio=True,
+                       started=started, rpc=terminal,
+                       notify=_ConsoleHandoff(self.copts.console_socket) if terminal else None)
+        pid = got or _read_pid(pidfile)
         self.undo.push(_kill, pid, what="restored processes")
+        _check_pid_namespace(plan, pid)
         _unlink(pidfile)
         os.rmdir(root)
         container.data.update(pid=pid, init_start=proc.start_time(pid), creating=False,
@@ -250,6 +255,32 @@ class Restoration:
         return out
 
 
+class _ConsoleHandoff:
+    """CRIU's "orphan-pts-master" notification: the restored terminal's new master goes
+    to --console-socket, with its name, as at create (runc does the same)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __call__(self, script: str, fds: list[int]) -> None:
+        if script != "orphan-pts-master":
+            return
+        if not fds:
+            raise OcirtError("restore: CRIU sent no pty master with orphan-pts-master")
+        import fcntl
+        import struct
+
+        from ocirt.fs import console
+        from ocirt.linux import consts
+
+        number = struct.unpack("I", fcntl.ioctl(fds[0], consts.TIOCGPTN, b"\0" * 4))[0]
+        sock = console.connect_socket(self.path)
+        try:
+            console.send_master(sock, fds[0], f"/dev/pts/{number}")
+        finally:
+            os.close(sock)
+
+
 class _Preexec:
     """In CRIU's process, before exec: take a mount namespace of its own (slave to ours,
     so nothing propagates back) and bind the rootfs on the criu root there."""
@@ -294,6 +325,16 @@ def create_mountpoints(plan: Plan) -> None:
             os.close(fd)
     finally:
         os.close(root_fd)
+
+
+def _check_pid_namespace(plan: Plan, pid: int) -> None:
+    """A config with a pid namespace of its own gets its init in one: were it in ours,
+    `kill --all` and `delete --force` would take every process of the namespace (all of
+    the host's) for the container's."""
+    if plan.namespaces.get("pid") == "" and proc.ns_inode(pid, "pid") == proc.ns_inode(
+            "self", "pid"):
+        raise OcirtError(f"restore: the restored init ({pid}) is not in a pid namespace of "
+                         "its own, as the config asks")
 
 
 def _read_pid(path: str) -> int:

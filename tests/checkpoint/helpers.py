@@ -1,4 +1,5 @@
-"""What the checkpoint tests share: the counting container and whether CRIU works here."""
+"""What the checkpoint tests share: the counting container, whether CRIU works here, and
+changing one byte of a checkpoint object in a SIF."""
 
 from __future__ import annotations
 
@@ -43,3 +44,30 @@ def run_detached(rt: Runtime, cid: str, bundle: str) -> None:
         rt("run", "-d", "--bundle", bundle, cid, check=True, stdout=null, stderr=null)
 
 
+
+
+def tamper(sif: str, name: str) -> None:
+    """Flip the first byte of the checkpoint object criu/`name` in `sif` (its
+    descriptor, and so the signed digest's input, stays as it was)."""
+    from ocirt.sif import checkpoint as sifcp
+    from ocirt.sif.format import DataType
+    from ocirt.sif.image import Image
+
+    with Image.open(sif) as image:
+        offset = image.find(DataType.GENERIC, sifcp.PREFIX + name)[0].offset
+    with open(sif, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def root_can_be_made_slave() -> bool:
+    """Whether a new mount namespace here can make / a slave (EINVAL in a chroot, where
+    restore refuses: CRIU needs a mount namespace of its own)."""
+    import sys
+
+    probe = ("import ctypes, sys; libc = ctypes.CDLL(None, use_errno=True); "
+             "sys.exit(libc.unshare(0x20000) or libc.mount(None, b'/', None, "
+             "0x4000 | 0x80000, None))")
+    return subprocess.run([sys.executable, "-c", probe]).returncode == 0

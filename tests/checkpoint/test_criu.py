@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 
 import pytest
@@ -22,6 +20,7 @@ import pytest
 from conformance.runner import Runtime, wait_for
 from tests.checkpoint.helpers import needs_criu
 from tests.checkpoint.helpers import numbers as _numbers
+from tests.checkpoint.helpers import root_can_be_made_slave as _root_can_be_made_slave
 from tests.checkpoint.helpers import run_detached as _run_detached
 
 pytestmark = [pytest.mark.root,
@@ -295,14 +294,6 @@ def test_failed_restore_undoes_everything(ocirt, counter, tmp_path, fake_criu):
     assert _cgroup_dirs(b) == []
     with open("/proc/self/mountinfo") as f:
         assert ocirt.root not in f.read()
-
-
-def _root_can_be_made_slave() -> bool:
-    """Whether a new mount namespace here can make / a slave (EINVAL in a chroot)."""
-    probe = ("import ctypes, sys; libc = ctypes.CDLL(None, use_errno=True); "
-             "sys.exit(libc.unshare(0x20000) or libc.mount(None, b'/', None, "
-             "0x4000 | 0x80000, None))")
-    return subprocess.run([sys.executable, "-c", probe]).returncode == 0
 
 
 def _count_path(bundle: str) -> str:

@@ -1,8 +1,10 @@
 """podman's `container checkpoint` / `restore` (and `--export` to a tarball) with ocirt
 as its runtime, through the contrib snippet: podman drives `ocirt checkpoint` and conmon
 `ocirt restore --detach`; the counting container must go on from where it stopped.
-(`restore --import` is not tried: podman cannot import a checkpoint of a `--rootfs`
-container, whatever the runtime: "repository name must have at least one component".)
+`restore --import` needs a container made from an image (podman cannot import a
+checkpoint of a `--rootfs` container, whatever the runtime: "repository name must have
+at least one component"), so that test imports the busybox rootfs as a local image first
+(the guest has no network).
 
 Runs where CRIU works (the test-host guest); podman's own storage and run roots are
 private to the test and removed afterwards.
@@ -88,6 +90,32 @@ def test_podman_checkpoint_restore_and_export(podman, bundle, tmp_path):
     exported_at = _numbers(count)
     assert "Exited" in podman("ps", "-a", "--format", "{{.Status}}").stdout
     podman("container", "restore", "pm1")
+    assert wait_for(lambda: len(_numbers(count)) >= len(exported_at) + 3, timeout=60)
+    again = _numbers(count)[len(exported_at):]
+    assert again[0] == exported_at[-1] + 1, (exported_at[-3:], again[:3])
+
+
+def test_podman_export_remove_and_import(podman, bundle, tmp_path):
+    """Checkpointed to a tarball, the container removed, `restore --import` makes it
+    again from the tarball and it counts on from where it stopped."""
+    rootfs = os.path.join(bundle(["true"]), "rootfs")
+    layer = str(tmp_path / "rootfs.tar")
+    subprocess.run(["tar", "-C", rootfs, "-cf", layer, "."], check=True)
+    podman("import", layer, "localhost/ocirt-ckpt:latest")
+    out = tmp_path / "out"
+    out.mkdir()
+    count = str(out / "count")
+    podman("run", "-d", "--name", "pm2", "--network", "none", "-v", f"{out}:/out",
+           "--ulimit", "nofile=1024:1024", "localhost/ocirt-ckpt:latest", *COUNTER)
+    assert wait_for(lambda: len(_numbers(count)) >= 5, timeout=60)
+    tarball = str(tmp_path / "pm2.tar")
+    podman("container", "checkpoint", "--export", tarball, "--compress", "none", "pm2")
+    exported_at = _numbers(count)
+    podman("rm", "pm2")
+    assert "pm2" not in podman("ps", "-a", "--format", "{{.Names}}").stdout
+    podman("container", "restore", "--import", tarball)
+    assert "Up" in podman("ps", "--filter", "name=pm2", "--format", "{{.Status}}").stdout
+    assert podman("inspect", "--format", "{{.OCIRuntime}}", "pm2").stdout.strip() == "ocirt"
     assert wait_for(lambda: len(_numbers(count)) >= len(exported_at) + 3, timeout=60)
     again = _numbers(count)[len(exported_at):]
     assert again[0] == exported_at[-1] + 1, (exported_at[-3:], again[:3])

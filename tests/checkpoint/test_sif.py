@@ -20,6 +20,7 @@ from ocirt.sif.image import Image
 from tests.checkpoint.helpers import needs_criu
 from tests.checkpoint.helpers import numbers as _numbers
 from tests.checkpoint.helpers import run_detached as _run_detached
+from tests.checkpoint.helpers import tamper as _tamper
 
 pytestmark = pytest.mark.root
 
@@ -56,16 +57,6 @@ def _signed(ocirt_bin: str, tmp_path) -> tuple[str, str]:
     sifcp.store(sif, _images(tmp_path), b'{"ociVersion":"1.0.2"}', "c1", "now", [signer])
     return sif, public
 
-
-def _tamper(sif: str, name: str) -> None:
-    with Image.open(sif) as image:
-        d = image.find(0x4007, sifcp.PREFIX + name)[0]
-        offset = d.offset
-    with open(sif, "r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0xFF]))
 
 
 def test_checkpoint_objects_are_listed_and_verified(ocirt_bin, tmp_path):
