@@ -155,6 +155,7 @@ class Creation:
         self.container: Container | None = None
         self.mounts_before: list[list[Any]] = []
         self.rdt_root = ""  # the resctrl mount point, when the config has linux.intelRdt
+        self.net_devices: Any = None  # netdev.MovedDevices, when the config moves devices
 
     def run(self) -> Container:
         from ocirt.process import init as init_code  # noqa: F401  (imported before fork)
@@ -168,6 +169,8 @@ class Creation:
             self.undo.run()
             raise
         finally:
+            if self.net_devices is not None:
+                self.net_devices.close()  # held for the undo only (netdev.MovedDevices)
             lock.close()
 
     def _create(self) -> Container:
@@ -407,8 +410,8 @@ class Creation:
     def _move_net_devices(self) -> None:
         from ocirt.runtime import netdev
 
-        moved = netdev.move_devices(self.plan.net_devices, self.init_pid)
-        self.undo.push(netdev.move_back, moved, self.init_pid, what="network devices")
+        self.net_devices = netdev.move_devices(self.plan.net_devices, self.init_pid)
+        self.undo.push(netdev.move_back, self.net_devices, what="network devices")
 
     def _run_hooks(self, kinds: tuple[str, ...], status: str) -> None:
         if not self.hooks:

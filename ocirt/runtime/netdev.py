@@ -41,27 +41,41 @@ class Moved:
         self.addresses = addresses  # (family, address, prefix length)
 
 
-def move_devices(devices: dict[str, dict[str, Any]], init_pid: int) -> list[Moved]:
+class MovedDevices:
+    """The devices moved into a container, and a descriptor of its network namespace
+    held until create is over: the init may die (its exec failing) before a failed
+    create puts them back, and a namespace that nothing holds takes its veth devices
+    with it (physical ones fall back to the host's namespace under their new names)."""
+
+    def __init__(self, netns: int) -> None:
+        self.netns = netns
+        self.devices: list[Moved] = []
+
+    def close(self) -> None:
+        if self.netns >= 0:
+            os.close(self.netns)
+            self.netns = -1
+
+
+def move_devices(devices: dict[str, dict[str, Any]], init_pid: int) -> MovedDevices:
     """Move every device of `devices` into the network namespace of `init_pid`; on a
-    failure the ones already moved go back before the error is raised."""
+    failure the ones already moved go back before the error is raised. The caller
+    closes what it returns once create is over (after `move_back` on a failure)."""
     from pyroute2 import IPRoute
 
-    moved: list[Moved] = []
-    netns = _open_netns(init_pid)
+    held = MovedDevices(_open_netns(init_pid))
     try:
         with IPRoute() as host:
             for host_name, options in devices.items():
                 name = options.get("name") or host_name
-                try:
-                    device = _move_one(host, host_name, name, netns)
-                    moved.append(device)
-                    _in_netns(netns, lambda ns, d=device: _configure(ns, d))
-                except OcirtError:
-                    move_back(moved, init_pid)
-                    raise
-    finally:
-        os.close(netns)
-    return moved
+                device = _move_one(host, host_name, name, held.netns)
+                held.devices.append(device)
+                _in_netns(held.netns, lambda ns, d=device: _configure(ns, d))
+    except BaseException:
+        move_back(held)
+        held.close()
+        raise
+    return held
 
 
 def _move_one(host: Any, host_name: str, name: str, netns: int) -> Moved:
@@ -88,28 +102,22 @@ def _configure(ns: Any, device: Moved) -> None:
              lambda: ns.link("set", index=index, state="up"))
 
 
-def move_back(moved: list[Moved], init_pid: int) -> None:
+def move_back(held: MovedDevices) -> None:
     """Undo: each device back on the host under its own name, addresses and state as
-    they were. Best effort: a device already gone (its namespace died) is skipped."""
-    if not moved:
+    they were. Best effort: a device that cannot be moved is skipped."""
+    if not held.devices or held.netns < 0:
         return
+    host_fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        netns = _open_netns(init_pid)
-    except OcirtError:
-        return  # the namespace is gone: the kernel has dealt with the devices
-    try:
-        host_fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            for device in reversed(moved):
-                try:
-                    _in_netns(netns, lambda ns, d=device: _return_one(ns, d, host_fd))
-                    _restore_on_host(device)
-                except OcirtError:
-                    pass
-        finally:
-            os.close(host_fd)
+        for device in reversed(held.devices):
+            try:
+                _in_netns(held.netns, lambda ns, d=device: _return_one(ns, d, host_fd))
+                _restore_on_host(device)
+            except OcirtError:
+                pass
     finally:
-        os.close(netns)
+        os.close(host_fd)
+    held.devices = []
 
 
 def _return_one(ns: Any, device: Moved, host_fd: int) -> None:
