@@ -266,30 +266,39 @@ class Result:
     note: str = ""  # the harness's own finding: leftovers, or why there is no result
 
 
-def share_dirs(shares: list[str]) -> list[tuple[str, str]]:
+def share_dirs(shares: list[str], siblings: list[str] = ()) -> list[tuple[str, str]]:
     """(host directory, guest mount point) of each share: a host directory is mounted
     read-only at /mnt/shares/<its name> in the guest, e.g. a tools directory that is no
-    part of the checkout."""
+    part of the checkout; each of `siblings` at /<its name>, beside the guest's copy of
+    the checkout (/work), for tests that read a directory next to the checkout."""
     pairs = []
-    for share in shares:
+    for share, where in [(s, "/mnt/shares/") for s in shares] + [(s, "/") for s in siblings]:
         path = os.path.abspath(share)
         if not os.path.isdir(path):
             raise SystemExit(f"tests.hosts: share {share}: not a directory")
-        guest = f"/mnt/shares/{os.path.basename(path.rstrip('/'))}"
-        if guest in (g for _, g in pairs) or not re.fullmatch(r"/mnt/shares/[\w.+-]+", guest):
+        guest = where + os.path.basename(path.rstrip("/"))
+        plain = re.fullmatch(r"/(mnt/shares/)?[\w.+-]+", guest)
+        if guest in (g for _, g in pairs) or not plain or guest in RESERVED_SIBLINGS:
             raise SystemExit(f"tests.hosts: share {share}: its name must be unique and plain")
         pairs.append((path, guest))
     return pairs
 
 
+# Guest directories a sibling must not hide.
+RESERVED_SIBLINGS = {f"/{d}" for d in ("work", "mnt", "bin", "boot", "dev", "etc", "home",
+                                       "lib", "lib64", "media", "opt", "proc", "root",
+                                       "run", "sbin", "srv", "sys", "tmp", "usr", "var")}
+
+
 def run(kind: Kind, command: str, checkout: str = REPO, timeout: float = 3600,
-        keep: str | None = None, stream=None, shares: list[str] = ()) -> Result:
+        keep: str | None = None, stream=None, shares: list[str] = (),
+        siblings: list[str] = ()) -> Result:
     """Boot an overlay of the kind's image, run `command` (sh) in a copy of `checkout`
-    as root, with each of `shares` mounted read-only (share_dirs). The output is passed
-    to `stream` as it comes. A command that succeeded but left units, cgroups or mounts
-    behind fails: the suite must clean up after itself."""
+    as root, with each of `shares` and `siblings` mounted read-only (share_dirs). The
+    output is passed to `stream` as it comes. A command that succeeded but left units,
+    cgroups or mounts behind fails: the suite must clean up after itself."""
     image = build(kind)
-    pairs = share_dirs(list(shares))
+    pairs = share_dirs(list(shares), list(siblings))
     work = tempfile.mkdtemp(prefix="ocirt-host-")
     out = os.path.join(work, "out")
     os.mkdir(out)

@@ -5,7 +5,8 @@
 copy of this checkout as root, printing its output and exiting with its status. COMMAND
 is one sh command line; what it writes under $OCIRT_HOST_OUT (e.g. pytest --junitxml)
 is copied to --keep. Each --share DIR is mounted read-only at /mnt/shares/<DIR's name>
-in the guest (the guest has no network: tools from outside the checkout come this way)."""
+in the guest (the guest has no network: tools from outside the checkout come this way);
+each --sibling DIR at /<DIR's name>, i.e. ../<name> of the guest's copy of the checkout."""
 
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--share", action="append", default=[],
                         help="a host directory, read-only at /mnt/shares/<its name> in the guest")
+    parser.add_argument("--sibling", action="append", default=[],
+                        help="a host directory, read-only at /<its name> in the guest: beside "
+                             "the guest's copy of the checkout, as ../<its name>")
     own, command = split_command(argv)
     args = parser.parse_args(own)
     kind = KINDS[args.kind]
@@ -45,7 +49,7 @@ def main(argv: list[str]) -> int:
         sys.stdout.flush()
 
     result = run(kind, " ".join(command), timeout=args.timeout, keep=args.keep,
-                 stream=stream, shares=args.share)
+                 stream=stream, shares=args.share, siblings=args.sibling)
     if result.note:
         sys.stderr.write(result.note)
     return result.rc

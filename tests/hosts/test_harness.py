@@ -50,6 +50,21 @@ def test_shares_are_read_only_directories_named_in_the_guest(tmp_path):
         hosts.share_dirs([str(tools), str(other / "tools")])
 
 
+def test_siblings_lie_beside_the_guests_checkout(tmp_path):
+    """--sibling DIR is ../DIR's name of the guest's /work (reference fixtures that tests
+    read next to the checkout), and cannot hide a directory of the guest's own."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    assert hosts.share_dirs([str(tools)], [str(shared)]) == [
+        (str(tools), "/mnt/shares/tools"), (str(shared), "/shared")]
+    for name in ("usr", "work", "etc"):
+        (tmp_path / name).mkdir()
+        with pytest.raises(SystemExit, match="unique and plain"):
+            hosts.share_dirs([], [str(tmp_path / name)])
+
+
 def _out(tmp_path, rc: str | None, leftovers: str = ""):
     out = tmp_path / "out"
     out.mkdir()
