@@ -14,7 +14,10 @@ PODMAN = "../shared/fixtures/engine-samples/podman-run-create.config.json"
 
 def podman_profile() -> dict:
     here = os.path.dirname(os.path.abspath(__file__))
-    with open(os.path.join(here, "..", "..", PODMAN)) as f:
+    path = os.path.join(here, "..", "..", PODMAN)
+    if not os.path.exists(path):
+        pytest.skip(f"podman's sample config is not here (no {PODMAN} beside the checkout)")
+    with open(path) as f:
         return json.load(f)["linux"]["seccomp"]
 
 

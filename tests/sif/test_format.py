@@ -12,7 +12,7 @@ import pytest
 from ocirt.sif import format as fmt
 from ocirt.sif.format import DataType, FSType, PartType
 from ocirt.sif.image import Image, ObjectInput, SIFError, create, partition_input
-from tests.sif.helpers import FIXTURES, fixture, read_bytes
+from tests.sif.helpers import FIXTURES, fixture, need_reference_files, read_bytes
 
 ALL_FIXTURES = ["a-minimal-busybox.sif", "a-minimal-busybox-signed-dsse-ecdsa-p256.sif",
                 "b-multi-object.sif", "b-multi-object-overlay.sif",
@@ -436,6 +436,8 @@ def test_cli_errors_are_one_line(sif, tmp_path) -> None:
 def test_fixture_checksums_are_intact() -> None:
     """Guard against a modified reference file making every other test meaningless."""
     import hashlib
+
+    need_reference_files()
 
     sums = read_bytes(os.path.join(FIXTURES, "SHA256SUMS")).decode().split("\n")
     for line in filter(None, sums):

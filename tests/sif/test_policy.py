@@ -11,7 +11,7 @@ import pytest
 
 from ocirt.errors import OcirtError
 from ocirt.sif.policy import Policy, PolicyError, load_policy, verify_image
-from tests.sif.helpers import KEYS, fixture, read_bytes
+from tests.sif.helpers import KEYS, fixture, need_reference_files, read_bytes
 
 ECDSA = os.path.join(KEYS, "ecdsa-p256-public.pem")
 
@@ -23,6 +23,7 @@ def _policy_file(tmp_path, doc: dict) -> str:
 
 
 def test_policy_file_relative_keys_and_verdicts(tmp_path) -> None:
+    need_reference_files()
     keys = tmp_path / "keys"
     keys.mkdir()
     (keys / "site.pub").write_bytes(read_bytes(ECDSA))

@@ -16,7 +16,14 @@ from ocirt.sif import dsse, integrity, keys, pgp
 from ocirt.sif.format import DataType
 from ocirt.sif.image import Image, ObjectInput
 from ocirt.sif.integrity import VerifyError
-from tests.sif.helpers import DEBIAN_IMAGES, DEBIAN_KEY, KEYS, fixture, read_bytes
+from tests.sif.helpers import (
+    DEBIAN_IMAGES,
+    DEBIAN_KEY,
+    KEYS,
+    fixture,
+    need_reference_files,
+    read_bytes,
+)
 
 ECDSA = os.path.join(KEYS, "ecdsa-p256-public.pem")
 ED25519 = os.path.join(KEYS, "ed25519-public.pem")
@@ -62,6 +69,7 @@ def test_reference_verdicts() -> None:
 
 
 def test_key_ids_are_the_openssh_fingerprints() -> None:
+    need_reference_files()
     assert keys.key_id(keys.load_public(ECDSA)) == \
         "SHA256:qp2j/hMTuWUtr54vPdqUyqEM+qbTVJE0OIvit/ACPew"
     private = os.path.join(KEYS, "test-only-private")
@@ -259,6 +267,7 @@ def test_objects_outside_groups_are_refused(tmp_path, pem_keys) -> None:
 def test_reference_pgp_signatures_and_legacy(tmp_path) -> None:
     if not os.path.exists(DEBIAN_KEY):
         pytest.skip("Debian's sylabs/sif test images are not installed")
+    need_reference_files()
     with pgp.GPG() as g:
         g.import_keys([DEBIAN_KEY])
         material = integrity.KeyMaterial([], g)

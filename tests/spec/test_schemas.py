@@ -192,7 +192,10 @@ def test_engine_update_resources_validate(path):
 
 
 def test_engine_samples_are_there():
-    """The parametrized tests above must not silently run on nothing."""
+    """The parametrized tests above must not silently run on nothing (where the samples
+    are beside the checkout at all: a user's clone has no ../shared)."""
+    if not os.path.isdir(SAMPLES):
+        pytest.skip("the engine samples are not here (no ../shared/fixtures/engine-samples)")
     where = f"engine samples in {os.path.normpath(SAMPLES)}"
     assert len(_sample_files(".config.json")) >= 4, where
     assert len(_sample_files(".process.json")) >= 2, where
