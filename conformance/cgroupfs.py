@@ -143,6 +143,19 @@ def process_dir(pid: int, controller: str) -> str | None:
     return host_dir(h, proc_cgroups(pid)[h.key])
 
 
+def freezer_state(pid: int) -> str:
+    """FROZEN or THAWED (or FREEZING, v1) for the cgroup of `pid`: the v1 freezer's
+    freezer.state where the host has that hierarchy, else the unified cgroup's
+    cgroup.events (`frozen 1`)."""
+    h = hierarchy_for("freezer")
+    directory = process_dir(pid, "freezer")
+    assert h is not None and directory is not None, f"no freezer cgroup for {pid}"
+    if h.fstype != "cgroup2":
+        return read(directory, "freezer.state")
+    events = dict(line.split() for line in read(directory, "cgroup.events").splitlines())
+    return "FROZEN" if events.get("frozen") == "1" else "THAWED"
+
+
 def read(directory: str, name: str) -> str:
     with open(os.path.join(directory, name)) as f:
         return f.read().strip()

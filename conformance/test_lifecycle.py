@@ -297,11 +297,10 @@ def test_pause_resume(h):
     c = h.start(h.bundle(["sleep", "100"]))
     assert h.rt("pause", c.cid).ok
     assert c.status() == "paused"
-    freezer = cgroupfs.process_dir(c.pid, "freezer")
-    assert freezer and cgroupfs.read(freezer, "freezer.state") == "FROZEN"
+    assert cgroupfs.freezer_state(c.pid) == "FROZEN"
     assert h.rt("resume", c.cid).ok
     assert c.status() == "running"
-    assert cgroupfs.read(freezer, "freezer.state") == "THAWED"
+    assert cgroupfs.freezer_state(c.pid) == "THAWED"
 
 
 @needs("pause")

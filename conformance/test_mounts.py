@@ -9,7 +9,7 @@ import tempfile
 
 import pytest
 
-from conformance import procfs
+from conformance import cgroupfs, procfs
 from conformance.cases import case, deviation, needs
 from conformance.runner import wait_for
 
@@ -304,9 +304,14 @@ def test_cgroup_mount(h):
     cg = {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
           "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}
     out = h.output(h.bundle(INFO, edit=_with_mounts(cg)))
-    mounts = [m for m in procfs.parse_mountinfo(out)
-              if m.mountpoint.startswith("/sys/fs/cgroup/") and m.fstype == "cgroup"]
-    assert any(m.mountpoint == "/sys/fs/cgroup/memory" for m in mounts), out
+    if cgroupfs.is_unified():  # the container's own cgroup, one cgroup2 mount on top
+        mounts = [m for m in procfs.parse_mountinfo(out)
+                  if m.mountpoint == "/sys/fs/cgroup"][-1:]
+        assert [m.fstype for m in mounts] == ["cgroup2"], out
+    else:
+        mounts = [m for m in procfs.parse_mountinfo(out)
+                  if m.mountpoint.startswith("/sys/fs/cgroup/") and m.fstype == "cgroup"]
+        assert any(m.mountpoint == "/sys/fs/cgroup/memory" for m in mounts), out
     assert all("ro" in m.options for m in mounts), out
 
 
@@ -433,8 +438,11 @@ def test_ridmap_maps_submounts(h):
         src = _owned_volume(h, f"idmap-{name}")
         sub = os.path.join(src, "sub")
         os.makedirs(sub, exist_ok=True)
-        h.sandbox_mount(["mount", "-t", "tmpfs", "-o", "size=1m,mode=755", f"conf-{name}", sub],
-                        sub)
+        # The submount: a bind mount from the volume's own file system (a tmpfs one
+        # could not be idmapped before Linux 6.3).
+        other = os.path.join(os.path.dirname(src), "other")
+        os.mkdir(other, 0o755)
+        h.sandbox_mount(["mount", "--bind", other, sub], sub)
         r = h.in_sandbox(["sh", "-c", f"echo in the submount > {sub}/sub-file"])
         assert r.returncode == 0, r.stderr
         mounts.append(_bind(src, f"/tmp/{name}", option))

@@ -18,14 +18,19 @@ pytestmark = pytest.mark.root
 
 
 def _cgroup_dirs(cgroups_path: str) -> list[str]:
-    """The directory `cgroups_path` (relative to our own cgroups) names in every
-    hierarchy, where it exists."""
+    """The directory the relative `cgroups_path` names in every hierarchy, where it
+    exists: below our own cgroup, or on a unified host below its parent (where runc and
+    ocirt put it: cgroupfs.placement_dir)."""
     own = cgroupfs.proc_cgroups()
+    unified = cgroupfs.is_unified()
     found = []
     for h in cgroupfs.hierarchies():
         if h.key not in own:
             continue
-        d = os.path.join(cgroupfs.host_dir(h, own[h.key]), cgroups_path)
+        base = cgroupfs.host_dir(h, own[h.key])
+        if unified and h.fstype == "cgroup2" and base != h.mountpoint:
+            base = os.path.dirname(base)
+        d = os.path.join(base, cgroups_path)
         if os.path.isdir(d):
             found.append(d)
     return found

@@ -229,9 +229,10 @@ def test_make_bundle_rootless_gives_a_bundle_the_user_can_run(rootless, ocirt_bi
     shutil.copy(os.path.join(os.path.dirname(__file__), "..", "..", "contrib",
                              "make-bundle.sh"), script)
     bundle = os.path.join(home, "mine")
+    # The script forks one `ln` per busybox applet (about 400): a minute under TCG.
     made = subprocess.run(["runuser", "-u", USER, "--", "env", f"OCIRT={ocirt_bin}",
                            "PATH=/usr/bin:/bin", "bash", script, "--rootless", bundle, "id"],
-                          capture_output=True, text=True, timeout=60, cwd=home)
+                          capture_output=True, text=True, timeout=300, cwd=home)
     assert made.returncode == 0, made.stderr
     with open(os.path.join(bundle, "config.json")) as f:
         config = json.load(f)
