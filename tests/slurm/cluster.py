@@ -54,9 +54,30 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2
 KillWait=2
-NodeName={node} NodeAddr=127.0.0.1 NodeHostname=localhost CPUs=1 State=UNKNOWN
+NodeName={node} NodeAddr=127.0.0.1 NodeHostname=localhost {hardware} State=UNKNOWN
 PartitionName=test Nodes={node} Default=YES MaxTime=INFINITE State=UP
 """
+
+
+# slurmd on cgroup v2 asks systemd over D-Bus for a scope for the steps; the sandbox's
+# private /run has no bus, and a scope would be a cgroup outside ours. IgnoreSystemd: it
+# makes the same directories itself, below the sandbox's cgroup root (our own cgroup).
+# The v1 plugin ignores it.
+CGROUP_CONF = """\
+CgroupPlugin=autodetect
+IgnoreSystemd=yes
+"""
+
+TOPOLOGY = ("CPUs", "Boards", "SocketsPerBoard", "CoresPerSocket", "ThreadsPerCore")
+
+
+def hardware() -> str:
+    """The node line's topology as slurmd detects it (`slurmd -C`): slurmd refuses a node
+    whose configuration differs from its hardware."""
+    out = subprocess.run(["slurmd", "-C"], capture_output=True, text=True, timeout=60,
+                         check=True).stdout
+    fields = dict(f.split("=", 1) for f in out.split() if "=" in f)
+    return " ".join(f"{k}={fields[k]}" for k in TOPOLOGY)
 
 
 class Cluster:
@@ -85,7 +106,9 @@ class Cluster:
             f.write(os.urandom(1024))
         os.chmod(self.path("munge-key", "munge.key"), 0o400)
         with open(self.conf, "w") as f:
-            f.write(SLURM_CONF.format(dir=self.dir, node=NODE))
+            f.write(SLURM_CONF.format(dir=self.dir, node=NODE, hardware=hardware()))
+        with open(self.path("etc", "cgroup.conf"), "w") as f:
+            f.write(CGROUP_CONF)
         # the user's private state root, as /run/user/UID would be on a systemd machine
         user_run = self.path("run", str(self.user.pw_uid))
         os.mkdir(user_run, 0o700)
