@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import time
 
+from conformance.cgroupfs import read as read_cgroup
 from conformance.sandbox import Sandbox
 
 DAEMONS = ("munged", "slurmctld", "slurmd", "srun", "scancel", "squeue", "sinfo")
@@ -114,6 +115,7 @@ class Cluster:
         os.mkdir(user_run, 0o700)
         os.chown(user_run, self.user.pw_uid, self.user.pw_gid)
         self.sandbox.start()
+        self._system_slice()
         self._daemon("munged", ["munged", "-F", f"--socket={self.path('munge', 'munge.socket')}",
                                 f"--key-file={self.path('munge-key', 'munge.key')}",
                                 f"--pid-file={self.path('munge-key', 'munged.pid')}",
@@ -124,6 +126,19 @@ class Cluster:
                      ready=lambda: self._query(["sinfo", "-h"]).returncode == 0)
         self._daemon("slurmd", ["slurmd", "-D", "-N", NODE, "-f", self.conf],
                      ready=lambda: "idle" in self._query(["sinfo", "-h", "-o", "%T"]).stdout)
+
+    def _system_slice(self) -> None:
+        """On a v2-only host, what IgnoreSystemd leaves to us (Slurm's cgroup v2 guide):
+        system.slice at the sandbox's cgroup root, the root's controllers enabled down to
+        it. Below our own cgroup; closing the sandbox removes the tree."""
+        root = self.sandbox.v2_root
+        if root is None:
+            return
+        os.mkdir(os.path.join(root, "system.slice"))
+        for d in (root, os.path.join(root, "system.slice")):
+            for controller in read_cgroup(d, "cgroup.controllers").split():
+                with open(os.path.join(d, "cgroup.subtree_control"), "w") as f:
+                    f.write(f"+{controller}")
 
     def _daemon(self, name: str, argv: list[str], ready: object) -> None:
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SLURM_CONF": self.conf}
