@@ -27,6 +27,7 @@ The holder reads its stdin until EOF, so it ends when the suite closes the pipe 
 
 from __future__ import annotations
 
+import itertools
 import os
 import shlex
 import shutil
@@ -74,12 +75,17 @@ def propagation_option() -> str:
     return "unchanged" if in_chroot() else "private"
 
 
+_SEQ = itertools.count()
+
+
 def v2_root_for(own: str, mountpoint: str) -> str | None:
     """Where the namespace is rooted on a unified host: beside our cgroup (None at the
-    top of the hierarchy, which may hold processes and pass controllers down)."""
+    top of the hierarchy, which may hold processes and pass controllers down). Named by
+    our PID and a sequence number: one process may hold several sandboxes at once (a
+    module's containerd and a test's own)."""
     if own == mountpoint:
         return None
-    return os.path.join(os.path.dirname(own), f"ocirt-conformance-{os.getpid()}")
+    return os.path.join(os.path.dirname(own), f"ocirt-conformance-{os.getpid()}-{next(_SEQ)}")
 
 
 class Sandbox:

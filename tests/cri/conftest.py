@@ -165,7 +165,8 @@ class Env:
         """What containers and pods left behind, as the daemon's side sees it: runtime
         state directories, and cgroups below the pods' cgroup parent."""
         r = self.daemon.in_sandbox("sh", "-c", f"ls -A {RUNTIME_ROOT} 2>/dev/null; "
-                                   f"for d in /sys/fs/cgroup/*/{self.cgroup_parent}/*/; "
+                                   f"for d in /sys/fs/cgroup/{self.cgroup_parent}/*/ "
+                                   f"/sys/fs/cgroup/*/{self.cgroup_parent}/*/; "
                                    '   do [ -d "$d" ] && echo "$d"; done; true')
         return r.stdout.split()
 
@@ -187,8 +188,10 @@ def start_env(config_path: str, ocirt_bin: str, cri_modules: tuple[ModuleType, M
         assert r.returncode == 0, f"ctr images import: {r.stderr}"
         # kubelet makes the pods' cgroup parent; here it is the test's, in every hierarchy
         # (the sandbox's cgroup root is our own cgroup).
-        r = daemon.in_sandbox("sh", "-c", f"for h in /sys/fs/cgroup/*/; do "
-                              f'mountpoint -q "$h" && mkdir "$h{parent}"; done; true')
+        # /sys/fs/cgroup itself is a hierarchy on a v2-only host, a tmpfs elsewhere.
+        r = daemon.in_sandbox("sh", "-c", "for h in /sys/fs/cgroup/ /sys/fs/cgroup/*/; do "
+                              'mountpoint -q "$h" && [ "$(stat -f -c %T "$h")" != tmpfs ] '
+                              f'&& mkdir "$h{parent}"; done; true')
         assert r.returncode == 0, r.stderr
     except BaseException:
         stop_env(env)
@@ -199,14 +202,19 @@ def start_env(config_path: str, ocirt_bin: str, cri_modules: tuple[ModuleType, M
 def stop_env(env: Env) -> list[str]:
     """Remove what is left, stop containerd, remove the cgroup parent; returns problems."""
     problems: list[str] = []
-    if env.daemon.cri is not None and env.daemon.proc.poll() is None:
+    daemon = env.daemon
+    if daemon.cri is not None and daemon.proc is not None and daemon.proc.poll() is None:
         env.remove_pods()
-        left = env.daemon.remove_all_pods()
+        left = daemon.remove_all_pods()
         problems += [f"pod {p} left" for p in left]
         problems += [f"left: {x}" for x in env.leftovers()]
-    r = env.daemon.in_sandbox("sh", "-c", f"for d in /sys/fs/cgroup/*/{env.cgroup_parent}; "
-                              'do [ -d "$d" ] && { rmdir "$d" || echo "$d"; }; done; true')
-    problems += [f"cgroup not removable: {d}" for d in r.stdout.split()]
+    # a start that failed before the sandbox was up made no cgroup parent either
+    if daemon.sandbox.proc is not None:
+        parent = env.cgroup_parent
+        r = daemon.in_sandbox("sh", "-c", f"for d in /sys/fs/cgroup/{parent} "
+                              f"/sys/fs/cgroup/*/{parent}; do "
+                              '[ -d "$d" ] && { rmdir "$d" || echo "$d"; }; done; true')
+        problems += [f"cgroup not removable: {d}" for d in r.stdout.split()]
     problems += env.daemon.stop()
     return problems
 

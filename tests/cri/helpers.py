@@ -6,6 +6,7 @@ import json
 import time
 from typing import Any
 
+from conformance import cgroupfs
 from tests.cri import configs
 from tests.cri.conftest import RUNTIME_ROOT, Env, Pod, runtimeclass_handler
 
@@ -84,8 +85,13 @@ def assert_made_by(env: Env, handler: str, cid: str, pid: int) -> dict:
     return state
 
 
+V2 = cgroupfs.is_unified()
+
+
 def host_cgroup(env: Env, cid: str, controller: str, name: str) -> str:
-    r = env.daemon.in_sandbox("cat", f"/sys/fs/cgroup/{controller}/{env.cgroup_parent}/"
-                                     f"{cid}/{name}")
+    """A file of the container's cgroup as the daemon's side sees it: in `controller`'s
+    v1 hierarchy, or on a cgroup v2-only host in the one unified hierarchy."""
+    top = "/sys/fs/cgroup" if V2 else f"/sys/fs/cgroup/{controller}"
+    r = env.daemon.in_sandbox("cat", f"{top}/{env.cgroup_parent}/{cid}/{name}")
     assert r.returncode == 0, r.stderr
     return r.stdout.strip()

@@ -19,6 +19,7 @@ from tests.cri.client import grpc
 from tests.cri.conftest import Env
 from tests.cri.helpers import (
     HANDLERS,
+    V2,
     assert_made_by,
     exec_sync,
     host_cgroup,
@@ -68,12 +69,18 @@ def test_pod_lifecycle(cri: Env, handler: str) -> None:
     wait_log(pod, "main", "started")
     state = assert_made_by(cri, handler, cid, info(cri, cid)["pid"])
     # Inside: its own PID namespace, the command as PID 1, the pod's cgroup path.
+    # v2: one line "0::PATH"; containerd gives the container its own cgroup namespace
+    # there, so PATH is its root. v1: the host's cgroup namespace, the full path.
+    line = "^0::" if V2 else ":memory:"
     r = exec_sync(cri, cid, "sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '; echo; "
-                  "grep memory /proc/self/cgroup")
+                  f"grep {line} /proc/self/cgroup")
     assert r.exit_code == 0, r.stderr
     cmdline, cgroup = r.stdout.decode().splitlines()
     assert cmdline.startswith("sh -c trap ")
-    assert cgroup.endswith(f":memory:/{cri.cgroup_parent}/{cid}")
+    if V2:
+        assert cgroup == "0::/"
+    else:
+        assert cgroup.endswith(f":memory:/{cri.cgroup_parent}/{cid}")
     # Host side: the init is in that cgroup.
     assert str(state["pid"]) in host_cgroup(cri, cid, "memory", "cgroup.procs").split()
 
@@ -195,23 +202,40 @@ def test_update_resources_and_stats(cri: Env, handler: str) -> None:
                                  "count=20000; echo worked; sleep 300"],
                 resources={"memory_limit_in_bytes": 64 * MiB, "cpu_shares": 512})
     wait_log(pod, "limited", "worked")
-    inside = "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/cpu/cpu.shares"
+    # v2 (the container's own cgroup namespace): memory.max, and cpu.weight from the
+    # shares. ocirt converts as runc 1.3.2+ and crun do, a quadratic in log2 (512 -> 59,
+    # 256 -> 35); the installed runc may be older, with 1 + (shares - 2) * 9999 / 262142
+    # (512 -> 20, 256 -> 10).
+    if V2:
+        inside = "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.weight"
+        quota = " /sys/fs/cgroup/cpu.max"
+        weights = {(b"59", b"35")} | ({(b"20", b"10")} if handler == "runc" else set())
+        limit_file, quota_file, quota_value = "memory.max", "cpu.max", "50000 100000"
+    else:
+        inside = "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/cpu/cpu.shares"
+        quota, weights = " /sys/fs/cgroup/cpu/cpu.cfs_quota_us", {(b"512", b"256")}
+        limit_file, quota_file, quota_value = "memory.limit_in_bytes", "cpu.cfs_quota_us", "50000"
     r = exec_sync(cri, cid, "sh", "-c", inside)
-    assert r.stdout.split() == [str(64 * MiB).encode(), b"512"], r
+    assert len(r.stdout.split()) == 2, r
+    limit, weight = r.stdout.split()
+    expected = next((w for w in weights if w[0] == weight), None)
+    assert limit == str(64 * MiB).encode() and expected is not None, r
     cri.rt.UpdateContainerResources(pb.UpdateContainerResourcesRequest(
         container_id=cid, linux=pb.LinuxContainerResources(
             memory_limit_in_bytes=96 * MiB, cpu_shares=256, cpu_period=100000,
             cpu_quota=50000)))
-    r = exec_sync(cri, cid, "sh", "-c", inside + " /sys/fs/cgroup/cpu/cpu.cfs_quota_us")
-    assert r.stdout.split() == [str(96 * MiB).encode(), b"256", b"50000"], r
-    assert host_cgroup(cri, cid, "memory", "memory.limit_in_bytes") == str(96 * MiB)
-    assert host_cgroup(cri, cid, "cpu", "cpu.cfs_quota_us") == "50000"
+    r = exec_sync(cri, cid, "sh", "-c", inside + quota)
+    assert r.stdout.split() == [str(96 * MiB).encode(), expected[1],
+                                *quota_value.encode().split()], r
+    assert host_cgroup(cri, cid, "memory", limit_file) == str(96 * MiB)
+    assert host_cgroup(cri, cid, "cpu", quota_file) == quota_value
 
     stats = cri.rt.ContainerStats(pb.ContainerStatsRequest(container_id=cid)).stats
     assert stats.attributes.id == cid and stats.attributes.metadata.name == "limited"
     # dd copied 1.25 GiB: well over a millisecond of CPU.
     assert stats.cpu.usage_core_nano_seconds.value > 1_000_000, stats.cpu
-    usage = int(host_cgroup(cri, cid, "memory", "memory.usage_in_bytes"))
+    usage = int(host_cgroup(cri, cid, "memory",
+                            "memory.current" if V2 else "memory.usage_in_bytes"))
     assert 0 < stats.memory.usage_bytes.value <= 96 * MiB
     assert abs(stats.memory.usage_bytes.value - usage) < 4 * MiB, (stats.memory, usage)
 

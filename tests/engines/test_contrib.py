@@ -110,7 +110,10 @@ def podman(tmp_path, ocirt_bin):
 
     def run(*args: str) -> subprocess.CompletedProcess:
         # This host's hard RLIMIT_NOFILE is 20000: podman's default ulimits cannot be set.
+        # k8s-file: the sandbox's private /run hides journald, podman's default log
+        # driver on a systemd host (so is its events backend: "file" above).
         return subprocess.run([*sandbox.prefix(), *base, "run", "--rm", "--network", "none",
+                               "--log-driver", "k8s-file",
                                "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096",
                                *args], capture_output=True, text=True, env=env, timeout=120,
                               stdin=subprocess.DEVNULL)

@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import time
 
+from conformance.cgroupfs import read as read_cgroup
 from conformance.sandbox import Sandbox
 
 DAEMONS = ("munged", "slurmctld", "slurmd", "srun", "scancel", "squeue", "sinfo")
@@ -54,9 +55,30 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2
 KillWait=2
-NodeName={node} NodeAddr=127.0.0.1 NodeHostname=localhost CPUs=1 State=UNKNOWN
+NodeName={node} NodeAddr=127.0.0.1 NodeHostname=localhost {hardware} State=UNKNOWN
 PartitionName=test Nodes={node} Default=YES MaxTime=INFINITE State=UP
 """
+
+
+# slurmd on cgroup v2 asks systemd over D-Bus for a scope for the steps; the sandbox's
+# private /run has no bus, and a scope would be a cgroup outside ours. IgnoreSystemd: it
+# makes the same directories itself, below the sandbox's cgroup root (our own cgroup).
+# The v1 plugin ignores it.
+CGROUP_CONF = """\
+CgroupPlugin=autodetect
+IgnoreSystemd=yes
+"""
+
+TOPOLOGY = ("CPUs", "Boards", "SocketsPerBoard", "CoresPerSocket", "ThreadsPerCore")
+
+
+def hardware() -> str:
+    """The node line's topology as slurmd detects it (`slurmd -C`): slurmd refuses a node
+    whose configuration differs from its hardware."""
+    out = subprocess.run(["slurmd", "-C"], capture_output=True, text=True, timeout=60,
+                         check=True).stdout
+    fields = dict(f.split("=", 1) for f in out.split() if "=" in f)
+    return " ".join(f"{k}={fields[k]}" for k in TOPOLOGY)
 
 
 class Cluster:
@@ -85,12 +107,15 @@ class Cluster:
             f.write(os.urandom(1024))
         os.chmod(self.path("munge-key", "munge.key"), 0o400)
         with open(self.conf, "w") as f:
-            f.write(SLURM_CONF.format(dir=self.dir, node=NODE))
+            f.write(SLURM_CONF.format(dir=self.dir, node=NODE, hardware=hardware()))
+        with open(self.path("etc", "cgroup.conf"), "w") as f:
+            f.write(CGROUP_CONF)
         # the user's private state root, as /run/user/UID would be on a systemd machine
         user_run = self.path("run", str(self.user.pw_uid))
         os.mkdir(user_run, 0o700)
         os.chown(user_run, self.user.pw_uid, self.user.pw_gid)
         self.sandbox.start()
+        self._system_slice()
         self._daemon("munged", ["munged", "-F", f"--socket={self.path('munge', 'munge.socket')}",
                                 f"--key-file={self.path('munge-key', 'munge.key')}",
                                 f"--pid-file={self.path('munge-key', 'munged.pid')}",
@@ -101,6 +126,19 @@ class Cluster:
                      ready=lambda: self._query(["sinfo", "-h"]).returncode == 0)
         self._daemon("slurmd", ["slurmd", "-D", "-N", NODE, "-f", self.conf],
                      ready=lambda: "idle" in self._query(["sinfo", "-h", "-o", "%T"]).stdout)
+
+    def _system_slice(self) -> None:
+        """On a v2-only host, what IgnoreSystemd leaves to us (Slurm's cgroup v2 guide):
+        system.slice at the sandbox's cgroup root, the root's controllers enabled down to
+        it. Below our own cgroup; closing the sandbox removes the tree."""
+        root = self.sandbox.v2_root
+        if root is None:
+            return
+        os.mkdir(os.path.join(root, "system.slice"))
+        for d in (root, os.path.join(root, "system.slice")):
+            for controller in read_cgroup(d, "cgroup.controllers").split():
+                with open(os.path.join(d, "cgroup.subtree_control"), "w") as f:
+                    f.write(f"+{controller}")
 
     def _daemon(self, name: str, argv: list[str], ready: object) -> None:
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SLURM_CONF": self.conf}
