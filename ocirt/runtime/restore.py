@@ -77,6 +77,8 @@ def _restore(store: Store, cid: str, plan: Plan, spec: dict[str, Any], copts: Cr
         raise OcirtError(f"rootfs ({plan.rootfs}) does not exist")
     descriptors = _descriptors(opts.images())
     binary = criu.find(opts.binary)
+    if opts.lazy_pages:
+        criu.check_lazy_pages(binary)
     if not detach and not no_subreaper:
         from ocirt.linux import consts, libc
 
