@@ -22,6 +22,7 @@ from tests.checkpoint.helpers import COUNTER, needs_criu
 from tests.checkpoint.helpers import numbers as _numbers
 from tests.engines.test_containerd_systemd_host import ctr  # noqa: F401 (the fixture)
 
+SH_COUNTER = ["/bin/sh", *COUNTER[1:]]  # a --rootfs container's spec has no PATH
 pytestmark = [pytest.mark.root, needs_criu,
               pytest.mark.skipif(shutil.which("containerd") is None, reason="no containerd")]
 
@@ -44,7 +45,7 @@ def _start(ctr, bundle, tmp_path, binary: str, name: str) -> str:  # noqa: F811
     # dumps, where the host's /dev/null would be a file outside the container
     r = ctr("run", "--detach", "--rootfs", "--runc-binary", binary,
             "--mount", f"type=bind,src={out},dst=/out,options=rbind:rw",
-            rootfs, name, *COUNTER)
+            rootfs, name, *SH_COUNTER)
     assert r.returncode == 0, r.stderr
     count = str(out / "count")
     assert wait_for(lambda: len(_numbers(count)) >= 5, timeout=60), _numbers(count)
@@ -93,3 +94,85 @@ def test_ctr_task_checkpoint_exit_stops_it(ctr, bundle, tmp_path, logged_ocirt):
     for args in (("containers", "restore", "--help"), ("run", "--help"),
                  ("tasks", "start", "--help")):
         print(args, ctr(*args).stdout[-1500:])
+
+
+IMAGE = "docker.io/library/ocirt-counter:1"
+
+
+def _oci_archive(rootfs: str, path: str) -> None:
+    """An OCI image archive of one layer, the busybox rootfs (the guest has no network,
+    and a container-level restore needs the container to come from an image)."""
+    import hashlib
+    import io
+    import json
+    import platform
+    import tarfile
+
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as t:
+        t.add(rootfs, arcname=".")
+    blobs: dict[str, bytes] = {}
+
+    def blob(data: bytes, media: str) -> dict:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        blobs[digest] = data
+        return {"mediaType": media, "digest": digest, "size": len(data)}
+
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+    lay = blob(layer.getvalue(), "application/vnd.oci.image.layer.v1.tar")
+    config = blob(json.dumps({"architecture": arch, "os": "linux", "config": {
+        "Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]}, "rootfs": {
+        "type": "layers", "diff_ids": [lay["digest"]]}}).encode(),
+        "application/vnd.oci.image.config.v1+json")
+    manifest = blob(json.dumps({"schemaVersion": 2, "mediaType":
+                                "application/vnd.oci.image.manifest.v1+json",
+                                "config": config, "layers": [lay]}).encode(),
+                    "application/vnd.oci.image.manifest.v1+json")
+    manifest["annotations"] = {"io.containerd.image.name": IMAGE,
+                               "org.opencontainers.image.ref.name": "1"}
+    with tarfile.open(path, "w") as t:
+        for name, data in [("oci-layout", b'{"imageLayoutVersion": "1.0.0"}'),
+                           ("index.json", json.dumps({"schemaVersion": 2,
+                                                      "manifests": [manifest]}).encode()),
+                           *((f"blobs/sha256/{d[7:]}", v) for d, v in blobs.items())]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+
+
+def test_ctr_container_checkpoint_and_restore(ctr, bundle, tmp_path,  # noqa: F811
+                                              logged_ocirt):
+    """`ctr containers checkpoint --task`, the container deleted, `ctr containers restore
+    --live`: the shim creates the task from the checkpoint (`ocirt restore --detach
+    -no-subreaper --pid-file ... --image-path ... --bundle ...`) and it counts on."""
+    binary, log = logged_ocirt
+    archive = str(tmp_path / "image.tar")
+    _oci_archive(os.path.join(bundle(["true"]), "rootfs"), archive)
+    r = ctr("images", "import", archive)
+    assert r.returncode == 0, r.stderr
+    name = f"ckptc-{os.getpid()}"
+    out = tmp_path / "out-c"
+    out.mkdir()
+    r = ctr("run", "--detach", "--runc-binary", binary,
+            "--mount", f"type=bind,src={out},dst=/out,options=rbind:rw",
+            IMAGE, name, *SH_COUNTER)
+    assert r.returncode == 0, r.stderr
+    count = str(out / "count")
+    assert wait_for(lambda: len(_numbers(count)) >= 5, timeout=60), _numbers(count)
+    r = ctr("containers", "checkpoint", "--task", name, "ocirt/checkpoint:1")
+    assert r.returncode == 0, (r.stdout, r.stderr, log.read_text())
+    for args in (("tasks", "kill", "--signal", "SIGKILL", name),):
+        ctr(*args)
+    assert wait_for(lambda: "RUNNING" not in ctr("tasks", "list").stdout, timeout=60)
+    stopped_at = max(_numbers(count))
+    assert ctr("tasks", "delete", name).returncode == 0
+    assert ctr("containers", "delete", name).returncode == 0
+    r = ctr("containers", "restore", "--live", name, "ocirt/checkpoint:1")
+    print("restore:", r.returncode, r.stdout, r.stderr, log.read_text())
+    assert r.returncode == 0, (r.stdout, r.stderr, log.read_text())
+    (call,) = _calls(log, "restore")
+    assert "--image-path" in call and "--detach" in call, call
+    assert wait_for(lambda: len([n for n in _numbers(count) if n > stopped_at]) >= 3,
+                    timeout=60), _numbers(count)[-5:]
+    assert min(n for n in _numbers(count) if n > stopped_at) == stopped_at + 1
+    assert " RUNNING" in ctr("tasks", "list").stdout
