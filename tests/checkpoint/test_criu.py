@@ -289,6 +289,13 @@ def test_lazy_dump_hands_criu_the_page_server(ocirt, counter, tmp_path, fake_cri
     assert rt.status("cr12") == "running"
 
 
+def _tail(path) -> str:
+    try:
+        return _read(str(path))[-2000:]
+    except OSError as exc:
+        return str(exc)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -326,7 +333,8 @@ def test_lazy_pages_migration(runtime, counter, tmp_path):
                                  str(images), "-o", "lazy-pages.log", "-v4"],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         r = _restore(runtime, "lz2", b, str(images), "--lazy-pages")
-        assert r.rc == 0, (r.err, _read(str(images / "restore.log"))[-3000:])
+        assert r.rc == 0, (r.err, sorted(os.listdir(images)), *(
+            _tail(images / n) for n in ("restore.log", "lazy-pages.log")))
         assert dump.wait(timeout=180) == 0, _read(str(tmp_path / "dump.err"))
         assert lazy.wait(timeout=60) == 0
     finally:
