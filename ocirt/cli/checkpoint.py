@@ -22,7 +22,7 @@ def _criu_options(g: Globals, opts: Options) -> CriuOptions:
         setattr(c, name, getattr(opts, name))
     c.empty_ns = list(opts.empty_ns or [])
     for name in ("parent_path", "leave_running", "pre_dump", "lsm_profile",
-                 "lsm_mount_context"):
+                 "lsm_mount_context", "lazy_pages", "page_server", "status_fd"):
         if hasattr(opts, name):
             setattr(c, name, getattr(opts, name))
     return c

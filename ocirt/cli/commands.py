@@ -120,6 +120,7 @@ _CRIU_SHARED = (
     Flag("empty-ns", LIST, "create a namespace, but don't restore its properties"),
     Flag("auto-dedup", BOOL, "enable auto deduplication of memory images"),
 )
+_LAZY = Flag("lazy-pages", BOOL, "use userfaultfd to lazily restore memory pages")
 _add(Command(
     "checkpoint", "ocirt.cli.checkpoint:checkpoint", "checkpoint a running container",
     _ID,
@@ -131,6 +132,9 @@ _add(Command(
      Flag("pre-dump", BOOL, "dump container's memory information only, leave the "
           "container running after this"),
      *_CRIU_SHARED[5:],
+     Flag("page-server", STR, "ADDRESS:PORT of the page server", ""),
+     _LAZY,
+     Flag("status-fd", INT, "criu writes \\0 to this FD once lazy-pages is ready", -1),
      Flag("sif", STR, "also add the checkpoint (CRIU's image files and the container's "
           "config.json) to this SIF image, as objects of a new group", "",
           metavar="IMAGE.sif"),
@@ -151,6 +155,7 @@ _add(Command(
      Flag("detach, d", BOOL, "detach from the container's process"), _PIDFILE,
      Flag("no-subreaper", BOOL, "disable the use of the subreaper used to reap reparented "
           "processes"), _NO_PIVOT, *_CRIU_SHARED[6:],
+     _LAZY,
      Flag("lsm-profile", STR, "Specify an LSM profile to be used during restore in the form "
           "of TYPE:NAME.", ""),
      Flag("lsm-mount-context", STR, "Specify an LSM mount context to be used during "

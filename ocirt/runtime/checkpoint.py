@@ -34,6 +34,8 @@ def checkpoint(store: Store, cid: str, opts: criu.CriuOptions, sif: str = "",
         if status in (CREATED, STOPPED) or container.data.get("creating"):
             raise OcirtError(f"Container cannot be checkpointed in {status} state")
         binary = criu.find(opts.binary)
+        if opts.lazy_pages:
+            criu.check_lazy_pages(binary)
         scratch = ""
         if sif and not opts.image_path:  # the images only pass through on their way in
             scratch = opts.image_path = _scratch_dir(store, cid)
@@ -130,6 +132,7 @@ def dump(binary: str, container: Container, opts: criu.CriuOptions) -> None:
     freezer = _freezer(container)
     if freezer:
         args += ["--freeze-cgroup", freezer]
+    args += opts.dump_args()
     if opts.pre_dump:
         args.append("--track-mem")
         action = "pre-dump"
@@ -145,8 +148,9 @@ def dump(binary: str, container: Container, opts: criu.CriuOptions) -> None:
             criu.descriptors(container.pid)).encode())
     # a terminal's master is outside the container: only CRIU's RPC dumps its slave
     # alone (orphan_pts_master), for restore to make a new pair
+    keep = (opts.status_fd,) if opts.lazy_pages and opts.status_fd != -1 else ()
     criu.run(binary, action, args, opts.work(), f"{action.replace('-', '')}.log",
-             rpc=plan.process.terminal)
+             pass_fds=keep, rpc=plan.process.terminal)
 
 
 def container_plan(container: Container) -> Any:

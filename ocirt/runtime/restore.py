@@ -77,6 +77,8 @@ def _restore(store: Store, cid: str, plan: Plan, spec: dict[str, Any], copts: Cr
         raise OcirtError(f"rootfs ({plan.rootfs}) does not exist")
     descriptors = _descriptors(opts.images())
     binary = criu.find(opts.binary)
+    if opts.lazy_pages:
+        criu.check_lazy_pages(binary)
     if not detach and not no_subreaper:
         from ocirt.linux import consts, libc
 
@@ -302,20 +304,24 @@ class _Preexec:
 
 
 def create_mountpoints(plan: Plan) -> None:
-    """The mount points of the bind mounts, in the rootfs, as `create` makes them (runc's
-    prepareCriuRestoreMounts); those on a tmpfs come back with the tmpfs's content."""
+    """The mount points, in the rootfs, as `create` makes them (runc's
+    prepareCriuRestoreMounts): a bind mount's as a file or directory like its source,
+    any other's as a directory (a fresh rootfs, such as containerd's new snapshot for a
+    restored container, lacks /proc or /run), a cgroup mount's none (it appears with
+    /sys); those on a tmpfs come back with the tmpfs's content."""
     from ocirt.fs import resolve
 
     tmpfs = [m.destination.rstrip("/") + "/" for m in plan.mounts if m.fstype == "tmpfs"]
     root_fd = os.open(plan.rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for m in plan.mounts:
-            if not m.is_bind or any(m.destination.startswith(t) for t in tmpfs):
+            if m.fstype in ("cgroup", "cgroup2") or any(
+                    m.destination.startswith(t) for t in tmpfs):
                 continue
             if resolve.lstat_in_root(root_fd, m.destination) is not None:
                 continue
             try:
-                if os.path.isdir(m.source):
+                if not m.is_bind or os.path.isdir(m.source):
                     fd = resolve.mkdir_all(root_fd, m.destination)
                 else:
                     fd = resolve.create_file(root_fd, m.destination)

@@ -29,6 +29,18 @@ CRIU_OK, CRIU_WHY = _criu_works()
 needs_criu = pytest.mark.skipif(not CRIU_OK, reason=CRIU_WHY or "criu works")
 
 
+def _lazy_pages_work() -> bool:
+    """CRIU's own check of non-cooperative userfaultfd (what --lazy-pages needs)."""
+    return CRIU_OK and subprocess.run(
+        [shutil.which("criu") or "criu", "check", "--feature", "uffd-noncoop"],
+        capture_output=True).returncode == 0
+
+
+needs_lazy_pages = pytest.mark.skipif(
+    not _lazy_pages_work(), reason=CRIU_WHY or "criu check --feature uffd-noncoop fails "
+    "(no userfaultfd for CRIU here)")
+
+
 def numbers(path: str) -> list[int]:
     try:
         with open(path) as f:

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
+import socket
+import subprocess
 import time
 
 import pytest
 
 from conformance.runner import Runtime, wait_for
-from tests.checkpoint.helpers import needs_criu
+from tests.checkpoint.helpers import needs_criu, needs_lazy_pages
 from tests.checkpoint.helpers import numbers as _numbers
 from tests.checkpoint.helpers import root_can_be_made_slave as _root_can_be_made_slave
 from tests.checkpoint.helpers import run_detached as _run_detached
@@ -182,6 +185,10 @@ def test_unusable_criu_leaves_the_container_running(ocirt, counter, tmp_path, cr
     (["--manage-cgroups-mode", "bogus"], "invalid --manage-cgroups-mode value: bogus"),
     (["--empty-ns", "pid"], 'namespace \\"pid\\" is not supported'),  # quoted in the log
     (["--parent-path", "/abs"], "--parent-path must be relative"),
+    (["--page-server", "nohost"], "Use --page-server ADDRESS:PORT to specify page server"),
+    (["--page-server", "127.0.0.1:http"], "Invalid port number"),
+    (["--lazy-pages", "--status-fd", "99"], "invalid --status-fd argument 99: bad file "
+     "descriptor"),
 ])
 def test_bad_flags_are_refused(ocirt, counter, flags, message):
     b, _ = counter
@@ -253,6 +260,108 @@ def test_failed_dump_leaves_the_container_running(ocirt, counter, tmp_path, fake
     assert os.listdir(images) == ["dump.log"]  # no partial images, no descriptors.json
     n = len(_numbers(count))
     assert wait_for(lambda: len(_numbers(count)) > n + 2, timeout=20)
+
+
+def test_lazy_dump_hands_criu_the_page_server(ocirt, counter, tmp_path, fake_criu):
+    """--lazy-pages --page-server A:P --status-fd N: CRIU's dump is told to serve the
+    pages itself at A:P and to report readiness on N, which it inherits; it fails here,
+    and the container runs on."""
+    b, _ = counter
+    binary, record = fake_criu
+    rt = Runtime(ocirt.binary, ocirt.root, ["--criu", binary])
+    _run_detached(rt, "cr12", b)
+    r_fd, w_fd = os.pipe()
+    try:
+        argv = rt.cmd("checkpoint", "--image-path", str(tmp_path / "images"),
+                      "--lazy-pages", "--page-server", "127.0.0.1:27277", "--status-fd",
+                      str(w_fd), "cr12")
+        done = subprocess.run(argv, pass_fds=(w_fd,), capture_output=True, text=True,
+                              env={**os.environ, "RECORD": record})
+    finally:
+        os.close(r_fd)
+        os.close(w_fd)
+    assert done.returncode == 1 and "fake criu refuses to dump" in done.stderr, done
+    args = _read(record + ".args").split("\n")
+    assert "--lazy-pages" in args and "--page-server" not in args
+    assert args[args.index("--address") + 1] == "127.0.0.1"
+    assert args[args.index("--port") + 1] == "27277"
+    assert args[args.index("--status-fd") + 1] == str(w_fd)
+    assert rt.status("cr12") == "running"
+
+
+def _other_cgroup(bundle: str, tmp_path) -> str:
+    """The bundle again under another cgroupsPath: the dumped container lives on (frozen,
+    in its cgroup) until its last page is across, and the restored one must not join it
+    (runc's lazy test gives it another name and unit for the same reason)."""
+    with open(os.path.join(bundle, "config.json")) as f:
+        cfg = json.load(f)
+    cfg["linux"]["cgroupsPath"] = cfg["linux"]["cgroupsPath"].rstrip("/") + "-restored"
+    cfg["root"]["path"] = os.path.join(bundle, cfg["root"]["path"])
+    other = tmp_path / "bundle-restored"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps(cfg))
+    return str(other)
+
+
+def _tail(path) -> str:
+    try:
+        return _read(str(path))[-2000:]
+    except OSError as exc:
+        return str(exc)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@needs_criu
+@needs_lazy_pages
+def test_lazy_pages_migration(runtime, counter, tmp_path):
+    """runc's lazy migration: `checkpoint --lazy-pages --page-server` dumps all but the
+    memory, says ready on --status-fd, and serves the pages; `criu lazy-pages` fetches
+    them for `restore --lazy-pages` of a second container, which counts on; the dump
+    ends once every page is across, and the first container is gone."""
+    b, count = counter
+    _run_detached(runtime, "lz1", b)
+    assert wait_for(lambda: len(_numbers(count)) >= 5, timeout=20)
+    images, work = tmp_path / "images", tmp_path / "work"
+    port = _free_port()
+    r_fd, w_fd = os.pipe()
+    with open(tmp_path / "dump.err", "wb") as err:
+        dump = subprocess.Popen(runtime.cmd(
+            "checkpoint", "--lazy-pages", "--page-server", f"127.0.0.1:{port}",
+            "--status-fd", str(w_fd), "--work-path", str(work), "--image-path",
+            str(images), "lz1"), pass_fds=(w_fd,), stdin=subprocess.DEVNULL,
+            stdout=err, stderr=err)
+    os.close(w_fd)
+    lazy = None
+    try:
+        ready, _, _ = select.select([r_fd], [], [], 120)
+        assert ready and os.read(r_fd, 1) == b"\0", _read(str(tmp_path / "dump.err"))
+        assert (images / "inventory.img").exists()
+        stopped_at = max(_numbers(count))
+        lazy = subprocess.Popen([shutil.which("criu"), "lazy-pages", "--page-server",
+                                 "--address", "127.0.0.1", "--port", str(port), "-D",
+                                 str(images), "-o", "lazy-pages.log", "-v4"],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        r = _restore(runtime, "lz2", _other_cgroup(b, tmp_path), str(images),
+                     "--lazy-pages")
+        assert r.rc == 0, (r.err, sorted(os.listdir(images)), *(
+            _tail(images / n) for n in ("restore.log", "lazy-pages.log")))
+        assert dump.wait(timeout=180) == 0, _read(str(tmp_path / "dump.err"))
+        assert lazy.wait(timeout=60) == 0
+    finally:
+        os.close(r_fd)
+        for p in (dump, lazy):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    assert runtime.status("lz2") == "running"
+    assert runtime.status("lz1") is None
+    assert _growing(count, stopped_at)
+    assert min(n for n in _numbers(count) if n > stopped_at) == stopped_at + 1
 
 
 def test_failed_restore_undoes_everything(ocirt, counter, tmp_path, fake_criu):
