@@ -22,18 +22,23 @@ def _cgroup_dirs(cgroups_path: str) -> list[str]:
     exists: below our own cgroup, or on a unified host below its parent (where runc and
     ocirt put it: cgroupfs.placement_dir)."""
     own = cgroupfs.proc_cgroups()
-    unified = cgroupfs.is_unified()
     found = []
     for h in cgroupfs.hierarchies():
         if h.key not in own:
             continue
-        base = cgroupfs.host_dir(h, own[h.key])
-        if unified and h.fstype == "cgroup2" and base != h.mountpoint:
-            base = os.path.dirname(base)
-        d = os.path.join(base, cgroups_path)
+        d = os.path.join(_placement_base(h, own[h.key]), cgroups_path)
         if os.path.isdir(d):
             found.append(d)
     return found
+
+
+def _placement_base(h, own: str) -> str:
+    """Where a relative cgroupsPath goes in hierarchy `h`: below our own cgroup, or on a
+    unified host below its parent (ours holds processes)."""
+    base = cgroupfs.host_dir(h, own)
+    if cgroupfs.is_unified() and h.fstype == "cgroup2" and base != h.mountpoint:
+        base = os.path.dirname(base)
+    return base
 
 
 def _left(state_root: str, cid: str, bundle: str, cgroups_path: str) -> list[str]:
@@ -394,7 +399,7 @@ def test_sigkill_mid_create_keeps_a_parent_cgroup_it_did_not_make(ocirt, crash_b
     try:
         for h in cgroupfs.hierarchies():
             if h.key in own:
-                d = os.path.join(cgroupfs.host_dir(h, own[h.key]), parent)
+                d = os.path.join(_placement_base(h, own[h.key]), parent)
                 os.mkdir(d)
                 made.append(d)
                 for name in ("cpuset.cpus", "cpuset.mems"):  # v1 cpuset: empty at first
