@@ -4,7 +4,7 @@ tree in one SIF image (the seed's measurement).
 
     .venv/bin/python bench/shared/run.py [--n 1,8,32,64] [--rounds 3]     # as root
          [--latency-us 50] [--parallel-threads 16] [--models saturated,parallel]
-         [--ways plain,image,bundle] [--work /var/tmp/ocirt-bench-shared]
+         [--ways plain,image,bundle] [--shared-cpu] [--work /var/tmp/ocirt-bench-shared]
          [--out bench/results/shared]
 
 N containers start at once, each running `python3 -c "import numpy, scipy.stats"` (about
@@ -18,6 +18,9 @@ NFS server; see its docstring for what the kernel may cache):
            mount per image: ocirt.runtime.sharedroot)
   bundle   the SIF image mounted once by `ocirt sif bundle`, every container `run
            --bundle` of it
+
+The server runs at a real-time priority (--shared-cpu: at the containers' own), as a
+file server on another machine does not share their CPUs (slowfs.py says why).
 
 --latency-us is the delay slept per request; with the server's own work a request then
 takes about 180 µs here (the table reports the measured service time), the 100-200 µs of
@@ -77,9 +80,11 @@ def ocirt_binary() -> str:
 class SlowFS:
     """bench/shared/slowfs.py serving BACKING on MOUNTPOINT for one measurement."""
 
-    def __init__(self, backing: str, mountpoint: str, latency_us: float, threads: int):
+    def __init__(self, backing: str, mountpoint: str, latency_us: float, threads: int,
+                 shared_cpu: bool = False):
         self.argv = [sys.executable, os.path.join(HERE, "slowfs.py"), backing, mountpoint,
-                     "--latency-us", str(latency_us), "--threads", str(threads)]
+                     "--latency-us", str(latency_us), "--threads", str(threads),
+                     *(["--shared-cpu"] if shared_cpu else [])]
         self.mountpoint = mountpoint
         self.requests = 0
         self.service_us = 0.0
@@ -219,7 +224,8 @@ def measure_one(way: str, n: int, model: str, args: argparse.Namespace, work: st
     # host's v1 hierarchies may put ours at their root, beside everyone's
     prefix = f"bsh{os.getpid()}-{way}-{n}-"
     threads = 1 if model == "saturated" else args.parallel_threads
-    with SlowFS(os.path.join(work, "backing"), mnt, args.latency_us, threads) as fs:
+    with SlowFS(os.path.join(work, "backing"), mnt, args.latency_us, threads,
+                args.shared_cpu) as fs:
         image = os.path.join(mnt, "app.sif")
         sif_bundle = os.path.join(work, "sif-bundle")
         if way == "plain":
@@ -291,6 +297,7 @@ def measure(args: argparse.Namespace) -> dict:
     return {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "ns": ns,
             "models": models, "latency_us": args.latency_us,
             "parallel_threads": args.parallel_threads, "rounds": args.rounds,
+            "server": "shared-cpu" if args.shared_cpu else "SCHED_FIFO",
             "ways": args.ways.split(","),
             "ocirt": ocirt, "results": results}
 
@@ -359,6 +366,9 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--latency-us", type=float, default=50.0)
     p.add_argument("--parallel-threads", type=int, default=16)
+    p.add_argument("--shared-cpu", action="store_true",
+                   help="the slow file system's server at the containers' CPU priority "
+                        "(default: real-time, as a server on another machine; see slowfs.py)")
     p.add_argument("--models", default="saturated,parallel")
     p.add_argument("--ways", default=",".join(WAYS), help="which of plain, image, bundle "
                    "to measure (a comparison of some of them; the table wants all three)")
