@@ -28,9 +28,9 @@ does itself.
 The server runs at a real-time priority (--shared-cpu: at the containers' own), as a
 file server on another machine does not share their CPUs (slowfs.py says why).
 
---latency-us is the delay slept per request; with the server's own work a request then
-takes about 180 µs here (the table reports the measured service time), the 100-200 µs of
-the seed's shared storage.
+--latency-us is the delay slept per request; with the server's own work a small request
+then takes about 100-125 µs here and a squashfs read of the image 200-400 µs (the table
+reports the measured service time), the 100-200 µs of the seed's shared storage.
 
 Two server models: `saturated` (one request at a time: a loaded file server, requests
 queue) and `parallel` (--parallel-threads requests at once, each delayed). Every
