@@ -5,6 +5,7 @@ tree in one SIF image (the seed's measurement).
     .venv/bin/python bench/shared/run.py [--n 1,8,32,64] [--rounds 3]     # as root
          [--latency-us 50] [--parallel-threads 16] [--models saturated,parallel]
          [--ways plain,image,bundle] [--shared-cpu] [--premounted]
+         [--memory hot|cold|as-is]
          [--work /var/tmp/ocirt-bench-shared]
          [--out bench/results/shared]
 
@@ -37,8 +38,17 @@ queue) and `parallel` (--parallel-threads requests at once, each delayed). Every
 measurement mounts the slow file system afresh, so each starts with a cold page cache
 for it (nothing of another measurement is cached); the files it serves are read into
 this machine's page cache first (`warm`), so that the delay is the model, not this
-machine's disk. Rounds interleave the ways (round 1: plain, image, bundle at every N;
-round 2: ...) and the medians are reported.
+machine's disk. Rounds interleave the ways in turn (round 1: plain, image, bundle at
+every N; round 2: image, bundle, plain; ...) and the medians are reported.
+
+Free memory is a hidden variable on a VM that hands it back to its hypervisor (this one
+does: touching a page it has given back costs about 5x touching one freed a moment ago,
+`first_touch_cost` prints both): a measurement right after another found that one's
+freed pages cheap, and a crowd that is alive all at once (more memory at its peak)
+paid more system time than a staggered one for the same work. --memory sets the state
+every measurement starts from (`prepare_memory`); each container's interpreter reports
+when it started and finished importing, and the crowd's CPU is taken (the timeline
+line under each measurement, `timelines` in results.json).
 
 The whole run happens in a private mount + cgroup namespace (conformance.sandbox), as
 bench/run.py does. Writes results.md, results.json and chart.png (python3-matplotlib)
@@ -64,7 +74,8 @@ sys.path.insert(0, HERE)
 
 INSIDE = "OCIRT_BENCH_SHARED_INSIDE"
 WAYS = ("plain", "image", "bundle")
-IMPORT = "import numpy, scipy.stats, sys; print('modules', len(sys.modules))"
+IMPORT = ("import time; t0 = time.time(); import numpy, scipy.stats, sys; "
+          "print('modules', len(sys.modules), 'started', t0, 'imported', time.time())")
 
 
 def enter_sandbox(argv: list[str]) -> int:
@@ -161,28 +172,109 @@ class MountWatch:
         return out
 
 
-def start_all(ocirt: str, root: str, argvs: list[list[str]]) -> tuple[float, list[str]]:
-    """Run every command at once; (wall seconds until the last exits, failures)."""
+def start_all(ocirt: str, root: str, argvs: list[list[str]]) -> tuple[float, list[str], dict]:
+    """Run every command at once; (wall seconds until the last exits, failures, the
+    crowd's timeline: when its interpreters started and finished importing, seconds
+    after the launch, and the CPU its reaped processes used)."""
+    import resource
+
     with tempfile.TemporaryDirectory() as logs:
         files = [open(os.path.join(logs, str(i)), "w+") for i in range(len(argvs))]  # noqa: SIM115
         try:
-            start = time.perf_counter()
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            epoch, start = time.time(), time.perf_counter()
             procs = [subprocess.Popen([ocirt, "--root", root, *argv], stdout=f, stderr=f,
                                       stdin=subprocess.DEVNULL)
                      for argv, f in zip(argvs, files, strict=True)]
             for p in procs:
                 p.wait()
             elapsed = time.perf_counter() - start
-            failures = []
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            failures, starts, imports = [], [], []
             for p, f in zip(procs, files, strict=True):
                 f.seek(0)
                 text = f.read()
                 if p.returncode != 0 or "modules" not in text:
                     failures.append(text[-300:])
+                    continue
+                fields = text.split()
+                starts.append(float(fields[fields.index("started") + 1]) - epoch)
+                imports.append(float(fields[fields.index("imported") + 1]) - epoch)
         finally:
             for f in files:
                 f.close()
-    return elapsed, failures
+    timeline = {"started_s": spread(starts), "imported_s": spread(imports),
+                "user_s": after.ru_utime - before.ru_utime,
+                "sys_s": after.ru_stime - before.ru_stime}
+    return elapsed, failures, timeline
+
+
+def timeline_line(t: dict) -> str:
+    def span(v: list[float]) -> str:
+        return f"{v[0]:.2f}/{v[1]:.2f}/{v[2]:.2f} s" if v else "-"
+
+    return (f"interpreters started {span(t['started_s'])}, imports done "
+            f"{span(t['imported_s'])} (first/median/last after the launch); the crowd's "
+            f"CPU {t['user_s']:.1f} s user, {t['sys_s']:.1f} s system")
+
+
+def spread(values: list[float]) -> list[float]:
+    """[first, median, last], rounded: how a crowd's events spread over time."""
+    if not values:
+        return []
+    return [round(x, 3) for x in (min(values), statistics.median(values), max(values))]
+
+
+def touch_memory(mib: int) -> float:
+    """Seconds to touch `mib` MiB of fresh anonymous memory (then freed)."""
+    import mmap
+
+    t = time.perf_counter()
+    m = mmap.mmap(-1, mib << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    for off in range(0, mib << 20, mmap.PAGESIZE):
+        m[off] = 1
+    m.close()
+    return time.perf_counter() - t
+
+
+def first_touch_cost() -> dict:
+    """Seconds to touch 1 GiB of fresh anonymous memory after a pause and again at once.
+    A VM that hands free memory back to its hypervisor (free page reporting, a balloon)
+    pays a host fault on the first touch of every such page: here about 5x a page
+    reused at once. A crowd whose peak memory is higher then pays more system time for
+    the same work (the timeline's sys_s), and a measurement right after another one
+    finds part of that one's freed memory still cheap: see --memory."""
+    time.sleep(5)
+    idle = touch_memory(1024)
+    return {"gib": 1, "after_idle_s": round(idle, 3), "again_s": round(touch_memory(1024), 3)}
+
+
+REPORTED = "/sys/module/page_reporting/parameters/reported_kib"
+
+
+def prepare_memory(mode: str, n: int) -> None:
+    """Put this machine's free memory into the same state before every measurement, so
+    that no way finds the previous one's freed pages cheaper than the rest:
+    `hot` touches (and frees) about what the crowd will use, as if it were a machine
+    that keeps its memory (bare metal; the first seconds of the crowd then find it
+    cheap), `cold` waits until the free memory has been handed back to the hypervisor
+    (its page reporting counter stops for 2 s), `as-is` does neither."""
+    if mode == "hot":
+        touch_memory(max(256, 64 * n))
+    elif mode == "cold" and os.path.exists(REPORTED):
+        last, quiet, deadline = None, 0, time.monotonic() + 60
+        while quiet < 4 and time.monotonic() < deadline:
+            with open(REPORTED) as f:
+                now = f.read().strip()
+            quiet = quiet + 1 if now == last else 0
+            last = now
+            time.sleep(0.5)
+
+
+def rotated(ways: list[str], r: int) -> list[str]:
+    """Round r's order of the ways: each way follows another one in turn."""
+    k = r % len(ways)
+    return ways[k:] + ways[:k]
 
 
 def plain_bundle(work: str, rootfs: str) -> str:
@@ -255,9 +347,10 @@ def measure_one(way: str, n: int, model: str, args: argparse.Namespace, work: st
                             f"{prefix}held", "--", "/bin/sleep", "3600"], check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             setup = time.perf_counter() - start
+        prepare_memory(args.memory, n)
         try:
             with MountWatch(state if way != "bundle" else sif_bundle, image) as watch:
-                elapsed, failures = start_all(ocirt, state, argvs)
+                elapsed, failures, timeline = start_all(ocirt, state, argvs)
         finally:
             if way == "image" and args.premounted:  # (before the slow file system goes)
                 start = time.perf_counter()
@@ -273,7 +366,8 @@ def measure_one(way: str, n: int, model: str, args: argparse.Namespace, work: st
     if failures:
         raise RuntimeError(f"{way} N={n} {model}: {len(failures)} failed: {failures[0]}")
     return {"seconds": elapsed, "requests": fs.requests, "service_us": fs.service_us,
-            "mounts": watch.mounts, "loops": watch.loops, "setup_s": setup}
+            "mounts": watch.mounts, "loops": watch.loops, "setup_s": setup,
+            "timeline": timeline}
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -289,13 +383,16 @@ def measure(args: argparse.Namespace) -> dict:
         build_image(os.path.join(backing, "rootfs"), os.path.join(backing, "app.sif"), ocirt)
         print(f"built the tree ({files} files) and its image", flush=True)
     os.makedirs(os.path.join(work, "mnt"), exist_ok=True)
+    touch = first_touch_cost()
+    print(f"this machine touches 1 GiB of fresh memory in {touch['after_idle_s']:.2f} s "
+          f"after a pause, {touch['again_s']:.2f} s at once again", flush=True)
     ns = [int(x) for x in args.n.split(",")]
     models = args.models.split(",")
     samples: dict[str, list[dict]] = {}
     for r in range(args.rounds):
         for model in models:
             for n in ns:
-                for way in args.ways.split(","):
+                for way in rotated(args.ways.split(","), r):
                     one = measure_one(way, n, model, args, work, ocirt)
                     samples.setdefault(f"{model}/{n}/{way}", []).append(one)
                     print(f"round {r + 1} {model:9} N={n:<3} {way:6} {one['seconds']:7.2f} s "
@@ -305,6 +402,7 @@ def measure(args: argparse.Namespace) -> dict:
                              if way == "bundle" else "")
                           + (f", {one['setup_s']:.2f} s to mount and unmount it beforehand"
                              if way == "image" and args.premounted else ""), flush=True)
+                    print(f"        {timeline_line(one['timeline'])}", flush=True)
     results = {}
     for key, runs in samples.items():
         results[key] = {"median_s": statistics.median(x["seconds"] for x in runs),
@@ -313,12 +411,13 @@ def measure(args: argparse.Namespace) -> dict:
                         "mounts": max(x["mounts"] for x in runs),
                         "loops": max(x["loops"] for x in runs),
                         "setup_s": statistics.median(x["setup_s"] for x in runs),
-                        "runs": [x["seconds"] for x in runs]}
+                        "runs": [x["seconds"] for x in runs],
+                        "timelines": [x["timeline"] for x in runs]}
     return {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "ns": ns,
             "models": models, "latency_us": args.latency_us,
             "parallel_threads": args.parallel_threads, "rounds": args.rounds,
             "server": "shared-cpu" if args.shared_cpu else "SCHED_FIFO",
-            "premounted": args.premounted,
+            "premounted": args.premounted, "first_touch": touch, "memory": args.memory,
             "ways": args.ways.split(","),
             "ocirt": ocirt, "results": results}
 
@@ -399,6 +498,11 @@ def main() -> int:
                    help="the image way with the image already mounted by a container that "
                         "sleeps meanwhile (as the bundle way's sif bundle is made "
                         "beforehand): the crowd then starts without waiting for a first")
+    p.add_argument("--memory", choices=("hot", "cold", "as-is"), default="as-is",
+                   help="the state of free memory each measurement starts from (see "
+                        "prepare_memory): hot, as on a machine that keeps its memory; "
+                        "cold, handed back to the hypervisor; as-is (default: the "
+                        "rounds' rotation spreads what one way leaves to the next)")
     p.add_argument("--models", default="saturated,parallel")
     p.add_argument("--ways", default=",".join(WAYS), help="which of plain, image, bundle "
                    "to measure (a comparison of some of them; the table wants all three)")
