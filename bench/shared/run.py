@@ -4,7 +4,7 @@ tree in one SIF image (the seed's measurement).
 
     .venv/bin/python bench/shared/run.py [--n 1,8,32,64] [--rounds 3]     # as root
          [--latency-us 50] [--parallel-threads 16] [--models saturated,parallel]
-         [--ways plain,image,bundle] [--shared-cpu] [--premounted]
+         [--ways plain,image,bundle] [--shared-cpu] [--premounted] [--start-together]
          [--memory hot|cold|as-is]
          [--work /var/tmp/ocirt-bench-shared]
          [--out bench/results/shared]
@@ -25,6 +25,12 @@ NFS server; see its docstring for what the kernel may cache):
 starts (as the bundle way's `sif bundle` is made beforehand): then no container waits
 for a first one to mount the image, and the two ways differ only in what each container
 does itself.
+
+--start-together creates every container of a crowd first (the image way mounts its
+image there) and then starts them all at once, timing from the starts until the last
+container's process has exited: every way's crowd then begins at one instant, so that
+what each container does can be told from how the crowd happens to be spread out (see
+--memory and the timeline below).
 
 The server runs at a real-time priority (--shared-cpu: at the containers' own), as a
 file server on another machine does not share their CPUs (slowfs.py says why).
@@ -209,13 +215,101 @@ def start_all(ocirt: str, root: str, argvs: list[list[str]]) -> tuple[float, lis
     return elapsed, failures, timeline
 
 
+def start_together(ocirt: str, root: str, argvs: list[list[str]]) -> tuple[float, list[str], dict]:
+    """--start-together: `create` every container first (untimed: the image way mounts
+    its image there), then `start` them all at once; (wall seconds from the starts until
+    the last container's process has exited, failures, the timeline as `start_all`'s,
+    with the whole machine's CPU from /proc/stat, since the containers' processes are
+    not this one's children). Every container of the crowd begins at the same instant,
+    whatever way it came in by."""
+    import select
+
+    creates = [["create", *argv[1:]] for argv in argvs]
+    ids = [argv[3] for argv in argvs]
+    with tempfile.TemporaryDirectory() as logs:
+        files = [open(os.path.join(logs, str(i)), "w+") for i in range(len(argvs))]  # noqa: SIM115
+        try:
+            procs = [subprocess.Popen([ocirt, "--root", root, *argv], stdout=f, stderr=f,
+                                      stdin=subprocess.DEVNULL)
+                     for argv, f in zip(creates, files, strict=True)]
+            failures = [f"create {cid}: exit {p.wait()}" for p, cid in zip(procs, ids, strict=True)
+                        if p.wait() != 0]
+            if failures:
+                return 0.0, failures, {}
+            pidfds = [os.pidfd_open(container_pid(ocirt, root, cid)) for cid in ids]
+            before, epoch, start = machine_cpu(), time.time(), time.perf_counter()
+            starts = [subprocess.Popen([ocirt, "--root", root, "start", cid],
+                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+                      for cid in ids]
+            poll = select.poll()
+            for fd in pidfds:
+                poll.register(fd, select.POLLIN)
+            left = set(pidfds)
+            while left:
+                for fd, _ in poll.poll():
+                    poll.unregister(fd)
+                    left.discard(fd)
+            elapsed = time.perf_counter() - start
+            after = machine_cpu()
+            failures = [f"start {cid}: exit {p.wait()}" for p, cid in zip(starts, ids, strict=True)
+                        if p.wait() != 0]
+            for fd in pidfds:
+                os.close(fd)
+            failures += [text[-300:] for text in read_all(files) if "modules" not in text]
+            marks = [text.split() for text in read_all(files) if "modules" in text]
+        finally:
+            for f in files:
+                f.close()
+            delete_all(ocirt, root, ids)
+    timeline = {"started_s": spread([float(m[m.index("started") + 1]) - epoch for m in marks]),
+                "imported_s": spread([float(m[m.index("imported") + 1]) - epoch
+                                      for m in marks]),
+                "user_s": after[0] - before[0], "sys_s": after[1] - before[1],
+                "cpu_of": "machine"}
+    return elapsed, failures, timeline
+
+
+def read_all(files: list) -> list[str]:
+    out = []
+    for f in files:
+        f.seek(0)
+        out.append(f.read())
+    return out
+
+
+def container_pid(ocirt: str, root: str, cid: str) -> int:
+    out = subprocess.run([ocirt, "--root", root, "state", cid], check=True,
+                         capture_output=True, text=True).stdout
+    return int(json.loads(out)["pid"])
+
+
+def delete_all(ocirt: str, root: str, ids: list[str]) -> None:
+    """`delete --force` the containers, all at once (while their image's file system is
+    still there: a mount of it would hold it busy)."""
+    procs = [subprocess.Popen([ocirt, "--root", root, "delete", "--force", cid],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for cid in ids]
+    for p in procs:
+        p.wait()
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(user, system) CPU seconds this machine has spent, all CPUs (/proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:8]]
+    hz = os.sysconf("SC_CLK_TCK")
+    user, nice, system, _idle, _iowait, irq, softirq = fields
+    return (user + nice) / hz, (system + irq + softirq) / hz
+
+
 def timeline_line(t: dict) -> str:
     def span(v: list[float]) -> str:
         return f"{v[0]:.2f}/{v[1]:.2f}/{v[2]:.2f} s" if v else "-"
 
     return (f"interpreters started {span(t['started_s'])}, imports done "
-            f"{span(t['imported_s'])} (first/median/last after the launch); the crowd's "
-            f"CPU {t['user_s']:.1f} s user, {t['sys_s']:.1f} s system")
+            f"{span(t['imported_s'])} (first/median/last after the launch); the "
+            f"{'machine' if t.get('cpu_of') == 'machine' else 'crowd'}'s CPU "
+            f"{t['user_s']:.1f} s user, {t['sys_s']:.1f} s system")
 
 
 def spread(values: list[float]) -> list[float]:
@@ -350,7 +444,8 @@ def measure_one(way: str, n: int, model: str, args: argparse.Namespace, work: st
         prepare_memory(args.memory, n)
         try:
             with MountWatch(state if way != "bundle" else sif_bundle, image) as watch:
-                elapsed, failures, timeline = start_all(ocirt, state, argvs)
+                crowd = start_together if args.start_together else start_all
+                elapsed, failures, timeline = crowd(ocirt, state, argvs)
         finally:
             if way == "image" and args.premounted:  # (before the slow file system goes)
                 start = time.perf_counter()
@@ -417,7 +512,8 @@ def measure(args: argparse.Namespace) -> dict:
             "models": models, "latency_us": args.latency_us,
             "parallel_threads": args.parallel_threads, "rounds": args.rounds,
             "server": "shared-cpu" if args.shared_cpu else "SCHED_FIFO",
-            "premounted": args.premounted, "first_touch": touch, "memory": args.memory,
+            "premounted": args.premounted,
+            "start_together": args.start_together, "first_touch": touch, "memory": args.memory,
             "ways": args.ways.split(","),
             "ocirt": ocirt, "results": results}
 
@@ -498,6 +594,8 @@ def main() -> int:
                    help="the image way with the image already mounted by a container that "
                         "sleeps meanwhile (as the bundle way's sif bundle is made "
                         "beforehand): the crowd then starts without waiting for a first")
+    p.add_argument("--start-together", action="store_true",
+                   help="create every container first, then start them all at once")
     p.add_argument("--memory", choices=("hot", "cold", "as-is"), default="as-is",
                    help="the state of free memory each measurement starts from (see "
                         "prepare_memory): hot, as on a machine that keeps its memory; "
