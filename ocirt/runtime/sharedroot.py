@@ -188,29 +188,67 @@ class FirstTake:
     take the cache (`lease_cached`) instead of each opening, parsing and verifying the
     image while it is being mounted. Only a shortcut: the mount itself is guarded by
     .lock, so a race on this file (its maker removes it when done) lets two do the full
-    work at once, as without it."""
+    work at once, as without it.
+
+    The maker runs ahead of the crowd (`run_ahead`) until `done`: at the caller's own
+    priority it got 1/N of the CPUs while the crowd's runtimes were starting, so that
+    every one of them was waiting by the time it was done and they all went on at once
+    (64 interpreters alive together instead of one after another: 1.25x the time of
+    a crowd that found the image mounted, in the shared-storage benchmark)."""
 
     def __init__(self, directory: str, ident: dict[str, Any]) -> None:
         self.keydir = os.path.join(directory, image_key(ident))
         self.lock = _Locked(directory, name=f".{image_key(ident)}.first")
+        self.niceness: int | None = None
         try:
             fcntl.flock(self.lock.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self.maker = True
         except BlockingIOError:  # another is making it: wait until it is done
             fcntl.flock(self.lock.fd, fcntl.LOCK_SH)
             self.maker = False
+        else:
+            self.niceness = run_ahead()
 
     def is_mounted(self) -> bool:
         """Whether the image is mounted (or being mounted) here by now."""
         return os.path.lexists(self.keydir)
 
     def done(self) -> None:
+        """The maker's work is done (or given up): its priority back, the crowd let go."""
+        if self.niceness is not None:
+            give_back_priority(self.niceness)
+            self.niceness = None
         if self.maker:
             try:
                 os.unlink(self.lock.path)
             except FileNotFoundError:
                 pass
         self.lock.__exit__()
+
+
+AHEAD = -20  # the highest priority: the crowd waits for this process and nothing else
+
+
+def run_ahead() -> int | None:
+    """Raise this process's CPU priority to AHEAD for work that a crowd waits on; the
+    niceness to give back (`give_back_priority`), None where it was not raised: already
+    that high, or not allowed (without CAP_SYS_NICE or an RLIMIT_NICE that allows it,
+    e.g. rootless: the work is then done at the caller's priority, as before)."""
+    try:
+        niceness = os.getpriority(os.PRIO_PROCESS, 0)
+        if niceness <= AHEAD:
+            return None
+        os.setpriority(os.PRIO_PROCESS, 0, AHEAD)
+    except OSError:
+        return None
+    log.debug(f"mounting the image ahead of the crowd at nice {AHEAD} (was {niceness})")
+    return niceness
+
+
+def give_back_priority(niceness: int) -> None:
+    """The caller's niceness again, before anything of the container runs (it inherits
+    the runtime's). Lowering one's own priority is always allowed."""
+    os.setpriority(os.PRIO_PROCESS, 0, niceness)
 
 
 def sweep_first_takes(directory: str) -> None:

@@ -58,14 +58,18 @@ def shared_dirs(root: str) -> list[str]:
         else []
 
 
-def start_all(ocirt, argvs: list[list[str]]) -> list[subprocess.CompletedProcess]:
-    """Start every command at once (the runtime under test, each its own process); their
-    output goes to files, since a detached container keeps its stdio open."""
+def start_all(ocirt, argvs: list[list[str]], niceness: int = 0
+              ) -> list[subprocess.CompletedProcess]:
+    """Start every command at once (the runtime under test, each its own process, `nice`d
+    by `niceness`); their output goes to files, since a detached container keeps its
+    stdio open."""
     with contextlib.ExitStack() as stack:
         files = [(stack.enter_context(tempfile.TemporaryFile("w+")),
                   stack.enter_context(tempfile.TemporaryFile("w+"))) for _ in argvs]
         procs = [subprocess.Popen([ocirt.binary, "--root", ocirt.root, *argv], stdout=out,
-                                  stderr=err, text=True, stdin=subprocess.DEVNULL)
+                                  stderr=err, text=True, stdin=subprocess.DEVNULL,
+                                  preexec_fn=(lambda: os.nice(niceness)) if niceness
+                                  else None)
                  for argv, (out, err) in zip(argvs, files, strict=True)]
         results = []
         for argv, p, (out, err) in zip(argvs, procs, files, strict=True):
@@ -322,3 +326,28 @@ def test_a_crowd_started_at_once_waits_for_the_first_and_takes_its_cache(ocirt, 
     assert ocirt.ids() == []
     assert_released(ocirt, img)
     assert os.listdir(os.path.join(ocirt.root, "@images")) == [".lock"]
+
+
+def test_the_first_of_a_crowd_mounts_ahead_of_it_and_its_container_keeps_the_callers_nice(
+        ocirt, image, tmp_path):
+    """The container that mounts the image for a crowd runs at the highest priority
+    while it does (the others wait for it, and at their own priority it got 1/N of the
+    CPUs while their runtimes started: the crowd then went on all at once instead of as
+    each was ready), and gives it back before its container starts: every container's
+    process, the first one's too, runs at the niceness its caller gave it."""
+    import shutil
+
+    img = str(tmp_path / "ahead.sif")
+    shutil.copyfile(image[0], img)
+    stat_nice = "cut -d' ' -f19 /proc/self/stat"  # (comm, field 2, is "cut": no space)
+    results = start_all(ocirt, [["--debug", "run", "--image", img, "--key", image[1],
+                                 f"ahead{i}", "--", "sh", "-c", stat_nice]
+                                for i in range(N)], niceness=3)
+    assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+    assert [r.stdout.split() for r in results] == [["3"]] * N, [r.stdout for r in results]
+    ahead = [r for r in results
+             if "mounting the image ahead of the crowd at nice -20 (was 3)" in r.stderr]
+    assert len(ahead) == 1, [r.stderr for r in results]
+    assert "mounted once for the state root" in ahead[0].stderr
+    assert ocirt.ids() == []
+    assert_released(ocirt, img)
