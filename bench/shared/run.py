@@ -232,8 +232,8 @@ def start_together(ocirt: str, root: str, argvs: list[list[str]]) -> tuple[float
             procs = [subprocess.Popen([ocirt, "--root", root, *argv], stdout=f, stderr=f,
                                       stdin=subprocess.DEVNULL)
                      for argv, f in zip(creates, files, strict=True)]
-            failures = [f"create {cid}: exit {p.wait()}" for p, cid in zip(procs, ids, strict=True)
-                        if p.wait() != 0]
+            failures = [f"create {cid}: exit {rc}" for p, cid in zip(procs, ids, strict=True)
+                        if (rc := p.wait()) != 0]
             if failures:
                 return 0.0, failures, {}
             pidfds = [os.pidfd_open(container_pid(ocirt, root, cid)) for cid in ids]
@@ -251,12 +251,13 @@ def start_together(ocirt: str, root: str, argvs: list[list[str]]) -> tuple[float
                     left.discard(fd)
             elapsed = time.perf_counter() - start
             after = machine_cpu()
-            failures = [f"start {cid}: exit {p.wait()}" for p, cid in zip(starts, ids, strict=True)
-                        if p.wait() != 0]
+            failures = [f"start {cid}: exit {rc}" for p, cid in zip(starts, ids, strict=True)
+                        if (rc := p.wait()) != 0]
             for fd in pidfds:
                 os.close(fd)
-            failures += [text[-300:] for text in read_all(files) if "modules" not in text]
-            marks = [text.split() for text in read_all(files) if "modules" in text]
+            texts = read_all(files)
+            failures += [text[-300:] for text in texts if "modules" not in text]
+            marks = [text.split() for text in texts if "modules" in text]
         finally:
             for f in files:
                 f.close()
