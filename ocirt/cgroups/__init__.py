@@ -4,7 +4,8 @@ The runtime talks to cgroups only through `Manager`:
 
     mgr = manager_for_plan(plan, container_id, systemd=..., rootless=...)
     mgr.create()            # make the container's cgroup(s); undo with destroy()
-    mgr.add(pid)            # place a process (the intermediate, before it forks the init)
+    mgr.add(pid)            # place a process (the init, or a process `exec` starts)
+    mgr.birth()             # handles for a process born inside them instead (Birth)
     mgr.apply(resources)    # linux.resources (runtime-spec); raise OcirtError naming the field
     mgr.state()             # JSON-able description kept in state.json ("cgroup")
     mgr.planned_state()     # the same, recorded before create() makes anything
@@ -23,12 +24,45 @@ This module stays small: `state` and `list` import it to report `paused`.
 
 from __future__ import annotations
 
+import os
+
 TYPE_CHECKING = False  # importing typing costs ~2 ms on the `state` path
 if TYPE_CHECKING:
     from typing import Any
 
 # runtime-spec features.md, linux.cgroup: what this runtime can drive.
 FEATURES = {"v1": True, "v2": True, "systemd": True, "systemdUser": False, "rdma": True}
+
+
+class Birth:
+    """Open handles that let a new process start inside the container's cgroups, so
+    that create never writes the init's PID to a cgroup.procs file: that write takes the
+    kernel's threadgroup lock for writing and waits for an RCU grace period (about 15 ms;
+    bench/cgroup_move.py), and the init waits for it. `cgroup2_fd` is the container's
+    cgroup2 directory, for clone3(CLONE_INTO_CGROUP) (-1: none); `tasks_fds` are the
+    cgroup v1 `tasks` files the new process writes "0" to itself (a single thread moving
+    itself takes no global lock), one for each of the directories in `v1`."""
+
+    def __init__(self, cgroup2: str | None, v1: list[str]) -> None:
+        self.cgroup2 = cgroup2
+        self.v1 = list(v1)
+        self.cgroup2_fd = -1
+        self.tasks_fds: list[int] = []
+        try:
+            if cgroup2:
+                self.cgroup2_fd = os.open(cgroup2, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            for directory in self.v1:
+                self.tasks_fds.append(os.open(os.path.join(directory, "tasks"),
+                                              os.O_WRONLY | os.O_CLOEXEC))
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for fd in (self.cgroup2_fd, *self.tasks_fds):
+            if fd >= 0:
+                os.close(fd)
+        self.cgroup2_fd, self.tasks_fds = -1, []
 
 
 class Manager:
@@ -40,8 +74,14 @@ class Manager:
     def create(self) -> None:
         pass
 
-    def add(self, pid: int) -> None:
-        pass
+    def add(self, pid: int, skip: tuple[str, ...] = ()) -> None:
+        """Move `pid` into the container's cgroups, but for the directories in `skip`
+        (those it was born in: `birth`)."""
+
+    def birth(self) -> Birth | None:
+        """What lets the container's first process be born inside its cgroups (None:
+        add() moves it once it exists)."""
+        return None
 
     def apply(self, resources: dict[str, Any] | None) -> None:
         pass

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 from ocirt import log
-from ocirt.cgroups import Manager, fs
+from ocirt.cgroups import Birth, Manager, fs
 from ocirt.errors import OcirtError, errno_text
 
 TYPE_CHECKING = False  # importing typing costs ~2 ms on the `state` path
@@ -103,10 +103,23 @@ class FsManager(Manager):
                 raise OcirtError(f"container's cgroup is not empty: {len(found)} process(es) "
                                  f"found in {directory}")
 
-    def add(self, pid: int) -> None:
-        for directory in fs.join(self.dirs(), pid, rootless=self.rootless,
-                                 explicit=self.explicit):
+    def add(self, pid: int, skip: tuple[str, ...] = ()) -> None:
+        dirs = [d for d in self.dirs() if d not in skip]
+        for directory in fs.join(dirs, pid, rootless=self.rootless, explicit=self.explicit):
             self._drop(directory)
+
+    def birth(self) -> Birth | None:
+        """Every directory, the cgroup2 one (the unified hierarchy of a hybrid host) by
+        clone3 and the v1 ones by the process itself. Not rootless: a directory it may
+        not write is skipped there, as add() does, and clone3 would fail on it."""
+        if self.rootless or not self.dirs():
+            return None
+        cgroup2 = self.paths().get("")
+        try:
+            return Birth(cgroup2, [d for d in self.dirs() if d != cgroup2])
+        except OSError as exc:  # add() says what is wrong, if anything is
+            log.debug(f"cgroups: the init is moved into them ({exc.strerror})")
+            return None
 
     def apply(self, resources: dict[str, Any] | None) -> None:
         from ocirt.cgroups import resources as res_mod

@@ -140,7 +140,7 @@ class SystemdManager(Manager):
     def create(self) -> None:
         pass  # the unit is made in add(), with the container's first process in it
 
-    def add(self, pid: int) -> None:
+    def add(self, pid: int, skip: tuple[str, ...] = ()) -> None:
         if self._inner is None:
             self._start_unit(pid)
             self._inner = self._cgroupfs(detect())

@@ -27,7 +27,7 @@ _NR = {
 _NR.update({
     "open_tree": 428, "move_mount": 429, "fsopen": 430,
     "fsconfig": 431, "fsmount": 432, "pidfd_open": 434, "close_range": 436, "openat2": 437,
-    "mount_setattr": 442,
+    "mount_setattr": 442, "clone3": 435,
 })
 
 
@@ -258,6 +258,41 @@ def fstatfs_type(fd: int) -> int:
     if _libc.fstatfs(ctypes.c_int(fd), buf) != 0:
         raise _fail("fstatfs")
     return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+
+
+CLONE_INTO_CGROUP = 0x200000000
+_SIGCHLD = 17
+# The GIL stays held across this handle's calls, as os.fork holds it across fork(): a
+# thread that took it meanwhile would leave the child a GIL that no thread of its own holds.
+_held = ctypes.PyDLL(None, use_errno=True)
+_held.syscall.restype = ctypes.c_long
+_pythonapi = ctypes.pythonapi
+for _name in ("PyOS_BeforeFork", "PyOS_AfterFork_Parent", "PyOS_AfterFork_Child"):
+    getattr(_pythonapi, _name).restype = None
+
+
+def fork_into_cgroup(cgroup_fd: int) -> int:
+    """os.fork(), with the child started inside the cgroup2 directory `cgroup_fd`
+    (clone3 with CLONE_INTO_CGROUP, Linux 5.7): no cgroup.procs write, which would wait
+    for an RCU grace period. The interpreter is prepared and mended around it exactly as
+    os.fork does (PyOS_BeforeFork, PyOS_AfterFork_*). Only for a single-threaded process
+    (glibc's own fork handlers do not run): raises OSError(EAGAIN) otherwise, and
+    OSError for clone3's refusals (ENOSYS on older kernels or under seccomp profiles
+    that refuse clone3, EACCES, EBUSY, EOPNOTSUPP), so that the caller forks instead."""
+    if len(os.listdir("/proc/self/task")) != 1:
+        raise OSError(11, "clone3: the process has more than one thread")
+    args = (ctypes.c_uint64 * 11)(CLONE_INTO_CGROUP, 0, 0, 0, _SIGCHLD, 0, 0, 0, 0, 0,
+                                  cgroup_fd)
+    _pythonapi.PyOS_BeforeFork()
+    pid = _held.syscall(ctypes.c_long(_NR["clone3"]), args, ctypes.c_size_t(ctypes.sizeof(args)))
+    if pid == 0:
+        _pythonapi.PyOS_AfterFork_Child()
+        return 0
+    err = ctypes.get_errno()
+    _pythonapi.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise syscall_error("clone3", err)
+    return pid
 
 
 # --- the new mount API (detached mounts: tmpfs copy-up, private procfs) -------------------

@@ -50,6 +50,8 @@ class InitContext:
         self.root_fd = -1  # `exec`: the container's root directory (/proc/<init>/root)
         self.exec_pid = 0  # `exec`: the new process's PID as the host sees it
         self.idmapped: dict[int, int] = {}  # mount index -> detached idmapped mount fd
+        self.cgroup_tasks: list[tuple[str, int]] = []  # the intermediate: v1 cgroups
+        # to join, with their `tasks` files open
 
 
 def run_child(stage: Any, ctx: InitContext) -> NoReturn:

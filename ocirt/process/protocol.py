@@ -11,8 +11,8 @@ The exchange for `create` (P = runtime, I = intermediate child, C = container in
     I -> P  idmap-request      I made a user namespace; P writes uid_map/gid_map
     P -> I  idmap-done
     I -> P  init-pid {pid}     I forked C (PID 1 of the new pid namespace); I exits.
-                               P moves C into the container's cgroups and applies the
-                               resources while C makes its mounts (see below)
+                               P applies the resources (and moves C into whatever
+                               cgroups I was not born in) while C makes its mounts
     C -> P  cgroup-join        C is about to depend on its cgroups (a new cgroup
     P -> C  cgroup-joined      namespace, a cgroup mount, device nodes): P answers once
                                C is in them
@@ -24,11 +24,14 @@ The exchange for `create` (P = runtime, I = intermediate child, C = container in
     (P checks C is alive and is the trampoline, records the state and exits), or
     `error {message}` when the trampoline cannot run here (fail closed)
 
-C, not I, is moved into the cgroups, after I has made the namespaces: the kernel's first
-write to a cgroup.procs file waits for an RCU grace period (7-15 ms here), and C's
-mounts go on meanwhile instead of waiting for it (runc hides the same wait behind its
-`runc init` re-exec). Nothing of the container's runs before C is in its cgroups: C asks
-before anything that depends on them, and the hooks and the process come later still.
+I is born in the container's cgroups where it can be (cgroups.Birth): clone3 with
+CLONE_INTO_CGROUP into the cgroup2 directory, and I writing "0" to each v1 `tasks` file
+first thing, so C is born in them too. Whatever is left (clone3 refused, rootless, the
+systemd driver) P moves C into after I has made the namespaces: the kernel's first write
+of a PID to a cgroup.procs file waits for an RCU grace period (7-15 ms here), and C's
+mounts go on meanwhile. Nothing of the container's runs before C is in its cgroups and
+its resources are applied: C asks before anything that depends on them, and the hooks
+and the process come later still.
 
 Either side may send `error {message}` instead, which ends the exchange; the child's error
 is reported whole by the parent. `log {level, msg}` carries the child's warnings.

@@ -152,6 +152,7 @@ class Creation:
         self.undo = Undo()
         self.intermediate = 0
         self.init_pid = 0
+        self.born_in: tuple[str, ...] = ()  # the cgroups the intermediate was born in
         self.container: Container | None = None
         self.mounts_before: list[list[Any]] = []
         self.rdt_root = ""  # the resctrl mount point, when the config has linux.intelRdt
@@ -229,10 +230,17 @@ class Creation:
         from ocirt.linux import consts, libc
 
         libc.prctl(consts.PR_SET_CHILD_SUBREAPER, 1)  # the init is ours to reap on failure
-        pid = os.fork()
+        birth = cg.birth()
+        ctx.cgroup_tasks = list(zip(birth.v1, birth.tasks_fds, strict=True)) if birth else []
+        pid, self.born_in = fork_in_cgroups(birth)
         if pid == 0:
             parent.close()
             run_child(intermediate, ctx)
+        if birth:
+            birth.close()
+            log.debug(f"the init is born in its cgroups: {len(self.born_in)} of "
+                      f"{len(birth.v1) + bool(birth.cgroup2)} directories, "
+                      f"{'with' if birth.cgroup2 in self.born_in else 'without'} clone3")
         self.intermediate = pid
         self.undo.push(self._kill_children, what="container processes")
         child.close()
@@ -333,7 +341,7 @@ class Creation:
             msg, _ = parent.expect("init-pid", on_log=on_log)
         self.init_pid = int(msg["pid"])
         # The init makes its mounts while we move it (ocirt.process.protocol says why).
-        cg.add(self.init_pid)
+        cg.add(self.init_pid, skip=self.born_in)
         cg.apply(plan.resources)
         attrs.set_final_affinity(self.init_pid, None)  # within the cpuset just applied
         container.data["cgroup"] = cg.state()
@@ -445,6 +453,26 @@ class Creation:
         from ocirt.linux.signals import kill_and_reap
 
         kill_and_reap(self.init_pid, self.intermediate)
+
+
+def fork_in_cgroups(birth: Any, clone: Any = None, fork: Any = os.fork
+                    ) -> tuple[int, tuple[str, ...]]:
+    """Fork the intermediate inside the container's cgroups where `birth` (a
+    cgroups.Birth, or None) allows: (its pid, 0 in the child; the directories it is in
+    from the start, which `add` then skips). The cgroup2 directory by clone3, or by
+    add() when clone3 is refused; the v1 ones by the intermediate itself, first thing
+    (ocirt.process.init.join_own_cgroups), so that every process after it is born there."""
+    if birth is None:
+        return fork(), ()
+    born = tuple(birth.v1)
+    if birth.cgroup2_fd >= 0:
+        if clone is None:
+            from ocirt.linux.libc import fork_into_cgroup as clone
+        try:
+            return clone(birth.cgroup2_fd), (*born, birth.cgroup2)
+        except OSError as exc:
+            log.debug(f"clone3 into {birth.cgroup2}: {exc.strerror}; the init is moved there")
+    return fork(), born
 
 
 def died_why(cg: Any, plan: Plan) -> str:

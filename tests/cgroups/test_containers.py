@@ -280,3 +280,25 @@ def test_v1_only_settings_are_reported_on_v2(ocirt, bundle):
     assert r.rc == 0, r
     for field in ("memory.swappiness", "memory.disableOOMKiller", "network"):
         assert f"linux.resources.{field}: " in r.err, (field, r)
+
+
+def test_the_init_is_born_in_its_cgroups_and_sees_them_all(ocirt, bundle):
+    """create starts the intermediate inside the container's cgroups (clone3 into the
+    cgroup2 directory, the v1 ones joined by itself) instead of writing the init's PID
+    to cgroup.procs, which waits for an RCU grace period; the container sees every one."""
+    name = unique("born")
+    b = bundle(["cat", "/proc/self/cgroup"], edit=with_resources({}, f"{name}/inner"))
+    r = ocirt("--debug", "run", "--bundle", b, "c1", check=True)
+    own = helpers.membership()
+    n = len(helpers.own_dirs())
+    clone3 = "with clone3" if "" in own else "without clone3"
+    assert f"born in its cgroups: {n} of {n} directories, {clone3}" in r.err, r.err
+    seen = {}
+    for line in r.out.splitlines():
+        _, key, path = line.split(":", 2)
+        seen[",".join(sorted(key.split(","))) if key else ""] = path
+    assert set(seen) == set(own)
+    for key, path in seen.items():  # (no cgroup namespace: the host's paths)
+        assert path == os.path.join(helpers.relative_base(key, own[key]), name, "inner"), \
+            (key, path)
+    assert helpers.leftover_dirs(name) == []
