@@ -232,12 +232,15 @@ class Creation:
         libc.prctl(consts.PR_SET_CHILD_SUBREAPER, 1)  # the init is ours to reap on failure
         birth = cg.birth()
         ctx.cgroup_tasks = list(zip(birth.v1, birth.tasks_fds, strict=True)) if birth else []
-        pid, self.born_in = fork_in_cgroups(birth)
-        if pid == 0:
-            parent.close()
-            run_child(intermediate, ctx)
+        try:
+            pid, self.born_in = fork_in_cgroups(birth)
+            if pid == 0:
+                parent.close()
+                run_child(intermediate, ctx)  # (never returns)
+        finally:
+            if birth:
+                birth.close()
         if birth:
-            birth.close()
             log.debug(f"the init is born in its cgroups: {len(self.born_in)} of "
                       f"{len(birth.v1) + bool(birth.cgroup2)} directories, "
                       f"{'with' if birth.cgroup2 in self.born_in else 'without'} clone3")
