@@ -262,13 +262,17 @@ def fstatfs_type(fd: int) -> int:
 
 CLONE_INTO_CGROUP = 0x200000000
 _SIGCHLD = 17
-# The GIL stays held across this handle's calls, as os.fork holds it across fork(): a
-# thread that took it meanwhile would leave the child a GIL that no thread of its own holds.
-_held = ctypes.PyDLL(None, use_errno=True)
-_held.syscall.restype = ctypes.c_long
-_pythonapi = ctypes.pythonapi
-for _name in ("PyOS_BeforeFork", "PyOS_AfterFork_Parent", "PyOS_AfterFork_Child"):
-    getattr(_pythonapi, _name).restype = None
+
+
+def _gil_held_syscall() -> ctypes._CFuncPtr:
+    """syscall(2) through a handle that keeps the GIL held across the call, as os.fork
+    holds it across fork(): a thread that took it meanwhile would leave the child a GIL
+    that no thread of its own holds. Made on first use (only `create` needs it)."""
+    held = ctypes.PyDLL(None, use_errno=True)
+    held.syscall.restype = ctypes.c_long
+    for name in ("PyOS_BeforeFork", "PyOS_AfterFork_Parent", "PyOS_AfterFork_Child"):
+        getattr(ctypes.pythonapi, name).restype = None
+    return held.syscall
 
 
 def fork_into_cgroup(cgroup_fd: int) -> int:
@@ -283,13 +287,14 @@ def fork_into_cgroup(cgroup_fd: int) -> int:
         raise OSError(11, "clone3: the process has more than one thread")
     args = (ctypes.c_uint64 * 11)(CLONE_INTO_CGROUP, 0, 0, 0, _SIGCHLD, 0, 0, 0, 0, 0,
                                   cgroup_fd)
-    _pythonapi.PyOS_BeforeFork()
-    pid = _held.syscall(ctypes.c_long(_NR["clone3"]), args, ctypes.c_size_t(ctypes.sizeof(args)))
+    syscall, api = _gil_held_syscall(), ctypes.pythonapi
+    api.PyOS_BeforeFork()
+    pid = syscall(ctypes.c_long(_NR["clone3"]), args, ctypes.c_size_t(ctypes.sizeof(args)))
     if pid == 0:
-        _pythonapi.PyOS_AfterFork_Child()
+        api.PyOS_AfterFork_Child()
         return 0
     err = ctypes.get_errno()
-    _pythonapi.PyOS_AfterFork_Parent()
+    api.PyOS_AfterFork_Parent()
     if pid < 0:
         raise syscall_error("clone3", err)
     return pid
