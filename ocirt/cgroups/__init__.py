@@ -13,6 +13,8 @@ The runtime talks to cgroups only through `Manager`:
     mgr.is_frozen() / freeze() / thaw() / pids() / destroy()
     frozen_from_state(d)    # is_frozen() of manager_from_state(d), without the managers
     join_from_state(d, pid) # add(pid) of manager_from_state(d), without the managers
+    birth_from_state(d)     # birth() likewise, for a process `exec` starts
+    fork_in_cgroups(birth)  # fork a process inside the cgroups a Birth opened
     mgr.update(resources)   # `ocirt update`: apply a LinuxResources delta, keep the merge
     mgr.stats()             # runc's `events --stats` data
 
@@ -57,6 +59,16 @@ class Birth:
         except BaseException:
             self.close()
             raise
+
+    def tasks(self) -> list[tuple[str, int]]:
+        """(directory, its open `tasks` file) for each v1 directory: what the child
+        writes "0" to (InitContext.cgroup_tasks)."""
+        return list(zip(self.v1, self.tasks_fds, strict=True))
+
+    def summary(self, born: tuple[str, ...]) -> str:
+        """How much of it a fork_in_cgroups that returned `born` achieved, for --debug."""
+        clone3 = "with" if self.cgroup2 and self.cgroup2 in born else "without"
+        return f"{len(born)} of {len(self.v1) + bool(self.cgroup2)} directories, {clone3} clone3"
 
     def close(self) -> None:
         for fd in (self.cgroup2_fd, *self.tasks_fds):
@@ -141,32 +153,90 @@ def frozen_from_state(data: dict[str, Any] | None) -> bool:
     return False
 
 
-def join_from_state(data: dict[str, Any] | None, pid: int) -> None:
+def join_from_state(data: dict[str, Any] | None, pid: int,
+                    skip: tuple[str, ...] = ()) -> None:
     """Put `pid` into the recorded cgroup, as manager_from_state(data).add(pid) does,
-    from the directories state.json keeps: `exec` does this on every call, and writing
-    cgroup.procs needs none of the managers' modules (base, resources and v1 cost
-    ~1.5 ms of CPU to import). A systemd container's unit exists by then, so only its
-    cgroupfs directories (its "inner" state) are written, as SystemdManager.add does."""
+    from the directories state.json keeps, but for those in `skip` (born there):
+    `exec` does this on every call, and writing cgroup.procs needs none of the managers'
+    modules (base, resources and v1 cost ~1.5 ms of CPU to import). A systemd
+    container's unit exists by then, so only its cgroupfs directories (its "inner"
+    state) are written, as SystemdManager.add does."""
     if not data:
         return
-    kind = data.get("manager")
-    if kind == "systemd":
+    if data.get("manager") == "systemd":
         inner = data.get("inner")
         if inner is None:  # no unit yet (never after create): the manager makes it
             manager_from_state(data).add(pid)
             return
-        join_from_state(inner, pid)
+        join_from_state(inner, pid, skip)
         return
-    if kind == "v1":
-        dirs = list(dict.fromkeys((data.get("paths") or {}).values()))
-    elif kind == "v2":
-        dirs = [data["path"]] if data.get("path") else []
-    else:
-        return
-    from ocirt.cgroups import fs
+    dirs = [d for d in _recorded_dirs(data) if d not in skip]
+    if dirs:
+        from ocirt.cgroups import fs
 
-    fs.join(dirs, pid, rootless=bool(data.get("rootless")),
-            explicit=bool(data.get("explicit")))
+        fs.join(dirs, pid, rootless=bool(data.get("rootless")),
+                explicit=bool(data.get("explicit")))
+
+
+def birth_from_state(data: dict[str, Any] | None) -> Birth | None:
+    """What lets a process `exec` starts be born inside the recorded cgroups (Birth), as
+    FsManager.birth gives it to create: the cgroup2 directory (all of a v2 host, the
+    unified hierarchy of a hybrid one) and the v1 ones. None where join_from_state must
+    move it instead: rootless (a directory it may not write is skipped there), a systemd
+    container without its unit, no directory, or one that cannot be opened (the move
+    then says what is wrong, if anything is)."""
+    if not data:
+        return None
+    if data.get("manager") == "systemd":
+        return birth_from_state(data.get("inner"))
+    if data.get("rootless"):
+        return None
+    dirs = _recorded_dirs(data)
+    cgroup2 = data.get("path") if data.get("manager") == "v2" else \
+        (data.get("paths") or {}).get("")
+    if not dirs:
+        return None
+    try:
+        return Birth(cgroup2 or None, [d for d in dirs if d != cgroup2])
+    except OSError as exc:
+        from ocirt import log
+
+        log.debug(f"cgroups: the process is moved into them ({exc.strerror})")
+        return None
+
+
+def _recorded_dirs(data: dict[str, Any]) -> list[str]:
+    """The cgroupfs directories a v1 or v2 manager's state keeps, each once."""
+    kind = data.get("manager")
+    if kind == "v1":
+        return list(dict.fromkeys((data.get("paths") or {}).values()))
+    if kind == "v2":
+        return [data["path"]] if data.get("path") else []
+    return []
+
+
+def fork_in_cgroups(birth: Birth | None, clone: Any = None, fork: Any = os.fork
+                    ) -> tuple[int, tuple[str, ...]]:
+    """Fork inside the container's cgroups where `birth` allows: (the pid, 0 in the
+    child; the directories the child is in from the start, which the move that follows
+    skips). The cgroup2 directory by clone3, or by that move when clone3 is refused
+    (ENOSYS, a seccomp profile, a full pids.max: moving in is never refused for it); the
+    v1 ones by the child itself, first thing (ocirt.process.child.join_own_cgroups), so
+    that every process after it is born there."""
+    if birth is None:
+        return fork(), ()
+    born = tuple(birth.v1)
+    if birth.cgroup2_fd >= 0:
+        if clone is None:
+            from ocirt.linux.libc import fork_into_cgroup as clone
+        try:
+            return clone(birth.cgroup2_fd), (*born, birth.cgroup2)
+        except OSError as exc:
+            from ocirt import log
+
+            log.debug(f"clone3 into {birth.cgroup2}: {exc.strerror}; the process is moved "
+                      "there")
+    return fork(), born
 
 
 def v1_frozen(directory: str) -> bool:

@@ -93,6 +93,25 @@ def _report(ctx: InitContext, message: str) -> None:
             pass
 
 
+def join_own_cgroups(ctx: InitContext) -> None:
+    """Move ourselves into the container's cgroup v1 directories (`create` or `exec`
+    opened their `tasks` files: cgroups.Birth), while we are single-threaded and still
+    in the host's namespaces: a thread writing "0" takes no global lock, where the
+    runtime writing our PID to cgroup.procs would wait for an RCU grace period. Whatever
+    fails ends the create or exec."""
+    tasks, ctx.cgroup_tasks = ctx.cgroup_tasks, []
+    try:
+        for directory, fd in tasks:
+            try:
+                os.write(fd, b"0")
+            except OSError as exc:
+                raise OcirtError(f"join cgroup {directory}: "
+                                 f"{errno_text(exc.errno or 0)}") from None
+    finally:
+        for _, fd in tasks:
+            os.close(fd)
+
+
 def make_non_dumpable() -> None:
     """Nothing in the container may ptrace us, read our memory or our fds until the
     execve (CVE-2016-9962). Checked, and fatal when it cannot be had (fail closed)."""

@@ -33,6 +33,7 @@ from ocirt.process.child import (
     close_other_fds,
     exec_process,
     fork_after_report,
+    join_own_cgroups,
     join_session_keyring,
     make_non_dumpable,
     prepare_process,
@@ -78,24 +79,6 @@ def intermediate(ctx: InitContext) -> None:
     if plan.time_offsets:
         _write_time_offsets(plan.time_offsets)
     fork_after_report(ctx, init, "init-pid")
-
-
-def join_own_cgroups(ctx: InitContext) -> None:
-    """Move ourselves into the container's cgroup v1 directories (`create` opened their
-    `tasks` files: cgroups.Birth), while we are single-threaded and still in the host's
-    namespaces: a thread writing "0" takes no global lock, where `create` writing our
-    PID to cgroup.procs would wait for an RCU grace period. Whatever fails ends create."""
-    tasks, ctx.cgroup_tasks = ctx.cgroup_tasks, []
-    try:
-        for directory, fd in tasks:
-            try:
-                os.write(fd, b"0")
-            except OSError as exc:
-                raise OcirtError(f"join cgroup {directory}: "
-                                 f"{errno_text(exc.errno or 0)}") from None
-    finally:
-        for _, fd in tasks:
-            os.close(fd)
 
 
 def _write_time_offsets(offsets: dict[str, tuple[int, int]]) -> None:

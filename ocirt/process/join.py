@@ -15,7 +15,11 @@ too), sets up its terminal, identity and limits exactly as the init does for its
 process, and execs. Every process here stays non-dumpable until execve
 (CVE-2016-9962). The exchange:
 
-    direct:       P moves the process into the container's cgroup, then
+    direct:       C is born in the container's cgroups where it can be (cgroups.Birth,
+                  as create's intermediate is: clone3 into the cgroup2 directory, and C
+                  writes "0" to each v1 `tasks` file itself, first thing); P moves it
+                  into the rest (clone3 refused, rootless, --cgroup, a paused
+                  container, an initial execCPUAffinity), then
     P -> C  go                  join the namespaces
     intermediate:
     P -> I  go                  join the namespaces
@@ -44,6 +48,7 @@ from ocirt.process.child import (
     close_other_fds,
     exec_process,
     fork_after_report,
+    join_own_cgroups,
     join_session_keyring,
     make_non_dumpable,
     prepare_process,
@@ -63,8 +68,9 @@ def direct(ctx: InitContext) -> None:
 
 
 def _join_namespaces(ctx: InitContext) -> None:
-    """Non-dumpable and without stray fds first, then, on "go", every namespace in
-    ctx.ns_fds (the user namespace first)."""
+    """In the container's cgroup v1 directories, non-dumpable and without stray fds
+    first, then, on "go", every namespace in ctx.ns_fds (the user namespace first)."""
+    join_own_cgroups(ctx)
     make_non_dumpable()
     close_other_fds(ctx)
     ctx.channel.expect("go")

@@ -230,8 +230,10 @@ class Creation:
         from ocirt.linux import consts, libc
 
         libc.prctl(consts.PR_SET_CHILD_SUBREAPER, 1)  # the init is ours to reap on failure
+        from ocirt.cgroups import fork_in_cgroups
+
         birth = cg.birth()
-        ctx.cgroup_tasks = list(zip(birth.v1, birth.tasks_fds, strict=True)) if birth else []
+        ctx.cgroup_tasks = birth.tasks() if birth else []
         try:
             pid, self.born_in = fork_in_cgroups(birth)
             if pid == 0:
@@ -241,9 +243,7 @@ class Creation:
             if birth:
                 birth.close()
         if birth:
-            log.debug(f"the init is born in its cgroups: {len(self.born_in)} of "
-                      f"{len(birth.v1) + bool(birth.cgroup2)} directories, "
-                      f"{'with' if birth.cgroup2 in self.born_in else 'without'} clone3")
+            log.debug(f"the init is born in its cgroups: {birth.summary(self.born_in)}")
         self.intermediate = pid
         self.undo.push(self._kill_children, what="container processes")
         child.close()
@@ -456,26 +456,6 @@ class Creation:
         from ocirt.linux.signals import kill_and_reap
 
         kill_and_reap(self.init_pid, self.intermediate)
-
-
-def fork_in_cgroups(birth: Any, clone: Any = None, fork: Any = os.fork
-                    ) -> tuple[int, tuple[str, ...]]:
-    """Fork the intermediate inside the container's cgroups where `birth` (a
-    cgroups.Birth, or None) allows: (its pid, 0 in the child; the directories it is in
-    from the start, which `add` then skips). The cgroup2 directory by clone3, or by
-    add() when clone3 is refused; the v1 ones by the intermediate itself, first thing
-    (ocirt.process.init.join_own_cgroups), so that every process after it is born there."""
-    if birth is None:
-        return fork(), ()
-    born = tuple(birth.v1)
-    if birth.cgroup2_fd >= 0:
-        if clone is None:
-            from ocirt.linux.libc import fork_into_cgroup as clone
-        try:
-            return clone(birth.cgroup2_fd), (*born, birth.cgroup2)
-        except OSError as exc:
-            log.debug(f"clone3 into {birth.cgroup2}: {exc.strerror}; the init is moved there")
-    return fork(), born
 
 
 def died_why(cg: Any, plan: Plan) -> str:

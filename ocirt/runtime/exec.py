@@ -74,6 +74,7 @@ def exec_process(store: Store, cid: str, opts: ExecOptions) -> int:
     if not terminal and opts.console_socket:
         raise OcirtError("cannot use console socket if ocirt will not detach or allocate tty")
     execution = Execution(container, plan, opts)
+    execution.paused = status == PAUSED
     if terminal and not opts.console_socket:
         from ocirt.runtime.tty import host_console
 
@@ -202,6 +203,8 @@ class Execution:
         self.undo = Undo()
         self.intermediate = 0
         self.pid = 0
+        self.paused = False  # --ignore-paused into a frozen cgroup: never born in it
+        self.born_in: tuple[str, ...] = ()  # the cgroups the first child was born in
         self.forwarder: Any = None
         self.store_cache: str | None = None
         self.console = -1  # our terminal, relayed to the process's pty (no console socket)
@@ -250,9 +253,13 @@ class Execution:
         ctx.root_fd = root_fd
         ctx.host_pid = self.container.pid
         libc.prctl(consts.PR_SET_CHILD_SUBREAPER, 1)
+        from ocirt.cgroups import fork_in_cgroups
+
         direct, own_pid_ns = _enter_pid_namespace(ns_fds)
+        birth = self._birth() if direct else None
+        ctx.cgroup_tasks = birth.tasks() if birth else []
         try:
-            pid = os.fork()
+            pid, self.born_in = fork_in_cgroups(birth)
             if pid == 0:
                 parent.close()
                 if self.stdio is not None:
@@ -265,8 +272,12 @@ class Execution:
                 self.intermediate = pid
             self.undo.push(self._kill_children, what="exec processes")
         finally:
+            if birth:
+                birth.close()
             if own_pid_ns >= 0:  # our next children are ours again (hooks, poststart)
                 _leave_pid_namespace(own_pid_ns)
+        if birth:
+            log.debug(f"the process is born in its cgroups: {birth.summary(self.born_in)}")
         child.close()
         for fd in (*ns_fds.values(), console_fd):
             if fd >= 0:
@@ -299,6 +310,24 @@ class Execution:
                              f"{errno_text(exc.errno or 0)}") from None
         return fds
 
+    def _birth(self) -> Any:
+        """What lets the process, forked straight into the container's pid namespace,
+        be born inside the container's cgroups (cgroups.Birth), so that `exec` never
+        waits for a cgroup.procs write (~15 ms: an RCU grace period). Not for an
+        intermediate: it forks the process once in, and a full pids.max would refuse
+        that fork, where moving a process in is never refused. None where it is moved
+        in instead: --cgroup (a sub-cgroup, or controllers named one by one), a paused
+        container (a child born frozen would never answer), and an
+        execCPUAffinity.initial (it applies before the process enters the cgroup, whose
+        cpuset may not allow it)."""
+        cg = self.container.data.get("cgroup")
+        affinity = self.plan.process.cpu_affinity
+        if not cg or self.opts.cgroup or self.paused or (affinity and affinity[0]):
+            return None
+        from ocirt.cgroups import birth_from_state
+
+        return birth_from_state(cg)
+
     def _join_cgroup(self, pid: int) -> None:
         """The container's cgroup, and its resctrl group (exec'd processes are not the
         init's children, so they do not inherit it)."""
@@ -313,7 +342,7 @@ class Execution:
         if not self.opts.cgroup:
             from ocirt.cgroups import join_from_state
 
-            join_from_state(cg, pid)
+            join_from_state(cg, pid, skip=self.born_in)
             return
         from ocirt.cgroups import manager_from_state
 

@@ -1,6 +1,6 @@
-"""The init born inside its cgroups (cgroups.Birth, create.fork_in_cgroups): which
-directories each way covers, and the fallbacks when clone3 is refused. No root needed:
-the directories are plain ones and the fork is a fake."""
+"""The init and exec's process born inside their cgroups (cgroups.Birth, birth_from_state,
+fork_in_cgroups): which directories each way covers, and the fallbacks when clone3 is
+refused. No root needed: the directories are plain ones and the fork is a fake."""
 
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ import os
 
 import pytest
 
-from ocirt.cgroups import Birth
+from ocirt.cgroups import Birth, birth_from_state, fork_in_cgroups, join_from_state
 from ocirt.cgroups.v1 import V1Manager
 from ocirt.cgroups.v2 import V2Manager
 from ocirt.errors import OcirtError
-from ocirt.process.init import join_own_cgroups
-from ocirt.runtime.create import fork_in_cgroups
+from ocirt.process.child import join_own_cgroups
 
 
 def cgroup_dirs(tmp_path, *names: str) -> dict[str, str]:
@@ -101,3 +100,43 @@ def test_a_v1_join_that_fails_names_the_cgroup_and_closes_every_fd(tmp_path):
         with pytest.raises(OSError):
             os.fstat(fd)
     assert (tmp_path / "cpu" / "tasks").read_text() == "0" and Ctx.cgroup_tasks == []
+
+
+def test_exec_is_born_where_the_state_says_create_was(tmp_path):
+    """birth_from_state (exec, from state.json) covers what the manager's birth covered
+    at create: the same cgroup2 directory and v1 directories, also inside a systemd
+    unit's cgroupfs state."""
+    d = cgroup_dirs(tmp_path, "cpu", "memory", "unified")
+    hybrid = V1Manager({"cpu": d["cpu"], "cpuacct": d["cpu"], "memory": d["memory"],
+                        "": d["unified"]})
+    for state in (hybrid.state(), V2Manager(d["unified"]).state(),
+                  {"manager": "systemd", "unit": "x.scope", "inner": hybrid.state()}):
+        born = birth_from_state(state)
+        inner = state.get("inner") or state
+        made = (V1Manager if inner["manager"] == "v1" else V2Manager).from_state(inner).birth()
+        try:
+            assert (born.cgroup2, born.v1) == (made.cgroup2, made.v1), state
+            assert len(born.tasks_fds) == len(born.v1) and born.cgroup2_fd >= 0
+        finally:
+            born.close()
+            made.close()
+
+
+def test_exec_is_moved_where_it_cannot_be_born(tmp_path):
+    d = cgroup_dirs(tmp_path, "cpu")
+    assert birth_from_state(None) is None
+    assert birth_from_state(V1Manager({"cpu": d["cpu"]}, rootless=True).state()) is None
+    assert birth_from_state(V1Manager({"cpu": str(tmp_path / "gone")}).state()) is None
+    assert birth_from_state({"manager": "systemd", "unit": "x.scope", "inner": None}) is None
+    assert birth_from_state({"manager": "v2", "path": ""}) is None
+
+
+def test_the_move_skips_the_directories_it_was_born_in(tmp_path):
+    d = cgroup_dirs(tmp_path, "cpu", "unified")
+    for name in d:
+        (tmp_path / name / "cgroup.procs").write_text("")
+    state = V1Manager({"cpu": d["cpu"], "": d["unified"]}).state()
+    join_from_state({"manager": "systemd", "unit": "x.scope", "inner": state}, 4242,
+                    skip=(d["cpu"],))
+    assert (tmp_path / "cpu" / "cgroup.procs").read_text() == ""
+    assert (tmp_path / "unified" / "cgroup.procs").read_text() == "4242"

@@ -282,6 +282,15 @@ def test_v1_only_settings_are_reported_on_v2(ocirt, bundle):
         assert f"linux.resources.{field}: " in r.err, (field, r)
 
 
+def seen_cgroups(out: str) -> dict[str, str]:
+    """A /proc/self/cgroup printed inside, keyed as helpers.membership keys it."""
+    seen = {}
+    for line in out.splitlines():
+        _, key, path = line.split(":", 2)
+        seen[",".join(sorted(key.split(","))) if key else ""] = path
+    return seen
+
+
 def test_the_init_is_born_in_its_cgroups_and_sees_them_all(ocirt, bundle):
     """create starts the intermediate inside the container's cgroups (clone3 into the
     cgroup2 directory, the v1 ones joined by itself) instead of writing the init's PID
@@ -290,15 +299,51 @@ def test_the_init_is_born_in_its_cgroups_and_sees_them_all(ocirt, bundle):
     b = bundle(["cat", "/proc/self/cgroup"], edit=with_resources({}, f"{name}/inner"))
     r = ocirt("--debug", "run", "--bundle", b, "c1", check=True)
     own = helpers.membership()
-    n = len(helpers.own_dirs())
-    clone3 = "with clone3" if "" in own else "without clone3"
-    assert f"born in its cgroups: {n} of {n} directories, {clone3}" in r.err, r.err
-    seen = {}
-    for line in r.out.splitlines():
-        _, key, path = line.split(":", 2)
-        seen[",".join(sorted(key.split(","))) if key else ""] = path
+    assert _born_line(len(helpers.own_dirs()), own) in r.err, r.err
+    seen = seen_cgroups(r.out)
     assert set(seen) == set(own)
     for key, path in seen.items():  # (no cgroup namespace: the host's paths)
         assert path == os.path.join(helpers.relative_base(key, own[key]), name, "inner"), \
             (key, path)
+    assert helpers.leftover_dirs(name) == []
+
+
+def _born_line(n: int, own: dict[str, str]) -> str:
+    clone3 = "with clone3" if "" in own else "without clone3"
+    return f"born in its cgroups: {n} of {n} directories, {clone3}"
+
+
+def test_exec_is_born_in_the_containers_cgroups(ocirt, bundle):
+    """`exec` forks its process inside the container's cgroups as create does (clone3
+    into cgroup2, the v1 ones joined by the process itself) instead of writing its PID
+    to cgroup.procs; the process is in exactly the init's cgroups."""
+    name = unique("xborn")
+    b = bundle(["sleep", "100"], edit=with_resources({}, f"{name}/inner"))
+    ocirt("run", "-d", "--bundle", b, "c1", check=True)
+    init = helpers.membership(ocirt.state("c1")["pid"])
+    r = ocirt("--debug", "exec", "c1", "cat", "/proc/self/cgroup", check=True)
+    assert _born_line(len(helpers.own_dirs()), helpers.membership()) in r.err, r.err
+    seen = seen_cgroups(r.out)
+    assert seen == init
+    ocirt("delete", "--force", "c1", check=True)
+    assert helpers.leftover_dirs(name) == []
+
+
+def test_exec_into_a_full_pids_cgroup_runs_and_its_forks_are_refused(ocirt, bundle):
+    """pids.max refuses forks, never a move into the cgroup (runc's exec runs in a full
+    container too): where clone3 into a full cgroup2 directory is refused (EAGAIN), the
+    process is forked outside and moved in. Once inside, its own fork is refused."""
+    name = unique("xpids")
+    b = bundle(["sleep", "100"], edit=with_resources({"pids": {"limit": 1}}, name))
+    ocirt("run", "-d", "--bundle", b, "c1", check=True)
+    pids_dir = helpers.controller_dir(ocirt.state("c1")["pid"], "pids")
+    assert helpers.read(pids_dir, "pids.max") == "1"
+    r = ocirt("--debug", "exec", "c1", "cat", "/proc/self/cgroup")
+    assert r.rc == 0, r
+    if helpers.UNIFIED:  # the pids controller is cgroup2's: clone3 was refused
+        assert "Resource temporarily unavailable; the process is moved there" in r.err, r.err
+    assert seen_cgroups(r.out) == helpers.membership(ocirt.state("c1")["pid"])
+    r = ocirt("exec", "c1", "sh", "-c", "true & wait")
+    assert r.rc != 0 and "can't fork" in r.err, r
+    ocirt("delete", "--force", "c1", check=True)
     assert helpers.leftover_dirs(name) == []
