@@ -256,9 +256,10 @@ class Execution:
         from ocirt.cgroups import fork_in_cgroups
 
         direct, own_pid_ns = _enter_pid_namespace(ns_fds)
-        birth = self._birth() if direct else None
-        ctx.cgroup_tasks = birth.tasks() if birth else []
+        birth = None
         try:
+            birth = self._birth() if direct else None
+            ctx.cgroup_tasks = birth.tasks() if birth else []
             pid, self.born_in = fork_in_cgroups(birth)
             if pid == 0:
                 parent.close()
