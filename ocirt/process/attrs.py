@@ -38,18 +38,14 @@ def last_cap() -> int:
 def set_rlimits(pid: int, rlimits: list[tuple[int, int, int]]) -> None:
     """prlimit from outside: once the init is in a user namespace it could no longer raise
     a hard limit itself (runc does the same)."""
-    import resource
-
+    most = (1 << 64) - 1  # RLIM_INFINITY
     for res, soft, hard in rlimits:
-        soft = resource.RLIM_INFINITY if soft >= (1 << 64) - 1 else soft
-        hard = resource.RLIM_INFINITY if hard >= (1 << 64) - 1 else hard
         try:
-            resource.prlimit(pid, res, (soft, hard))
-        except (OSError, ValueError) as exc:
-            reason = errno_text(exc.errno) if isinstance(exc, OSError) and exc.errno \
-                else "invalid argument"
+            libc.prlimit(pid, res, min(soft, most), min(hard, most))
+        except OSError as exc:
             raise OcirtError(f"error setting rlimit type {res} ({RLIMIT_NAMES.get(res, res)}, "
-                             f"soft {soft}, hard {hard}): {reason}") from None
+                             f"soft {soft}, hard {hard}): {errno_text(exc.errno or 0)}"
+                             ) from None
 
 
 def set_oom_score_adj(pid: int, adj: int) -> None:

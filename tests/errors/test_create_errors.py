@@ -137,3 +137,26 @@ def test_a_memory_limit_too_small_to_start_is_one_clear_line(ocirt, bundle):
         assert killed or refused, r.err
         assert "Connection" not in r.err and "Traceback" not in r.err
         assert_nothing_left(ocirt.root, f"oom{n}", b)
+
+
+@pytest.mark.parametrize("soft, hard, reason", [
+    (2048, 1024, "invalid argument"),  # soft above hard: the kernel's EINVAL
+    ((1 << 64) - 1, (1 << 64) - 1, "operation not permitted"),  # above fs.nr_open
+])
+def test_an_rlimit_the_kernel_refuses_is_one_line_naming_it(ocirt, bundle, soft, hard, reason):
+    b = bundle(["true"], edit=lambda c: c["process"].update(
+        rlimits=[{"type": "RLIMIT_NOFILE", "soft": soft, "hard": hard}]))
+    err = failed_create(ocirt, b)
+    line = f"error setting rlimit type 7 (RLIMIT_NOFILE, soft {soft}, hard {hard}): {reason}"
+    assert line in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_unlimited_rlimits_reach_the_process(ocirt, bundle):
+    """RLIM_INFINITY (2**64 - 1 in config.json) is "unlimited" inside, and a soft limit
+    below its hard one is kept apart from it."""
+    b = bundle(["cat", "/proc/self/limits"], edit=lambda c: c["process"].update(rlimits=[
+        {"type": "RLIMIT_CORE", "soft": (1 << 64) - 1, "hard": (1 << 64) - 1},
+        {"type": "RLIMIT_NOFILE", "soft": 512, "hard": 4096}]))
+    out = ocirt("run", "--bundle", b, "c1", check=True).out
+    assert re.search(r"^Max core file size\s+unlimited\s+unlimited\s+bytes", out, re.M), out
+    assert re.search(r"^Max open files\s+512\s+4096\s+files", out, re.M), out
