@@ -341,7 +341,7 @@ def test_exec_into_a_full_pids_cgroup_runs_and_its_forks_are_refused(ocirt, bund
     r = ocirt("--debug", "exec", "c1", "cat", "/proc/self/cgroup")
     assert r.rc == 0, r
     if helpers.UNIFIED:  # the pids controller is cgroup2's: clone3 was refused
-        assert "Resource temporarily unavailable; the process is moved there" in r.err, r.err
+        assert "resource temporarily unavailable; the process is moved there" in r.err, r.err
     assert seen_cgroups(r.out) == helpers.membership(ocirt.state("c1")["pid"])
     r = ocirt("exec", "c1", "sh", "-c", "true & wait")
     assert r.rc != 0 and "can't fork" in r.err, r
