@@ -112,14 +112,9 @@ class FsManager(Manager):
         """Every directory, the cgroup2 one (the unified hierarchy of a hybrid host) by
         clone3 and the v1 ones by the process itself. Not rootless: a directory it may
         not write is skipped there, as add() does, and clone3 would fail on it."""
-        if self.rootless or not self.dirs():
-            return None
-        cgroup2 = self.paths().get("")
-        try:
-            return Birth(cgroup2, [d for d in self.dirs() if d != cgroup2])
-        except OSError as exc:  # add() says what is wrong, if anything is
-            log.debug(f"cgroups: the init is moved into them ({exc.strerror})")
-            return None
+        from ocirt.cgroups import birth_from_state
+
+        return birth_from_state(self.state())  # as `exec` finds them later
 
     def apply(self, resources: dict[str, Any] | None) -> None:
         from ocirt.cgroups import resources as res_mod
