@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 from ocirt import log
-from ocirt.cgroups import Birth, Manager, fs
+from ocirt.cgroups import Birth, Manager, birth_from_state, fs
 from ocirt.errors import OcirtError, errno_text
 
 TYPE_CHECKING = False  # importing typing costs ~2 ms on the `state` path
@@ -112,8 +112,6 @@ class FsManager(Manager):
         """Every directory, the cgroup2 one (the unified hierarchy of a hybrid host) by
         clone3 and the v1 ones by the process itself. Not rootless: a directory it may
         not write is skipped there, as add() does, and clone3 would fail on it."""
-        from ocirt.cgroups import birth_from_state
-
         return birth_from_state(self.state())  # as `exec` finds them later
 
     def apply(self, resources: dict[str, Any] | None) -> None:
